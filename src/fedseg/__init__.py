@@ -1,0 +1,6 @@
+"""fedseg: federated medical image segmentation."""
+
+from __future__ import annotations
+
+__all__ = ["__version__"]
+__version__ = "0.1.0"

@@ -1,0 +1,20 @@
+"""Federated algorithms: one file each, registered by name.
+
+Adding one = one file with an ``@ALGORITHMS.register`` class, one import below, one test.
+"""
+
+from __future__ import annotations
+
+from fedseg.algorithms import centralized, fedavg, fedbn, fedprox, local  # noqa: F401  (registration)
+from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
+from fedseg.algorithms.registry import ALGORITHMS, AlgorithmConfigError, build_algorithm
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "AlgorithmConfigError",
+    "Batch",
+    "ClientContext",
+    "LocalTrainer",
+    "build_algorithm",
+]

@@ -1,0 +1,28 @@
+"""FedBN (Li et al., ICLR 2021)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from fedseg.algorithms.base import Algorithm, norm_layer_keys
+from fedseg.algorithms.registry import ALGORITHMS
+
+__all__ = ["FedBN"]
+
+
+@ALGORITHMS.register("fedbn")
+@dataclass
+class FedBN(Algorithm):
+    """FedBN: FedAvg except that every normalisation layer (affine parameters and running
+    statistics), selected by module type, stays on the client. A model without normalisation
+    layers makes this FedAvg. Evaluate the personalised models: the global model's norm layers
+    are never trained."""
+
+    name: ClassVar[str] = "fedbn"
+    description: ClassVar[str] = "FedBN: FedAvg with normalisation layers kept local (by module type)"
+
+    def local_keys(self, model: nn.Module) -> set[str]:
+        return norm_layer_keys(model)

@@ -1,0 +1,1 @@
+"""The ``fedseg`` command line (thin: parses, then calls runtime/report)."""

@@ -1,0 +1,156 @@
+"""``fedseg`` CLI: run, demo, algorithms, eval, report."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["app"]
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated medical image segmentation.")
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err_console.print(f"[bold red]error:[/] {message}")
+    raise typer.Exit(code)
+
+
+def _command_line() -> str:
+    return " ".join(shlex.quote(a) for a in ["fedseg", *sys.argv[1:]])
+
+
+def _metrics_table(title: str, rows: list[dict[str, Any]], first: str = "site") -> Table:
+    table = Table(title=title)
+    cols = [first, "n", "dice", "iou", "hd95", "precision", "recall"]
+    for c in cols:
+        table.add_column("HD95 (mm)" if c == "hd95" else c, justify="left" if c == first else "right")
+    for r in rows:
+        cells = []
+        for c in cols:
+            v = r.get(c)
+            if isinstance(v, float):
+                cells.append(f"{v:.2f}" if c == "hd95" else f"{v:.3f}")
+            else:
+                cells.append("–" if v is None else str(v))
+        table.add_row(*cells)
+    return table
+
+
+@app.callback()
+def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def algorithms() -> None:
+    """List the registered algorithms with a one-line description."""
+    from fedseg.algorithms import ALGORITHMS
+
+    table = Table(title="fedseg algorithms")
+    table.add_column("name")
+    table.add_column("description")
+    for name in ALGORITHMS.names():
+        table.add_row(name, ALGORITHMS.get(name).description)
+    console.print(table)
+
+
+def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | None) -> Path:
+    from fedseg.algorithms import AlgorithmConfigError, build_algorithm
+    from fedseg.cli.progress import RichProgress
+    from fedseg.config import ConfigError, load_config
+    from fedseg.data.base import DataError
+    from fedseg.registry import UnknownNameError
+    from fedseg.runtime.sim import RunError, run_inprocess
+
+    try:
+        cfg = load_config(cfg_path, overrides)
+        build_algorithm(cfg.algorithm)
+    except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
+        _fail(str(exc))
+        raise AssertionError from None
+    run_dir = out or Path("runs") / f"{cfg.name}_{cfg.algorithm['name']}_s{cfg.seed}"
+    try:
+        result = run_inprocess(cfg, run_dir, resume=resume, command=_command_line(), progress=RichProgress())
+    except (RunError, DataError) as exc:
+        _fail(str(exc))
+        raise AssertionError from None
+    _print_summary(result.summary, run_dir)
+    return run_dir
+
+
+def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    for model_kind, sites in summary.get("test", {}).items():
+        rows = [{"site": s, **m} for s, m in sites.items()]
+        console.print(_metrics_table(f"{summary['algorithm']} — test, {model_kind} model", rows))
+    console.print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="YAML run configuration")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=5")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
+) -> None:
+    """Train a federation described by CONFIG."""
+    _run(config, set_ or [], resume, out)
+
+
+@app.command()
+def demo(out: Annotated[Path, typer.Option("--out", help="output folder")] = Path("runs/demo")) -> None:
+    """FedAvg next to local-only on the embedded synthetic 3-site data; writes a comparison report."""
+    from fedseg.cli.demo import run_demo
+
+    run_demo(out, console=console, command=_command_line())
+
+
+@app.command("eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run directory")],
+    data: Annotated[Path | None, typer.Option("--data", help="a site folder <site>/{images,masks} or a dataset root")] = None,
+    client: Annotated[str | None, typer.Option("--client", help="use this client's personalised model")] = None,
+    split: Annotated[str, typer.Option(help="split of the run's own data when --data is not given")] = "test",
+) -> None:
+    """Evaluate a trained run on its own test splits or on any site folder."""
+    from fedseg.data.base import DataError
+    from fedseg.runtime.inference import EvalError, evaluate_run
+
+    try:
+        rows = evaluate_run(run_dir, data=data, client=client, split=split)
+    except (EvalError, DataError) as exc:
+        _fail(str(exc))
+        raise AssertionError from None
+    label = f"personalised ({client})" if client else "global"
+    console.print(_metrics_table(f"{run_dir.name}: {label} model on {data or split}", rows))
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="one run directory, or several to compare")],
+    out: Annotated[Path | None, typer.Option("--out", help="comparison report path (several runs)")] = None,
+) -> None:
+    """(Re)write a run's report.md and plots, or compare several runs."""
+    from fedseg.report import comparison_table, write_comparison, write_report
+
+    for d in run_dirs:
+        if not (d / "run_info.json").is_file():
+            _fail(f"{d} is not a fedseg run directory (no run_info.json)")
+    if len(run_dirs) == 1:
+        path = write_report(run_dirs[0])
+    else:
+        path = write_comparison(run_dirs, out or Path("runs") / "comparison.md")
+        console.print(comparison_table(run_dirs))
+    console.print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    app()

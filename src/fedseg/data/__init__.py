@@ -1,0 +1,1 @@
+"""Datasets: the embedded synthetic generator and readers of real multi-site folders."""

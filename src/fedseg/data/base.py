@@ -1,0 +1,60 @@
+"""In-memory federated dataset containers (the contract between data and engine)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["SegmentationSet", "SiteData", "FederatedData", "DataError"]
+
+
+class DataError(ValueError):
+    """A dataset problem; the message names the file or site and the problem."""
+
+
+@dataclass
+class SegmentationSet:
+    """One split of one site, fully in memory.
+
+    Attributes:
+        images: ``(N, C, *spatial)`` float32, intensity-normalised.
+        masks: ``(N, 1, *spatial)`` int64 class indices in ``[0, num_classes)``.
+        spacing: ``(N, D)`` float64, mm per voxel along each spatial axis (PNG: pixel_spacing).
+        ids: case identifiers (file stems), length N.
+    """
+
+    images: torch.Tensor
+    masks: torch.Tensor
+    spacing: torch.Tensor
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass
+class SiteData:
+    """One client: its name and its train/val/test splits."""
+
+    name: str
+    train: SegmentationSet
+    val: SegmentationSet
+    test: SegmentationSet
+
+
+@dataclass
+class FederatedData:
+    """All sites of a federation plus what the model needs to know."""
+
+    sites: list[SiteData]
+    spatial_dims: int
+    in_channels: int
+    num_classes: int
+    label_names: list[str] = field(default_factory=list)
+
+    def site(self, name: str) -> SiteData:
+        for s in self.sites:
+            if s.name == name:
+                return s
+        raise DataError(f"unknown site {name!r}; sites: {', '.join(s.name for s in self.sites)}")

@@ -1,0 +1,32 @@
+"""Build the federated dataset named by the ``data`` section of the config."""
+
+from __future__ import annotations
+
+from fedseg.config import DataConfig
+from fedseg.data.base import DataError, FederatedData
+from fedseg.data.folder import load_folder_federation
+from fedseg.data.synthetic import make_synthetic_federation
+
+__all__ = ["build_federated_data"]
+
+
+def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+    """Load or generate the federation described by ``cfg``.
+
+    Args:
+        cfg: data section of the run config. ``source='synthetic'`` generates
+            :mod:`fedseg.data.synthetic` data from ``cfg.synthetic`` and ``cfg.split``;
+            ``source='folder'`` reads ``cfg.root`` with :mod:`fedseg.data.folder`.
+        seed: run seed (generation and splits are deterministic in it).
+
+    Returns:
+        The in-memory federated data.
+
+    Raises:
+        DataError: unknown source, or any problem reading or generating the data.
+    """
+    if cfg.source == "synthetic":
+        return make_synthetic_federation(cfg.synthetic, cfg.split, seed)
+    if cfg.source == "folder":
+        return load_folder_federation(cfg, seed)
+    raise DataError(f"data.source {cfg.source!r} is unknown; allowed: synthetic, folder")

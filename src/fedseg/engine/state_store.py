@@ -1,0 +1,85 @@
+"""Per-client state across rounds: in CPU memory, spilled to disk when large."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedseg.types import ClientState
+
+__all__ = ["ClientStateStore", "state_nbytes", "atomic_torch_save"]
+
+
+def state_nbytes(obj: Any) -> int:
+    """Bytes of all tensors inside a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(state_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(state_nbytes(v) for v in obj)
+    return 0
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+class ClientStateStore:
+    """Holds each client's state. States are kept in memory until their total size passes
+    ``spill_bytes``; beyond that a state is written to ``<directory>/<client>.r<round>.pt`` and
+    only its path is kept. Files are versioned by round so a checkpoint always refers to a
+    consistent set; :meth:`prune` removes versions no checkpoint refers to."""
+
+    def __init__(self, directory: Path, spill_bytes: int) -> None:
+        self.directory = directory
+        self.spill_bytes = spill_bytes
+        self._memory: dict[str, ClientState] = {}
+        self._disk: dict[str, Path] = {}
+
+    def load(self, client_id: str) -> ClientState:
+        if client_id in self._memory:
+            return self._memory[client_id]
+        if client_id in self._disk:
+            state: ClientState = torch.load(self._disk[client_id], map_location="cpu", weights_only=False)
+            return state
+        return {}
+
+    def save(self, client_id: str, state: ClientState, rnd: int) -> None:
+        size = state_nbytes(state)
+        in_memory = sum(state_nbytes(s) for c, s in self._memory.items() if c != client_id)
+        if in_memory + size <= self.spill_bytes:
+            self._memory[client_id] = state
+            self._disk.pop(client_id, None)
+            return
+        path = self.directory / f"{client_id}.r{rnd}.pt"
+        atomic_torch_save(state, path)
+        self._memory.pop(client_id, None)
+        self._disk[client_id] = path
+
+    def snapshot(self) -> dict[str, Any]:
+        """What a checkpoint stores: in-memory states inline, spilled ones by file name."""
+        return {"memory": self._memory, "disk": {c: p.name for c, p in self._disk.items()}}
+
+    def restore(self, snap: dict[str, Any]) -> None:
+        self._memory = dict(snap["memory"])
+        self._disk = {c: self.directory / name for c, name in snap["disk"].items()}
+
+    def prune(self) -> None:
+        """Delete spilled state files that the current snapshot no longer refers to."""
+        if not self.directory.is_dir():
+            return
+        keep = {p.name for p in self._disk.values()}
+        for path in self.directory.glob("*.pt"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)

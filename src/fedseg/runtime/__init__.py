@@ -1,0 +1,1 @@
+"""Runtimes: the in-process simulation (default) and, later, Flower."""
