@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -19,9 +20,31 @@ DEMO_CONFIG = {
     "data": {"source": "synthetic", "synthetic": {"num_sites": 3, "spatial_dims": 2, "size": 64}},
     "model": {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
     "train": {"batch_size": 8, "lr": 2e-3},
-    "federation": {"rounds": 12, "local_epochs": 1},
-    "eval": {"every": 2},
+    "federation": {"rounds": 25, "local_epochs": 2},
+    "eval": {"every": 5},
 }
+
+
+def dice_table(rows: list[dict[str, Any]], title: str) -> Table:
+    """Pivot :func:`fedseg.report.comparison_rows` into sites x methods (mean ± sd over seeds)."""
+    methods: dict[str, str] = {}
+    cells: dict[tuple[str, str], str] = {}
+    sites: list[str] = []
+    for r in rows:
+        methods.setdefault(r["method"], f"{r['algorithm']} ({r['model']} model)")
+        if r["site"] not in sites:
+            sites.append(r["site"])
+        value = "–" if r["mean"] is None else f"{r['mean']:.3f}"
+        if r.get("sd") is not None:
+            value += f" ± {r['sd']:.3f}"
+        cells[(r["site"], r["method"])] = value
+    table = Table(title=title)
+    table.add_column("site")
+    for label in methods.values():
+        table.add_column(label, justify="right")
+    for site in sites:
+        table.add_row(site, *[cells.get((site, m), "–") for m in methods])
+    return table
 
 
 def run_demo(out: Path, *, console: Console, command: str) -> None:
@@ -40,13 +63,5 @@ def run_demo(out: Path, *, console: Console, command: str) -> None:
         run_inprocess(cfg, run_dir, command=command, progress=RichProgress())
         run_dirs.append(run_dir)
     report = write_comparison(run_dirs, out / "report.md")
-    rows = comparison_rows(run_dirs)
-    table = Table(title="demo: test Dice per site (FedAvg global model vs local-only models)")
-    columns = [k for k in rows[0] if k != "site"] if rows else []
-    table.add_column("site")
-    for c in columns:
-        table.add_column(str(c), justify="right")
-    for r in rows:
-        table.add_row(str(r["site"]), *[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns])
-    console.print(table)
+    console.print(dice_table(comparison_rows(run_dirs), "demo: test Dice per site"))
     console.print(f"report: {report}   (per-run reports: {', '.join(str(d / 'report.md') for d in run_dirs)})")

@@ -77,7 +77,9 @@ def split_counts(n: int, split: SplitConfig) -> tuple[int, int, int]:
     return n - n_val - n_test, n_val, n_test
 
 
-def split_groups(groups: Sequence[str], split: SplitConfig, seed: int, site: str) -> tuple[set[str], set[str], set[str]]:
+def split_groups(
+    groups: Sequence[str], split: SplitConfig, seed: int, site: str
+) -> tuple[set[str], set[str], set[str]]:
     """Deterministically assign unique group values to train/val/test.
 
     The sorted unique groups are shuffled by ``numpy.random.default_rng`` seeded with
@@ -177,10 +179,9 @@ def _decode(
     if image_size is not None:
         h, w = image_size
         if (h, w) != size:
-            img = img.resize((w, h), Image.BILINEAR)
-            mask = np.asarray(Image.fromarray(mask.astype(np.int32), mode="I").resize((w, h), Image.NEAREST)).astype(
-                np.int64
-            )
+            img = img.resize((w, h), Image.Resampling.BILINEAR)
+            resized = Image.fromarray(mask.astype(np.int32)).resize((w, h), Image.Resampling.NEAREST)
+            mask = np.asarray(resized).astype(np.int64)
     arr = np.asarray(img, dtype=np.float32)
     arr = arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0)
     arr = (arr - arr.mean()) / max(float(arr.std()), 1e-6)
@@ -191,7 +192,9 @@ def _read_groups(site_dir: Path, column: str, stems: list[str]) -> tuple[dict[st
     """Group value per stem from ``metadata.csv``; problems instead of exceptions."""
     path = site_dir / "metadata.csv"
     if not path.is_file():
-        return {}, [f"{path}: missing; data.group_column={column!r} needs a metadata.csv with 'id' and {column!r} columns"]
+        return {}, [
+            f"{path}: missing; data.group_column={column!r} needs a metadata.csv with 'id' and {column!r} columns"
+        ]
     try:
         with path.open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -202,7 +205,8 @@ def _read_groups(site_dir: Path, column: str, stems: list[str]) -> tuple[dict[st
     missing_cols = [c for c in ("id", column) if c not in header]
     if missing_cols:
         return {}, [
-            f"{path}: missing column(s) {', '.join(repr(c) for c in missing_cols)}; columns are: {', '.join(header)}"
+            f"{path}: missing column(s) {', '.join(repr(c) for c in missing_cols)}; "
+            f"columns are: {', '.join(header)}"
         ]
     table: dict[str, str] = {}
     empty: list[str] = []
@@ -214,7 +218,9 @@ def _read_groups(site_dir: Path, column: str, stems: list[str]) -> tuple[dict[st
     problems = []
     absent = [s for s in stems if s not in table]
     if absent:
-        shown = ", ".join(absent[:_MAX_LISTED]) + (f" ... ({len(absent)} in all)" if len(absent) > _MAX_LISTED else "")
+        shown = ", ".join(absent[:_MAX_LISTED])
+        if len(absent) > _MAX_LISTED:
+            shown += f" ... ({len(absent)} in all)"
         problems.append(f"{path}: no row with id {shown} (column 'id' must hold the image file stem)")
     empty_used = [s for s in empty if s in set(stems)]
     if empty_used:
@@ -236,7 +242,23 @@ def _check_sizes(cfg: DataConfig) -> tuple[tuple[int, int] | None, tuple[float, 
     return image_size, spacing
 
 
-def _make_set(images: list[np.ndarray], masks: list[np.ndarray], ids: list[str], spacing: tuple[float, float], channels: int, shape: tuple[int, int]) -> SegmentationSet:
+def _resized_spacing(
+    spacing: tuple[float, float], original: tuple[int, int], shape: tuple[int, ...]
+) -> tuple[float, float]:
+    """Spacing of the resized pixels: a file of ``original`` (H, W) resized to ``shape``."""
+    if tuple(original) == tuple(shape):
+        return spacing
+    return (spacing[0] * original[0] / shape[0], spacing[1] * original[1] / shape[1])
+
+
+def _make_set(
+    images: list[np.ndarray],
+    masks: list[np.ndarray],
+    ids: list[str],
+    spacings: list[tuple[float, float]],
+    channels: int,
+    shape: tuple[int, ...],
+) -> SegmentationSet:
     n = len(ids)
     if n:
         img = torch.from_numpy(np.stack(images))
@@ -247,7 +269,7 @@ def _make_set(images: list[np.ndarray], masks: list[np.ndarray], ids: list[str],
     return SegmentationSet(
         images=img,
         masks=msk,
-        spacing=torch.tensor([spacing] * n, dtype=torch.float64).reshape(n, 2),
+        spacing=torch.tensor(spacings, dtype=torch.float64).reshape(n, 2),
         ids=list(ids),
     )
 
@@ -258,8 +280,9 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
     Images are converted to grey (``channels=1``) or RGB (``channels=3``), resized to
     ``cfg.image_size`` (bilinear; masks nearest) and z-scored per image. The split is by
     ``cfg.group_column`` of ``metadata.csv`` when set (no group in two splits), otherwise by
-    image, deterministic in ``seed`` and the site name. Spacing is ``cfg.pixel_spacing``
-    (default 1.0 mm), the spacing of the returned pixels.
+    image, deterministic in ``seed`` and the site name. ``cfg.pixel_spacing`` (default 1.0) is
+    the spacing of the *file's* pixels; the returned spacing is rescaled by the resize factor, so
+    HD95 stays in mm of the original image (in original pixels when no spacing is known).
 
     Args:
         site_dir: the site folder; its name becomes the site name.
@@ -318,7 +341,7 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
     good = [(s, d) for s, d in zip(pairs, decoded) if d.problem is None]
 
     if image_size is None and good:
-        by_size: dict[tuple[int, int], list[str]] = {}
+        by_size: dict[tuple[int, ...], list[str]] = {}
         for s, d in good:
             by_size.setdefault(d.image.shape[1:], []).append(image_files[s].name)  # type: ignore[union-attr]
         if len(by_size) > 1:
@@ -346,7 +369,7 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
                 [d.image for _, d in chosen],  # type: ignore[misc]
                 [d.mask for _, d in chosen],  # type: ignore[misc]
                 [s for s, _ in chosen],
-                spacing,
+                [_resized_spacing(spacing, d.size, shape) for _, d in chosen],  # type: ignore[arg-type]
                 cfg.channels,
                 shape,
             )

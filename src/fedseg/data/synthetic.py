@@ -255,9 +255,8 @@ def _blob_labels(
     margin = np.minimum(1.2 * radii.max(axis=1, keepdims=True) / spacing[None, :], (size - 1) / 2.0)
     centres = np.round(margin + rng.uniform(0.0, 1.0, size=(n, dims)) * (size - 1 - 2 * margin))
     rot = _random_rotations(rng, n, dims).astype(np.float32)
-    offsets = (coords[None, :, :] - centres[:, :, None].astype(np.float32)) * spacing[None, :, None].astype(
-        np.float32
-    )
+    spacing32 = spacing.astype(np.float32)
+    offsets = (coords[None, :, :] - centres[:, :, None].astype(np.float32)) * spacing32[None, :, None]
     z = np.einsum("ndk,ndp->nkp", rot, offsets) / radii[:, :, None].astype(np.float32)
     rho = np.sqrt(np.einsum("nkp,nkp->np", z, z))
     u = z / np.maximum(rho, 1e-6)[:, None, :]
@@ -300,7 +299,8 @@ def generate_site(
     dims = spatial_dims
     shape = (size,) * dims
     spacing = np.asarray(params.spacing, dtype=np.float64)
-    coords = np.stack(np.meshgrid(*[np.arange(size)] * dims, indexing="ij")).reshape(dims, -1).astype(np.float32)
+    grid = np.meshgrid(*[np.arange(size)] * dims, indexing="ij")
+    coords = np.stack(grid).reshape(dims, -1).astype(np.float32)
 
     # Geometry: lesion size drawn in mm, so finer spacing -> larger lesions in voxels.
     lo, hi = (0.04, 0.16) if dims == 2 else (0.04, 0.12)
@@ -309,12 +309,15 @@ def generate_site(
     two = rng.uniform(size=n) < 0.35
     share = np.where(two, rng.uniform(0.55, 0.8, size=n), 1.0)
     labels = _blob_labels(rng, coords, total * share, spacing, size, num_classes)
-    second = _blob_labels(rng, coords, np.maximum(total * (1.0 - share), 0.01), spacing, size, num_classes)
+    rest = np.maximum(total * (1.0 - share), 0.01)
+    second = _blob_labels(rng, coords, rest, spacing, size, num_classes)
     labels = np.where(two[:, None], np.maximum(labels, second), labels).reshape((n,) + shape)
 
     # Anatomy: smooth tissue at two scales plus lesion texture.
-    tissue = 0.45 + 0.12 * _smooth_field(rng, n, size, dims, 4) + 0.05 * _smooth_field(rng, n, size, dims, max(4, size // 4))
-    speckle = ndimage.gaussian_filter(rng.standard_normal((n,) + shape, dtype=np.float32), (0,) + (0.7,) * dims)
+    tissue = 0.45 + 0.12 * _smooth_field(rng, n, size, dims, 4)
+    tissue += 0.05 * _smooth_field(rng, n, size, dims, max(4, size // 4))
+    white = rng.standard_normal((n,) + shape, dtype=np.float32)
+    speckle = ndimage.gaussian_filter(white, (0,) + (0.7,) * dims)
     speckle /= max(float(speckle.std()), 1e-6)
     image = tissue + params.contrast * _CLASS_OFFSET[labels] + 0.06 * speckle * (labels > 0)
 
@@ -330,7 +333,9 @@ def generate_site(
     return flat.reshape((n, 1) + shape), labels.reshape((n, 1) + shape)
 
 
-def _subset(images: np.ndarray, masks: np.ndarray, spacing: tuple[float, ...], ids: list[str], idx: np.ndarray) -> SegmentationSet:
+def _subset(
+    images: np.ndarray, masks: np.ndarray, spacing: tuple[float, ...], ids: list[str], idx: np.ndarray
+) -> SegmentationSet:
     idx = np.sort(idx)
     return SegmentationSet(
         images=torch.from_numpy(np.ascontiguousarray(images[idx])),

@@ -112,6 +112,8 @@ def _fmt_mb(n_bytes: float) -> str:
 def _fmt_seconds(seconds: float | None) -> str:
     if seconds is None:
         return _DASH
+    if seconds < 1:
+        return f"{seconds * 1000:.0f} ms"
     if seconds < 60:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(round(seconds)), 60)
@@ -730,7 +732,7 @@ def _plot_comparison(groups: Sequence[_Group], sites: Sequence[str], path: Path)
     for i, g in enumerate(groups):
         rows = {r["site"]: r for r in g.rows}
         heights = [rows[s]["mean"] if rows[s]["mean"] is not None else 0.0 for s in (*sites, "mean")]
-        errors = [rows[s]["sd"] or 0.0 for s in (*sites, "mean")]
+        errors = [rows[s]["sd"] if rows[s]["sd"] is not None else math.nan for s in (*sites, "mean")]
         offsets = [x - 0.4 + width * (i + 0.5) for x in xs]
         ax.bar(offsets, heights, width, yerr=errors, capsize=3, label=g.label)
     ax.set_xticks(xs)
