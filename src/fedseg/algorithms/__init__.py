@@ -5,7 +5,16 @@ Adding one = one file with an ``@ALGORITHMS.register`` class, one import below, 
 
 from __future__ import annotations
 
-from fedseg.algorithms import centralized, fedavg, fedbn, fedprox, local  # noqa: F401  (registration)
+from fedseg.algorithms import (  # noqa: F401  (registration)
+    centralized,
+    ditto,
+    fedavg,
+    fedbn,
+    fedper,
+    fedprox,
+    fedrep,
+    local,
+)
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
 from fedseg.algorithms.registry import ALGORITHMS, AlgorithmConfigError, build_algorithm
 

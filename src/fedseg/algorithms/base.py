@@ -24,7 +24,9 @@ What each family overrides:
   a personal model as in Ditto); per-round scratch: ``ctx.scratch``; server state: ``server_state``.
 * aggregation with arbitrary weights: :meth:`aggregation_weights` or the whole :meth:`aggregate`.
 * a custom local procedure (FedRep's head-then-body, Ditto's two models, FedMix's two nets):
-  :meth:`local_train`, using the engine's :class:`LocalTrainer`.
+  :meth:`local_train`, using the engine's :class:`LocalTrainer` (which also evaluates on the
+  client's own validation split, e.g. for FedSegNet's adaptive aggregation weights).
+* a local phase after the last round (FedOAP's local fine-tuning): :meth:`personalize`.
 
 Hyperparameters are dataclass fields; state lives in ``ctx.state``/``server_state``, never on
 ``self`` (Flower rebuilds the client for every message).
@@ -62,10 +64,13 @@ class Batch:
     Attributes:
         image: ``(B, C, *spatial)`` float32.
         mask: ``(B, 1, *spatial)`` int64 class indices.
+        extras: other per-sample tensors, first dimension B (e.g. weak labels: box masks,
+            image-level class vectors, a supervision-kind code).
     """
 
     image: torch.Tensor
     mask: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 ExtraLoss = Callable[[nn.Module, Batch, torch.Tensor], "torch.Tensor | None"]
@@ -106,6 +111,11 @@ class LocalTrainer(Protocol):
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The configured segmentation loss (Dice + CE)."""
+        ...
+
+    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        """Metrics of ``model`` on the client's own ``split`` (val by default): Dice, IoU, HD95
+        (mm), precision, recall and ``n`` -- for aggregation weights such as FedSegNet's AAM."""
         ...
 
 
@@ -253,6 +263,15 @@ class Algorithm:
             num_examples=num_examples,
             metrics={k: float(v) for k, v in train_metrics.items()},
         )
+
+    def personalize(self, model: nn.Module, ctx: ClientContext, trainer: LocalTrainer) -> dict[str, float] | None:
+        """Optional local phase after the last round (e.g. FedOAP's local fine-tuning).
+
+        The engine calls it once per client, with the final global model and the client's local
+        keys loaded, and then :meth:`on_round_end`. The base class does nothing (and the engine
+        skips the call entirely unless a subclass overrides it).
+        """
+        return None
 
     def on_round_end(self, model: nn.Module, ctx: ClientContext) -> None:
         """Keep the local parameters in client state for the next round and for evaluation."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -24,8 +23,9 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _command_line() -> str:
-    return " ".join(shlex.quote(a) for a in ["fedseg", *sys.argv[1:]])
+def _command_line(*args: str | Path | None) -> str:
+    """The command as the user would type it (rebuilt from the parsed arguments)."""
+    return " ".join(shlex.quote(str(a)) for a in ("fedseg", *args) if a is not None)
 
 
 def _metrics_table(title: str, rows: list[dict[str, Any]], first: str = "site") -> Table:
@@ -79,7 +79,10 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
         raise AssertionError from None
     run_dir = out or Path("runs") / f"{cfg.name}_{cfg.algorithm['name']}_s{cfg.seed}"
     try:
-        result = run_inprocess(cfg, run_dir, resume=resume, command=_command_line(), progress=RichProgress())
+        sets = [x for item in overrides for x in ("--set", item)]
+        command = _command_line("run", cfg_path, *sets, "--resume" if resume else None,
+                                "--out" if out else None, out)
+        result = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress())
     except (RunError, DataError) as exc:
         _fail(str(exc))
         raise AssertionError from None
@@ -110,7 +113,7 @@ def demo(out: Annotated[Path, typer.Option("--out", help="output folder")] = Pat
     """FedAvg next to local-only on the embedded synthetic 3-site data; writes a comparison report."""
     from fedseg.cli.demo import run_demo
 
-    run_demo(out, console=console, command=_command_line())
+    run_demo(out, console=console, command=_command_line("demo", "--out", out))
 
 
 @app.command("eval")

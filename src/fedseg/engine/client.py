@@ -7,7 +7,7 @@ from torch import nn
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
 from fedseg.types import Broadcast, ClientState, ClientUpdate
 
-__all__ = ["run_client_round", "PrivacyError"]
+__all__ = ["run_client_round", "run_client_personalization", "overrides_personalize", "PrivacyError"]
 
 
 class PrivacyError(RuntimeError):
@@ -41,3 +41,26 @@ def run_client_round(
             f"{' ...' if len(leaked) > 5 else ''}"
         )
     return update
+
+
+def overrides_personalize(algorithm: Algorithm) -> bool:
+    """Whether the algorithm has a post-federation local phase."""
+    return type(algorithm).personalize is not Algorithm.personalize
+
+
+def run_client_personalization(
+    algorithm: Algorithm,
+    model: nn.Module,
+    *,
+    client_id: str,
+    rnd: int,
+    broadcast: Broadcast,
+    state: ClientState,
+    trainer: LocalTrainer,
+) -> dict[str, float]:
+    """The local phase after the last round: load the final model, ``personalize``, keep local keys."""
+    ctx = ClientContext(client_id=client_id, round=rnd, broadcast=broadcast, state=state, device=trainer.device)
+    algorithm.on_round_start(model, ctx)
+    metrics = algorithm.personalize(model, ctx, trainer) or {}
+    algorithm.on_round_end(model, ctx)
+    return metrics

@@ -84,12 +84,15 @@ class RunDir:
             fh.flush()
             os.fsync(fh.fileno())
 
-    def truncate_metrics_after(self, rnd: int) -> None:
-        """Drop records of rounds after ``rnd`` (a resumed run re-does them)."""
+    def truncate_metrics_after(self, rnd: int, *, keep_personalize: bool = False) -> None:
+        """Drop records of rounds after ``rnd`` and the final test records (a resumed run
+        re-does them), and the post-federation phase's unless it completed."""
         kept = [
             r
             for r in read_metrics(self.metrics)
-            if int(r.get("round", 0)) <= rnd and r.get("split") != "test"
+            if int(r.get("round", 0)) <= rnd
+            and r.get("split") != "test"
+            and (keep_personalize or r.get("kind") != "personalize")
         ]
         atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 

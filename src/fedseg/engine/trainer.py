@@ -11,6 +11,7 @@ from torch import nn
 from fedseg.algorithms.base import Batch, ExtraLoss
 from fedseg.config import TrainConfig
 from fedseg.data.base import SegmentationSet
+from fedseg.engine.evaluate import evaluate
 from fedseg.types import ClientState
 
 __all__ = ["Trainer", "make_optimizer", "resolve_device", "EpochCallback"]
@@ -63,6 +64,9 @@ class Trainer:
         seed: int,
         state: ClientState,
         on_epoch: EpochCallback | None = None,
+        eval_sets: dict[str, SegmentationSet] | None = None,
+        num_classes: int = 2,
+        eval_batch_size: int = 16,
     ) -> None:
         self.cfg = cfg
         self.loss_fn = loss_fn
@@ -71,6 +75,9 @@ class Trainer:
         self.state = state
         self.num_examples = len(data)
         self.on_epoch = on_epoch
+        self.eval_sets = eval_sets or {}
+        self.num_classes = num_classes
+        self.eval_batch_size = eval_batch_size
         self._images = data.images.to(device)
         self._masks = data.masks.to(device)
         self._gen = torch.Generator()
@@ -78,6 +85,16 @@ class Trainer:
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return self.loss_fn(logits, mask)
+
+    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
+        if split not in self.eval_sets:
+            raise KeyError(f"no {split!r} split for this client; available: {', '.join(self.eval_sets) or 'none'}")
+        was_training = model.training
+        try:
+            return evaluate(model, self.eval_sets[split], num_classes=self.num_classes, device=self.device,
+                            batch_size=self.eval_batch_size)
+        finally:
+            model.train(was_training)
 
     def batches(self, *, shuffle: bool = False) -> Iterator[Batch]:
         n, bs = self.num_examples, self.cfg.batch_size

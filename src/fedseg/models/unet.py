@@ -75,7 +75,7 @@ def build_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channe
     # With residual units MONAI also normalises the top transposed conv, whose width is
     # out_channels, so GroupNorm must divide it too.
     normed = list(cfg.channels) + ([out_channels] if cfg.num_res_units > 0 else [])
-    return UNet(
+    net = UNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
@@ -85,3 +85,8 @@ def build_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channe
         norm=norm_spec(cfg.norm, normed),  # type: ignore[arg-type]  # MONAI accepts None
         dropout=cfg.dropout,
     )
+    # The "head" of personalised FL (FedPer/FedRep): MONAI builds the U-Net as
+    # Sequential(down, SkipConnection(...), up); ``model.2`` is the last decoder block, i.e. the
+    # final up-convolution to ``out_channels`` (+ its residual unit).
+    net.head_module_names = ("model.2",)
+    return net

@@ -64,7 +64,8 @@ def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Mod
 
 def _folder_config(cfg: RunConfig) -> DataConfig:
     """Data settings for reading new folders the way the model was trained."""
-    data = cfg.data.model_copy()
+    # A whole folder goes to the test split, so the training grouping column is irrelevant.
+    data = cfg.data.model_copy(update={"group_column": None})
     if data.source == "synthetic":
         size = cfg.data.synthetic.size
         data = DataConfig(channels=1, num_classes=cfg.data.synthetic.num_classes, image_size=[size, size])

@@ -25,7 +25,7 @@ from fedseg.config import RunConfig
 from fedseg.data.base import DataError, FederatedData, SegmentationSet, SiteData
 from fedseg.data.build import build_federated_data
 from fedseg.engine import wire
-from fedseg.engine.client import run_client_round
+from fedseg.engine.client import overrides_personalize, run_client_personalization, run_client_round
 from fedseg.engine.evaluate import evaluate
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
@@ -112,23 +112,32 @@ class _Simulation:
         self.loss_fn = build_loss(cfg.loss, data.num_classes)
         self.init_params = _cpu_params(self.model)
         self.train_sets = _train_sets(data, self.algorithm)
+        self.val_sets = (
+            {POOLED_CLIENT: _concat([s.val for s in data.sites])}
+            if self.algorithm.pooled_data
+            else {s.name: s.val for s in data.sites}
+        )
         self.clients = list(self.train_sets)
         self.store = ClientStateStore(run.client_states, int(cfg.federation.state_spill_mb * 2**20))
         self.global_params: Params = copy.deepcopy(self.init_params)
         self.server_state = self.algorithm.init_server_state(self.global_params)
+        self.phase = "federated"
 
     # ------------------------------------------------------------------ checkpointing
-    def save_checkpoint(self, rnd: int) -> None:
+    def save_checkpoint(self, rnd: int, phase: str = "federated") -> None:
         atomic_torch_save(
             {
                 "round": rnd,
+                "phase": phase,
                 "global_params": self.global_params,
                 "server_state": self.server_state,
                 "client_states": self.store.snapshot(),
             },
             self.run.checkpoint,
         )
-        self.run.write_json(self.run.checkpoint_meta, {"round": rnd, "rounds": self.cfg.federation.rounds})
+        self.run.write_json(
+            self.run.checkpoint_meta, {"round": rnd, "rounds": self.cfg.federation.rounds, "phase": phase}
+        )
         self.store.prune()
 
     def load_checkpoint(self) -> int:
@@ -136,18 +145,19 @@ class _Simulation:
         self.global_params = ckpt["global_params"]
         self.server_state = ckpt["server_state"]
         self.store.restore(ckpt["client_states"])
+        self.phase = str(ckpt.get("phase", "federated"))
         return int(ckpt["round"])
 
     # ------------------------------------------------------------------ one round
-    def client_round(self, rnd: int, client_id: str, payload: bytes) -> tuple[ClientUpdate, float]:
+    def _prepare_client(self, rnd: int, client_id: str, payload: bytes) -> tuple[Broadcast, dict[str, Any], Trainer]:
+        """Decode the broadcast, reset the model to the seeded init, seed the round, build the trainer."""
         broadcast = wire.decode(payload)
-        assert isinstance(broadcast, Broadcast)
+        if not isinstance(broadcast, Broadcast):
+            raise TypeError("the server payload did not decode to a Broadcast")
         self.model.load_state_dict(self.init_params)
         state = self.store.load(client_id)
-        index = self.clients.index(client_id)
-        seed = derive_seed(self.cfg.seed, rnd, index)
+        seed = derive_seed(self.cfg.seed, rnd, self.clients.index(client_id))
         seed_everything(seed)
-        self.progress.client_start(client_id, self.cfg.federation.local_epochs)
         trainer = Trainer(
             self.train_sets[client_id],
             self.loss_fn,
@@ -157,7 +167,15 @@ class _Simulation:
             seed=seed,
             state=state,
             on_epoch=lambda e, n, loss: self.progress.epoch_end(client_id, e, n, loss),
+            eval_sets={"val": self.val_sets[client_id]},
+            num_classes=self.data.num_classes,
+            eval_batch_size=self.cfg.eval.batch_size,
         )
+        return broadcast, state, trainer
+
+    def client_round(self, rnd: int, client_id: str, payload: bytes) -> tuple[ClientUpdate, float]:
+        broadcast, state, trainer = self._prepare_client(rnd, client_id, payload)
+        self.progress.client_start(client_id, self.cfg.federation.local_epochs)
         start = time.perf_counter()
         update = run_client_round(
             self.algorithm, self.model, client_id=client_id, rnd=rnd, broadcast=broadcast, state=state, trainer=trainer
@@ -254,8 +272,31 @@ class _Simulation:
                     records.append({**base, "model": "personal", **global_metrics})
         return records
 
+    def personalize_all(self) -> None:
+        """The algorithm's post-federation local phase on every client, then a checkpoint."""
+        rounds = self.cfg.federation.rounds
+        if self.phase == "personalized" or not overrides_personalize(self.algorithm):
+            return
+        broadcast = self.algorithm.broadcast(rounds + 1, self.global_params, self.server_state)
+        broadcast.config["phase"] = "personalize"
+        payload = wire.encode(broadcast)
+        records = []
+        for client_id in self.clients:
+            bc, state, trainer = self._prepare_client(rounds + 1, client_id, payload)
+            self.progress.client_start(client_id, self.cfg.federation.local_epochs)
+            metrics = run_client_personalization(
+                self.algorithm, self.model, client_id=client_id, rnd=rounds + 1, broadcast=bc, state=state,
+                trainer=trainer,
+            )
+            self.store.save(client_id, state, rounds + 1)
+            records.append({"round": rounds, "site": client_id, "kind": "personalize", **metrics})
+        self.run.append_metrics(records)
+        self.phase = "personalized"
+        self.save_checkpoint(rounds, phase=self.phase)
+
     def finish(self) -> dict[str, Any]:
         rounds = self.cfg.federation.rounds
+        self.personalize_all()
         records = self.evaluate_all(rounds, "test")
         self.run.append_metrics([{**r, "kind": "eval"} for r in records])
         summary: dict[str, Any] = {"algorithm": self.algorithm.name, "rounds": rounds, "test": {}}
@@ -330,7 +371,7 @@ def run_inprocess(
     start_round = 1
     if resume:
         start_round = sim.load_checkpoint() + 1
-        run.truncate_metrics_after(start_round - 1)
+        run.truncate_metrics_after(start_round - 1, keep_personalize=sim.phase == "personalized")
     progress.start(cfg.federation.rounds, start_round)
     try:
         for rnd in range(start_round, cfg.federation.rounds + 1):

@@ -1,0 +1,96 @@
+"""Personalised baselines: what stays local never travels, and personal models are used."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import tiny_config
+from fedseg.algorithms import build_algorithm
+from fedseg.algorithms.base import Algorithm
+from fedseg.config import config_from_dict
+from fedseg.engine import wire
+from fedseg.engine.client import PrivacyError
+from fedseg.models import build_model
+from fedseg.runtime.sim import run_inprocess
+from fedseg.types import ClientUpdate
+
+
+def _model() -> nn.Module:
+    return build_model(config_from_dict(tiny_config()).model, 2, 1, 2)
+
+
+def _spy(monkeypatch: pytest.MonkeyPatch) -> list[ClientUpdate]:
+    sent: list[ClientUpdate] = []
+    original = wire.encode
+
+    def spy(message):  # type: ignore[no-untyped-def]
+        if isinstance(message, ClientUpdate):
+            sent.append(message)
+        return original(message)
+
+    monkeypatch.setattr(wire, "encode", spy)
+    return sent
+
+
+@pytest.mark.parametrize("name", ["fedper", "fedrep"])
+def test_head_is_the_last_decoder_block_and_never_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       name: str) -> None:
+    alg = build_algorithm({"name": name})
+    head = alg.local_keys(_model())
+    assert head and all(k.startswith("model.2.") for k in head)
+    sent = _spy(monkeypatch)
+    run_inprocess(config_from_dict(tiny_config({"name": name, "head_epochs": 1} if name == "fedrep" else name)),
+                  tmp_path / name, write_report=False)
+    assert sent and all(not head & set(u.params) for u in sent)
+
+
+def test_explicit_head_names_are_exact_module_names() -> None:
+    alg = build_algorithm({"name": "fedper", "head": ["model.0"]})
+    assert all(k.startswith("model.0.") for k in alg.local_keys(_model()))
+    with pytest.raises(KeyError, match="not found"):
+        build_algorithm({"name": "fedper", "head": ["model.9"]}).local_keys(_model())
+
+
+def test_fedrep_trains_head_then_body(tmp_path: Path) -> None:
+    result = run_inprocess(config_from_dict(tiny_config({"name": "fedrep", "head_epochs": 2}, rounds=1)),
+                           tmp_path / "r", write_report=False)
+    assert result.summary["test"]["personal"].keys() == {"site0", "site1"}
+
+
+def test_ditto_personal_model_stays_local_and_differs_from_global(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    sent = _spy(monkeypatch)
+    run_dir = tmp_path / "d"
+    result = run_inprocess(config_from_dict(tiny_config({"name": "ditto", "lam": 0.1}, rounds=2)), run_dir,
+                           write_report=False)
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    personal = ckpt["client_states"]["memory"]["site0"]["personal_model"]
+    assert personal.keys() == result.global_params.keys()
+    assert any(not torch.equal(personal[k], result.global_params[k]) for k in personal)
+    assert all(set(u.extras) == set() and set(u.params) == set(result.global_params) for u in sent)
+    assert all("personal_loss" in u.metrics for u in sent)
+
+
+def test_engine_refuses_an_update_that_leaks_a_local_key(tmp_path: Path) -> None:
+    @dataclass
+    class Leaky(Algorithm):
+        def local_keys(self, model: nn.Module) -> set[str]:
+            return {next(iter(model.state_dict()))}
+
+        def client_update(self, model, ctx, num_examples, train_metrics):  # type: ignore[no-untyped-def]
+            return ClientUpdate(ctx.client_id, {k: v.cpu() for k, v in model.state_dict().items()}, num_examples)
+
+    import fedseg.runtime.sim as sim
+
+    original = sim.build_algorithm
+    try:
+        sim.build_algorithm = lambda spec: Leaky()  # type: ignore[assignment]
+        with pytest.raises(PrivacyError, match="local keys"):
+            run_inprocess(config_from_dict(tiny_config(rounds=1)), tmp_path / "leak", write_report=False)
+    finally:
+        sim.build_algorithm = original
