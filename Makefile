@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fedseg demo --out runs/demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -p no:cacheprovider
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
