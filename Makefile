@@ -20,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/fedseg demo --out runs/demo
 
 test: $(STAMP)
+	$(PY) -m mypy
 	$(PY) -m pytest -p no:cacheprovider
 
 bench: $(STAMP)

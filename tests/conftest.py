@@ -42,3 +42,21 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
     for key, value in extra.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg
+
+
+@pytest.fixture
+def sent_updates(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every ClientUpdate the engine encodes for the wire, in order."""
+    from fedseg.engine import wire
+    from fedseg.types import ClientUpdate
+
+    sent: list[Any] = []
+    original = wire.encode
+
+    def spy(message: Any) -> bytes:
+        if isinstance(message, ClientUpdate):
+            sent.append(message)
+        return original(message)
+
+    monkeypatch.setattr(wire, "encode", spy)
+    return sent

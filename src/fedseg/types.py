@@ -106,8 +106,8 @@ def check_message(message: ClientUpdate | Broadcast) -> None:
                     f"{kind}.{fname}[{key!r}] is a {type(value).__name__}; messages carry only tensors"
                 )
     scalars = message.metrics if isinstance(message, ClientUpdate) else message.config
-    for key, value in scalars.items():
-        if not isinstance(value, (int, float, bool, str)):
+    for key, scalar in scalars.items():
+        if not isinstance(scalar, (int, float, bool, str)):
             raise MessageError(
-                f"{kind} scalar {key!r} is a {type(value).__name__}; allowed: int, float, bool, str"
+                f"{kind} scalar {key!r} is a {type(scalar).__name__}; allowed: int, float, bool, str"
             )

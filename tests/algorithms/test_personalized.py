@@ -13,7 +13,6 @@ from conftest import tiny_config
 from fedseg.algorithms import build_algorithm
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import config_from_dict
-from fedseg.engine import wire
 from fedseg.engine.client import PrivacyError
 from fedseg.models import build_model
 from fedseg.runtime.sim import run_inprocess
@@ -24,26 +23,13 @@ def _model() -> nn.Module:
     return build_model(config_from_dict(tiny_config()).model, 2, 1, 2)
 
 
-def _spy(monkeypatch: pytest.MonkeyPatch) -> list[ClientUpdate]:
-    sent: list[ClientUpdate] = []
-    original = wire.encode
-
-    def spy(message):  # type: ignore[no-untyped-def]
-        if isinstance(message, ClientUpdate):
-            sent.append(message)
-        return original(message)
-
-    monkeypatch.setattr(wire, "encode", spy)
-    return sent
-
-
 @pytest.mark.parametrize("name", ["fedper", "fedrep"])
-def test_head_is_the_last_decoder_block_and_never_sent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+def test_head_is_the_last_decoder_block_and_never_sent(tmp_path: Path, sent_updates: list[ClientUpdate],
                                                        name: str) -> None:
     alg = build_algorithm({"name": name})
     head = alg.local_keys(_model())
     assert head and all(k.startswith("model.2.") for k in head)
-    sent = _spy(monkeypatch)
+    sent = sent_updates
     run_inprocess(config_from_dict(tiny_config({"name": name, "head_epochs": 1} if name == "fedrep" else name)),
                   tmp_path / name, write_report=False)
     assert sent and all(not head & set(u.params) for u in sent)
@@ -63,8 +49,8 @@ def test_fedrep_trains_head_then_body(tmp_path: Path) -> None:
 
 
 def test_ditto_personal_model_stays_local_and_differs_from_global(tmp_path: Path,
-                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    sent = _spy(monkeypatch)
+                                                                   sent_updates: list[ClientUpdate]) -> None:
+    sent = sent_updates
     run_dir = tmp_path / "d"
     result = run_inprocess(config_from_dict(tiny_config({"name": "ditto", "lam": 0.1}, rounds=2)), run_dir,
                            write_report=False)

@@ -9,7 +9,6 @@ import torch
 from conftest import tiny_config
 from fedseg.algorithms import ALGORITHMS, build_algorithm
 from fedseg.config import config_from_dict
-from fedseg.engine import wire
 from fedseg.engine.rundir import read_metrics
 from fedseg.models import build_model
 from fedseg.runtime.sim import RunError, run_inprocess, sample_clients
@@ -54,16 +53,9 @@ def test_same_seed_same_weights_different_seed_differs(tmp_path: Path) -> None:
     assert any(not torch.equal(v, c.global_params[k]) for k, v in a.global_params.items())
 
 
-def test_fedbn_norm_parameters_never_appear_in_a_client_message(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    sent: list[ClientUpdate] = []
-    original = wire.encode
-
-    def spy(message):  # type: ignore[no-untyped-def]
-        if isinstance(message, ClientUpdate):
-            sent.append(message)
-        return original(message)
-
-    monkeypatch.setattr(wire, "encode", spy)
+def test_fedbn_norm_parameters_never_appear_in_a_client_message(tmp_path: Path,
+                                                                 sent_updates: list[ClientUpdate]) -> None:
+    sent = sent_updates
     cfg = tiny_config("fedbn", rounds=2)
     _run(tmp_path, "bn", cfg)
     run_cfg = config_from_dict(cfg)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from fedseg.engine.progress import ProgressSink
 
@@ -24,7 +24,7 @@ class RichProgress(ProgressSink):
             console=self.console,
             transient=False,
         )
-        self._rounds = self._clients = self._epochs = None
+        self._rounds = self._clients = self._epochs = TaskID(-1)
 
     def start(self, total_rounds: int, start_round: int) -> None:
         self._progress.start()

@@ -221,7 +221,8 @@ def _random_rotations(rng: np.random.Generator, n: int, dims: int) -> np.ndarray
     """``(n, dims, dims)`` random orthogonal matrices (Haar, via QR)."""
     g = rng.standard_normal((n, dims, dims))
     q, r = np.linalg.qr(g)
-    return q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    rotations: np.ndarray = q * np.sign(np.diagonal(r, axis1=1, axis2=2))[:, None, :]
+    return rotations
 
 
 def _blob_labels(
@@ -267,7 +268,7 @@ def _blob_labels(
     freq = rng.uniform(1.5, 4.0, size=(n, terms, 1)).astype(np.float32)
     phase = rng.uniform(0.0, 2 * math.pi, size=(n, terms, 1)).astype(np.float32)
     radius = 1.0 + (amp * np.sin(freq * np.einsum("ntd,ndp->ntp", w, u) + phase)).sum(axis=1)
-    labels = (rho < radius).astype(np.int64)
+    labels: np.ndarray = (rho < radius).astype(np.int64)
     if num_classes >= 3:
         core = rng.uniform(0.45, 0.65, size=(n, 1)).astype(np.float32)
         labels[rho < core * radius] = 2

@@ -45,7 +45,7 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """All records of a metrics.jsonl (a torn last line from a killed run is skipped)."""
-    records = []
+    records: list[dict[str, Any]] = []
     if not path.is_file():
         return records
     for line in path.read_text(encoding="utf-8").splitlines():

@@ -28,6 +28,6 @@ def seed_everything(seed: int) -> torch.Generator:
 def configure_determinism(enabled: bool) -> None:
     """Ask torch for deterministic kernels (warn-only where none exists, e.g. some CUDA ops)."""
     torch.use_deterministic_algorithms(enabled, warn_only=True)
-    if torch.backends.cudnn.is_available():
+    if torch.backends.cudnn.is_available():  # type: ignore[no-untyped-call]
         torch.backends.cudnn.benchmark = not enabled
         torch.backends.cudnn.deterministic = enabled

@@ -84,7 +84,8 @@ class Trainer:
         self._gen.manual_seed(seed)
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.loss_fn(logits, mask)
+        loss: torch.Tensor = self.loss_fn(logits, mask)
+        return loss
 
     def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
         if split not in self.eval_sets:

@@ -88,5 +88,5 @@ def build_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channe
     # The "head" of personalised FL (FedPer/FedRep): MONAI builds the U-Net as
     # Sequential(down, SkipConnection(...), up); ``model.2`` is the last decoder block, i.e. the
     # final up-convolution to ``out_channels`` (+ its residual unit).
-    net.head_module_names = ("model.2",)
+    net.head_module_names = ("model.2",)  # type: ignore[assignment]  # plain attribute on the module
     return net

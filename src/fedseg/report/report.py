@@ -483,8 +483,9 @@ def _communication(run: _Run) -> list[str]:
 
 
 def _data_section(run: _Run) -> list[str]:
-    data = run.config.get("data") if isinstance(run.config.get("data"), Mapping) else {}
-    federation = run.config.get("federation") if isinstance(run.config.get("federation"), Mapping) else {}
+    data_raw, federation_raw = run.config.get("data"), run.config.get("federation")
+    data: Mapping[str, Any] = data_raw if isinstance(data_raw, Mapping) else {}
+    federation: Mapping[str, Any] = federation_raw if isinstance(federation_raw, Mapping) else {}
     facts = []
     if data.get("source"):
         facts.append(f"source {data['source']}")

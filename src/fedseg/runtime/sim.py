@@ -202,7 +202,8 @@ class _Simulation:
             up_bytes = wire.encode(update)
             received = wire.decode(up_bytes)
             overhead += time.perf_counter() - t0
-            assert isinstance(received, ClientUpdate)
+            if not isinstance(received, ClientUpdate):
+                raise TypeError(f"{client_id}: the update did not decode to a ClientUpdate")
             updates.append(received)
             records.append(
                 {
