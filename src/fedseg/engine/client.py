@@ -1,13 +1,31 @@
-"""One client's round: the hook sequence shared by every engine."""
+"""The client side, shared by every engine: the hook sequence of a round and :class:`ClientRuntime`."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import torch
 from torch import nn
 
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
-from fedseg.types import Broadcast, ClientState, ClientUpdate
+from fedseg.config import RunConfig
+from fedseg.data.base import SegmentationSet
+from fedseg.engine import wire
+from fedseg.engine.evaluate import evaluate
+from fedseg.engine.progress import ProgressSink
+from fedseg.engine.seeding import derive_seed, seed_everything
+from fedseg.engine.trainer import Trainer
+from fedseg.types import Broadcast, ClientState, ClientUpdate, Params
 
-__all__ = ["run_client_round", "run_client_personalization", "overrides_personalize", "PrivacyError"]
+__all__ = [
+    "ClientRuntime",
+    "run_client_round",
+    "run_client_personalization",
+    "overrides_personalize",
+    "PrivacyError",
+]
 
 
 class PrivacyError(RuntimeError):
@@ -64,3 +82,128 @@ def run_client_personalization(
     metrics = algorithm.personalize(model, ctx, trainer) or {}
     algorithm.on_round_end(model, ctx)
     return metrics
+
+
+class ClientRuntime:
+    """Everything one client does, transport-free: the in-process executor and a Flower ClientApp
+    both call it with encoded messages and the client's persistent state.
+
+    Messages in and out are :mod:`fedseg.engine.wire` bytes, so both engines serialise, check and
+    count the same bytes. State is passed in and updated in place; the caller persists it.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_index: int,
+        algorithm: Algorithm,
+        model: nn.Module,
+        init_params: Params,
+        loss_fn: nn.Module,
+        cfg: RunConfig,
+        splits: Mapping[str, SegmentationSet],
+        num_classes: int,
+        device: torch.device,
+    ) -> None:
+        self.client_id = client_id
+        self.client_index = client_index
+        self.algorithm = algorithm
+        self.model = model
+        self.init_params = init_params
+        self.loss_fn = loss_fn
+        self.cfg = cfg
+        self.splits = dict(splits)
+        self.num_classes = num_classes
+        self.device = device
+
+    def _prepare(
+        self, rnd: int, payload: bytes, state: ClientState, progress: ProgressSink
+    ) -> tuple[Broadcast, Trainer]:
+        """Decode the broadcast, reset the model to the seeded init, seed the round, build the trainer."""
+        broadcast = wire.decode(payload)
+        if not isinstance(broadcast, Broadcast):
+            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
+        self.model.load_state_dict(self.init_params)
+        seed = derive_seed(self.cfg.seed, rnd, self.client_index)
+        seed_everything(seed)
+        train = self.splits.get("train")
+        if train is None:
+            raise KeyError(f"{self.client_id} has no training split")
+        trainer = Trainer(
+            train,
+            self.loss_fn,
+            self.cfg.train,
+            epochs=self.cfg.federation.local_epochs,
+            device=self.device,
+            seed=seed,
+            state=state,
+            on_epoch=lambda e, n, loss: progress.epoch_end(self.client_id, e, n, loss),
+            # the test split never reaches algorithm hooks
+            eval_sets={k: v for k, v in self.splits.items() if k == "val"},
+            num_classes=self.num_classes,
+            eval_batch_size=self.cfg.eval.batch_size,
+        )
+        return broadcast, trainer
+
+    def fit(
+        self, rnd: int, payload: bytes, state: ClientState, progress: ProgressSink | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
+        """One round of local training; returns the encoded update and a train record."""
+        progress = progress or ProgressSink()
+        broadcast, trainer = self._prepare(rnd, payload, state, progress)
+        progress.client_start(self.client_id, self.cfg.federation.local_epochs)
+        start = time.perf_counter()
+        update = run_client_round(
+            self.algorithm, self.model, client_id=self.client_id, rnd=rnd, broadcast=broadcast, state=state,
+            trainer=trainer,
+        )
+        seconds = time.perf_counter() - start
+        data = wire.encode(update)
+        loss = float(update.metrics.get("loss", float("nan")))
+        progress.client_end(self.client_id, loss)
+        record = {"round": rnd, "site": self.client_id, "kind": "train", "loss": loss, "n": update.num_examples,
+                  "bytes_up": len(data), "bytes_down": len(payload), "seconds": seconds}
+        return data, record
+
+    def personalize(
+        self, rnd: int, payload: bytes, state: ClientState, progress: ProgressSink | None = None
+    ) -> dict[str, Any]:
+        """The algorithm's post-federation local phase; returns a record."""
+        progress = progress or ProgressSink()
+        broadcast, trainer = self._prepare(rnd, payload, state, progress)
+        progress.client_start(self.client_id, self.cfg.federation.local_epochs)
+        metrics = run_client_personalization(
+            self.algorithm, self.model, client_id=self.client_id, rnd=rnd, broadcast=broadcast, state=state,
+            trainer=trainer,
+        )
+        return {"round": rnd - 1, "site": self.client_id, "kind": "personalize", **metrics}
+
+    def evaluate(self, rnd: int, payload: bytes, state: ClientState, split: str) -> list[dict[str, Any]]:
+        """Metrics of the global model (if the method has one) and of this client's personalised
+        model on its own ``split``; one record each (personal = global when nothing is local)."""
+        data = self.splits.get(split)
+        if data is None or len(data) == 0:
+            return []
+        broadcast = wire.decode(payload)
+        if not isinstance(broadcast, Broadcast):
+            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
+        base = {"round": rnd, "site": self.client_id, "kind": "eval", "split": split}
+        records: list[dict[str, Any]] = []
+        global_params = {**self.init_params, **broadcast.params}
+        global_metrics = None
+        if self.algorithm.has_global_model:
+            global_metrics = self._evaluate(global_params, data)
+            records.append({**base, "model": "global", **global_metrics})
+        if self.cfg.eval.personalized and not self.algorithm.pooled_data:
+            personal = self.algorithm.personal_params(global_params, state)
+            if personal is not None:
+                records.append({**base, "model": "personal", **self._evaluate(personal, data)})
+            elif global_metrics is not None:
+                records.append({**base, "model": "personal", **global_metrics})
+        return records
+
+    def _evaluate(self, params: Params, data: SegmentationSet) -> dict[str, float]:
+        self.model.load_state_dict(params)
+        return evaluate(self.model, data, num_classes=self.num_classes, device=self.device,
+                        batch_size=self.cfg.eval.batch_size)

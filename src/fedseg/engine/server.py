@@ -1,0 +1,218 @@
+"""The server side, shared by every engine: sampling, broadcast, aggregation, evaluation rounds,
+metrics and atomic checkpoints. The transport is a :class:`ClientExecutor`: the in-process
+runtime calls :class:`~fedseg.engine.client.ClientRuntime` objects directly, the Flower runtime
+sends messages to SuperNodes."""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from fedseg.algorithms.base import Algorithm
+from fedseg.config import RunConfig
+from fedseg.engine import wire
+from fedseg.engine.client import overrides_personalize
+from fedseg.engine.progress import ProgressSink
+from fedseg.engine.rundir import RunDir
+from fedseg.engine.state_store import atomic_torch_save
+from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
+
+__all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
+
+SERVER = "__server__"
+METRIC_KEYS = ("dice", "iou", "hd95", "precision", "recall", "n")
+
+
+def sample_clients(clients: Sequence[str], fraction: float, min_clients: int, seed: int, rnd: int) -> list[str]:
+    """The clients of round ``rnd``: ``max(min_clients, round(fraction*K))`` of K, seeded."""
+    k = min(len(clients), max(min_clients, int(round(fraction * len(clients)))))
+    if k == len(clients):
+        return list(clients)
+    rng = np.random.default_rng([seed, rnd])
+    chosen = sorted(rng.choice(len(clients), size=k, replace=False).tolist())
+    return [clients[i] for i in chosen]
+
+
+class ClientExecutor(Protocol):
+    """Delivers encoded messages to clients and returns their answers (the transport)."""
+
+    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        """Local training on each client: ``{client: (encoded ClientUpdate, train record)}``."""
+        ...
+
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
+        """Evaluation records (global and personalised models) from each client."""
+        ...
+
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
+        """The algorithm's post-federation local phase on each client."""
+        ...
+
+    def state_snapshot(self) -> Any:
+        """Client states to checkpoint with the server (None when clients keep their own)."""
+        ...
+
+    def restore(self, snapshot: Any) -> None:
+        """Restore client states from a checkpoint's snapshot."""
+        ...
+
+    def committed(self) -> None:
+        """Called after a checkpoint is on disk (e.g. to prune superseded state files)."""
+        ...
+
+
+class FederationServer:
+    """Runs the rounds of one federation against a :class:`ClientExecutor`.
+
+    Args:
+        fit_clients: the clients that train (the pooled client for the centralised reference).
+        eval_clients: the clients that evaluate (every site).
+    """
+
+    def __init__(
+        self,
+        cfg: RunConfig,
+        algorithm: Algorithm,
+        init_params: Params,
+        run: RunDir,
+        *,
+        fit_clients: list[str],
+        eval_clients: list[str],
+        progress: ProgressSink | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.algorithm = algorithm
+        self.run = run
+        self.fit_clients = fit_clients
+        self.eval_clients = eval_clients
+        self.progress = progress or ProgressSink()
+        self.global_params: Params = copy.deepcopy(init_params)
+        self.server_state: ServerState = algorithm.init_server_state(self.global_params)
+        self.phase = "federated"
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self, executor: ClientExecutor, rnd: int) -> None:
+        atomic_torch_save(
+            {
+                "round": rnd,
+                "phase": self.phase,
+                "global_params": self.global_params,
+                "server_state": self.server_state,
+                "client_states": executor.state_snapshot(),
+            },
+            self.run.checkpoint,
+        )
+        self.run.write_json(
+            self.run.checkpoint_meta, {"round": rnd, "rounds": self.cfg.federation.rounds, "phase": self.phase}
+        )
+        executor.committed()
+
+    def load_checkpoint(self, executor: ClientExecutor) -> int:
+        """Restore the last checkpoint; returns its round."""
+        import torch
+
+        ckpt = torch.load(self.run.checkpoint, map_location="cpu", weights_only=False)
+        self.global_params = ckpt["global_params"]
+        self.server_state = ckpt["server_state"]
+        self.phase = str(ckpt.get("phase", "federated"))
+        if ckpt.get("client_states") is not None:
+            executor.restore(ckpt["client_states"])
+        return int(ckpt["round"])
+
+    # ------------------------------------------------------------------ rounds
+    def _payload(self, rnd: int, phase: str | None = None) -> bytes:
+        broadcast = self.algorithm.broadcast(rnd, self.global_params, self.server_state)
+        if phase is not None:
+            broadcast.config["phase"] = phase
+        return wire.encode(broadcast)
+
+    def run_round(self, executor: ClientExecutor, rnd: int) -> None:
+        t_round = time.perf_counter()
+        fed = self.cfg.federation
+        sampled = sample_clients(self.fit_clients, fed.fraction, fed.min_clients, self.cfg.seed, rnd)
+        self.progress.round_start(rnd, sampled)
+        t0 = time.perf_counter()
+        payload = self._payload(rnd)
+        overhead = time.perf_counter() - t0
+        replies = executor.fit(rnd, sampled, payload)
+        updates: list[ClientUpdate] = []
+        records: list[dict[str, Any]] = []
+        for client_id in sampled:
+            data, record = replies[client_id]
+            t0 = time.perf_counter()
+            update = wire.decode(data)
+            overhead += time.perf_counter() - t0
+            if not isinstance(update, ClientUpdate) or update.client_id != client_id:
+                raise TypeError(f"{client_id}: the reply is not this client's ClientUpdate")
+            updates.append(update)
+            records.append(record)
+        t0 = time.perf_counter()
+        self.global_params, self.server_state = self.algorithm.aggregate(
+            rnd, updates, self.global_params, self.server_state
+        )
+        overhead += time.perf_counter() - t0
+        records.append(
+            {
+                "round": rnd,
+                "site": SERVER,
+                "kind": "round",
+                "clients": len(sampled),
+                "bytes_up": sum(int(r["bytes_up"]) for r in records),
+                "bytes_down": len(payload) * len(sampled),
+                "seconds": time.perf_counter() - t_round,
+                "overhead_seconds": overhead,
+            }
+        )
+        if rnd % self.cfg.eval.every == 0 or rnd == fed.rounds:
+            records.extend(self.evaluate(executor, rnd, "val"))
+        self.run.append_metrics(records)
+        self.save_checkpoint(executor, rnd)
+        val = [r["dice"] for r in records if r.get("kind") == "eval" and "dice" in r]
+        self.progress.round_end(rnd, {"val_dice": float(np.nanmean(val)) if val else float("nan")})
+
+    def evaluate(self, executor: ClientExecutor, rnd: int, split: str) -> list[dict[str, Any]]:
+        """Evaluation records of every evaluating client, in client order."""
+        replies = executor.evaluate(rnd, self.eval_clients, self._payload(rnd + 1, phase="eval"), split)
+        return [r for c in self.eval_clients for r in replies.get(c, [])]
+
+    def personalize(self, executor: ClientExecutor) -> None:
+        """The algorithm's post-federation local phase, once, then a checkpoint."""
+        rounds = self.cfg.federation.rounds
+        if self.phase == "personalized" or not overrides_personalize(self.algorithm):
+            return
+        replies = executor.personalize(rounds + 1, self.fit_clients, self._payload(rounds + 1, phase="personalize"))
+        self.run.append_metrics([replies[c] for c in self.fit_clients if c in replies])
+        self.phase = "personalized"
+        self.save_checkpoint(executor, rounds)
+
+    def run_all(self, executor: ClientExecutor, *, resume: bool = False) -> dict[str, Any]:
+        """All remaining rounds, the post-federation phase and the final test evaluation."""
+        start = 1
+        if resume:
+            start = self.load_checkpoint(executor) + 1
+            self.run.truncate_metrics_after(start - 1, keep_personalize=self.phase == "personalized")
+        rounds = self.cfg.federation.rounds
+        self.progress.start(rounds, start)
+        try:
+            for rnd in range(start, rounds + 1):
+                self.run_round(executor, rnd)
+            self.personalize(executor)
+            records = self.evaluate(executor, rounds, "test")
+        finally:
+            self.progress.stop()
+        self.run.append_metrics(records)
+        return self._summary(records)
+
+    def _summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        summary: dict[str, Any] = {"algorithm": self.algorithm.name, "rounds": self.cfg.federation.rounds, "test": {}}
+        for r in records:
+            summary["test"].setdefault(r["model"], {})[r["site"]] = {k: r[k] for k in METRIC_KEYS if k in r}
+        for model_kind, sites in summary["test"].items():
+            dice = [m["dice"] for m in sites.values()]
+            summary.setdefault("mean", {})[model_kind] = {"dice": float(np.nanmean(dice)) if dice else float("nan")}
+        self.run.write_json(self.run.summary, summary)
+        return summary
