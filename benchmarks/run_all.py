@@ -30,6 +30,10 @@ from fedseg.models import build_model
 from fedseg.config import LossConfig, ModelConfig
 from fedseg.runtime.sim import run_inprocess
 
+from bench_augment import augment_cost  # benchmarks/ is on sys.path when run as a script
+from bench_data_cache import data_cache_cost, describe as describe_data_cache
+import bench_flower
+
 
 def bare_loop(model, images, masks, loss_fn, batch_size, epochs, lr, seed) -> int:
     """The reference: the plainest correct PyTorch training loop."""
@@ -138,6 +142,9 @@ def main() -> int:
         "machine": f"{platform.machine()} {torch.get_num_threads()} threads, torch {torch.__version__}",
         "throughput": throughput(args.size, args.epochs, args.repeats, args.batch),
         "round_overhead": round_overhead(args.out, 64, args.rounds),
+        "augment_cost": {f"{d}d": augment_cost(d, epochs=2, repeats=3) for d in (2, 3)},
+        "data_cache": data_cache_cost(args.out, repeats=3),
+        "flower": bench_flower.run(args.out / "flower", rounds=args.rounds + 2),
     }
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     t, o = results["throughput"], results["round_overhead"]
@@ -146,6 +153,12 @@ def main() -> int:
     print(f"round overhead (3 clients, {o['image']}): {o['overhead_seconds_mean']:.4f} s of {o['round_seconds_mean']:.3f} s "
           f"per round = {100 * o['overhead_share']:.2f}%; {o['bytes_up_per_round'] / 2**20:.2f} MB up, "
           f"{o['bytes_down_per_round'] / 2**20:.2f} MB down per round")
+    for dims, a in results["augment_cost"].items():
+        print(f"augmentation cost ({dims}, {a['input']}, batch {a['batch']}): off {a['off_samples_per_s']}, "
+              f"default on {a['on_samples_per_s']} ({a['on_over_off']:.2f}x), every transform "
+              f"{a['all_samples_per_s']} ({a['all_over_off']:.2f}x) samples/s")
+    print(describe_data_cache(results["data_cache"]))
+    print(bench_flower.describe(results["flower"]))
     print(f"results: {args.out / 'results.json'}")
     return 0 if t["ratio"] >= 0.95 else 1
 

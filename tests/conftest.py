@@ -17,6 +17,15 @@ def _seed() -> None:
     seed_everything(0)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _preprocessed_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Keep the preprocessed-case cache of every test out of the checkout's .fedseg_cache."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FEDSEG_CACHE_DIR", str(tmp_path_factory.mktemp("fedseg_cache")))
+    yield
+    mp.undo()
+
+
 def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, rounds: int = 2, sites: int = 2,
                 **extra: Any) -> dict[str, Any]:
     """A run config that trains in well under a second per round."""

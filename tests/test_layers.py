@@ -1,5 +1,5 @@
 """Dependencies point one way: cli -> runtime -> report -> engine -> algorithms ->
-data/models/losses/metrics -> config -> types/registry. Siblings on one layer stay independent."""
+data/models/losses/metrics -> config/io -> types/registry. Siblings on one layer stay independent."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedseg"
 
 LAYERS: dict[str, int] = {
     "types": 0, "registry": 0, "__init__": 0,
-    "config": 1,
-    "data": 2, "models": 2, "losses": 2, "metrics": 2,
+    "config": 1, "io": 1,
+    "data": 2, "models": 2, "losses": 2, "metrics": 2, "codecs": 2,
     "algorithms": 3,
     "engine": 4,
     "report": 5,
@@ -57,3 +57,26 @@ def test_nothing_imports_the_cli() -> None:
         if path.relative_to(SRC).parts[0] == "cli":
             continue
         assert not [m for m in _imports(path) if m.startswith("fedseg.cli")], path
+
+
+def _third_party_imports(path: Path) -> list[str]:
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.append(node.module)
+    return found
+
+
+def test_only_runtime_flower_imports_flwr() -> None:
+    flower = SRC / "runtime" / "flower"
+    offenders = [
+        str(path.relative_to(SRC))
+        for path in sorted(SRC.rglob("*.py"))
+        if flower not in path.parents
+        and any(m == "flwr" or m.startswith("flwr.") for m in _third_party_imports(path))
+    ]
+    assert not offenders, f"only fedseg.runtime.flower may import flwr: {offenders}"
+    assert any(m.startswith("flwr") for p in flower.rglob("*.py") for m in _third_party_imports(p))

@@ -13,6 +13,7 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     fedper,
     fedprox,
     fedrep,
+    fedsegnet,
     local,
 )
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer

@@ -11,6 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from fedseg.cli import data_cmd, flower_cmd, predict_cmd
+
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated medical image segmentation.")
@@ -63,7 +65,8 @@ def algorithms() -> None:
     console.print(table)
 
 
-def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | None) -> Path:
+def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | None,
+         engine: str | None = None) -> Path:
     from fedseg.algorithms import AlgorithmConfigError, build_algorithm
     from fedseg.cli.progress import RichProgress
     from fedseg.config import ConfigError, load_config
@@ -78,15 +81,23 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
         _fail(str(exc))
         raise AssertionError from None
     run_dir = out or Path("runs") / f"{cfg.name}_{cfg.algorithm['name']}_s{cfg.seed}"
+    if engine not in (None, "inprocess", "flower-sim"):
+        _fail(f"--engine {engine!r}: allowed inprocess, flower-sim (a deployment is submitted with flwr run, "
+              "see docs/deployment.md)")
     try:
         sets = [x for item in overrides for x in ("--set", item)]
         command = _command_line("run", cfg_path, *sets, "--resume" if resume else None,
-                                "--out" if out else None, out)
-        result = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress())
+                                "--out" if out else None, out, "--engine" if engine else None, engine)
+        if (engine or cfg.engine) != "inprocess":
+            from fedseg.cli.flower_cmd import run_flower_engine
+
+            summary = run_flower_engine(cfg, run_dir, engine=engine or cfg.engine, resume=resume, command=command)
+        else:
+            summary = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress()).summary
     except (RunError, DataError) as exc:
         _fail(str(exc))
         raise AssertionError from None
-    _print_summary(result.summary, run_dir)
+    _print_summary(summary, run_dir)
     return run_dir
 
 
@@ -103,9 +114,11 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=5")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
+    engine: Annotated[str | None, typer.Option("--engine", help="inprocess | flower-sim (default: the config's)")]
+    = None,
 ) -> None:
     """Train a federation described by CONFIG."""
-    _run(config, set_ or [], resume, out)
+    _run(config, set_ or [], resume, out, engine)
 
 
 @app.command()
@@ -153,6 +166,11 @@ def report(
         path = write_comparison(run_dirs, out or Path("runs") / "comparison.md")
         console.print(comparison_table(run_dirs))
     console.print(f"report: {path}")
+
+
+app.command("predict")(predict_cmd.predict)
+app.add_typer(flower_cmd.app, name="flower")
+app.add_typer(data_cmd.app, name="data")
 
 
 if __name__ == "__main__":

@@ -6,11 +6,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["SegmentationSet", "SiteData", "FederatedData", "DataError"]
+from fedseg.io.errors import DataError, Problem
 
-
-class DataError(ValueError):
-    """A dataset problem; the message names the file or site and the problem."""
+__all__ = ["SegmentationSet", "SiteData", "FederatedData", "DataError", "Problem"]
 
 
 @dataclass

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
+from fedseg.codecs import build_wire_codecs
 from fedseg.config import RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
-from fedseg.engine.evaluate import evaluate
+from fedseg.engine.evaluate import evaluate, sliding_window_for
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
@@ -116,14 +117,21 @@ class ClientRuntime:
         self.splits = dict(splits)
         self.num_classes = num_classes
         self.device = device
+        self.codecs = build_wire_codecs(cfg.codec)
+
+    def _broadcast(self, payload: bytes) -> Broadcast:
+        """Decode the server's payload (wire format, then the down codec against the model's init)."""
+        broadcast = wire.decode(payload)
+        if not isinstance(broadcast, Broadcast):
+            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
+        broadcast.params = self.codecs.down.decode(broadcast.params, self.init_params)
+        return broadcast
 
     def _prepare(
         self, rnd: int, payload: bytes, state: ClientState, progress: ProgressSink
     ) -> tuple[Broadcast, Trainer]:
         """Decode the broadcast, reset the model to the seeded init, seed the round, build the trainer."""
-        broadcast = wire.decode(payload)
-        if not isinstance(broadcast, Broadcast):
-            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
+        broadcast = self._broadcast(payload)
         self.model.load_state_dict(self.init_params)
         seed = derive_seed(self.cfg.seed, rnd, self.client_index)
         seed_everything(seed)
@@ -143,6 +151,7 @@ class ClientRuntime:
             eval_sets={k: v for k, v in self.splits.items() if k == "val"},
             num_classes=self.num_classes,
             eval_batch_size=self.cfg.eval.batch_size,
+            window=sliding_window_for(self.cfg),
         )
         return broadcast, trainer
 
@@ -159,6 +168,9 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        if self.codecs.up.active:
+            # Delta against a fresh decode: hooks may have modified the broadcast they were given
+            update.params = self.codecs.up.encode(update.params, self._broadcast(payload).params, state)
         data = wire.encode(update)
         loss = float(update.metrics.get("loss", float("nan")))
         progress.client_end(self.client_id, loss)
@@ -185,9 +197,7 @@ class ClientRuntime:
         data = self.splits.get(split)
         if data is None or len(data) == 0:
             return []
-        broadcast = wire.decode(payload)
-        if not isinstance(broadcast, Broadcast):
-            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
+        broadcast = self._broadcast(payload)
         base = {"round": rnd, "site": self.client_id, "kind": "eval", "split": split}
         records: list[dict[str, Any]] = []
         global_params = {**self.init_params, **broadcast.params}
@@ -206,4 +216,4 @@ class ClientRuntime:
     def _evaluate(self, params: Params, data: SegmentationSet) -> dict[str, float]:
         self.model.load_state_dict(params)
         return evaluate(self.model, data, num_classes=self.num_classes, device=self.device,
-                        batch_size=self.cfg.eval.batch_size)
+                        batch_size=self.cfg.eval.batch_size, window=sliding_window_for(self.cfg))

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from fedseg.algorithms.base import Algorithm
+from fedseg.codecs import build_wire_codecs
 from fedseg.config import RunConfig
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
@@ -93,6 +94,8 @@ class FederationServer:
         self.global_params: Params = copy.deepcopy(init_params)
         self.server_state: ServerState = algorithm.init_server_state(self.global_params)
         self.phase = "federated"
+        self.codecs = build_wire_codecs(cfg.codec)
+        self.codec_template = init_params  # shapes both sides know (the seeded model), never modified
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, executor: ClientExecutor, rnd: int) -> None:
@@ -128,7 +131,13 @@ class FederationServer:
         broadcast = self.algorithm.broadcast(rnd, self.global_params, self.server_state)
         if phase is not None:
             broadcast.config["phase"] = phase
+        broadcast.params = self.codecs.down.encode(broadcast.params, self.codec_template)
         return wire.encode(broadcast)
+
+    def _received_params(self, payload: bytes) -> Params:
+        """The broadcast parameters exactly as a client decodes them: the reference of its Delta."""
+        broadcast = wire.decode(payload)
+        return self.codecs.down.decode(broadcast.params, self.codec_template)
 
     def run_round(self, executor: ClientExecutor, rnd: int) -> None:
         t_round = time.perf_counter()
@@ -137,6 +146,7 @@ class FederationServer:
         self.progress.round_start(rnd, sampled)
         t0 = time.perf_counter()
         payload = self._payload(rnd)
+        reference = self._received_params(payload) if self.codecs.up.active else {}
         overhead = time.perf_counter() - t0
         replies = executor.fit(rnd, sampled, payload)
         updates: list[ClientUpdate] = []
@@ -145,9 +155,10 @@ class FederationServer:
             data, record = replies[client_id]
             t0 = time.perf_counter()
             update = wire.decode(data)
-            overhead += time.perf_counter() - t0
             if not isinstance(update, ClientUpdate) or update.client_id != client_id:
                 raise TypeError(f"{client_id}: the reply is not this client's ClientUpdate")
+            update.params = self.codecs.up.decode(update.params, reference)  # w + Delta_hat
+            overhead += time.perf_counter() - t0
             updates.append(update)
             records.append(record)
         t0 = time.perf_counter()
@@ -166,6 +177,11 @@ class FederationServer:
                 "seconds": time.perf_counter() - t_round,
                 "overhead_seconds": overhead,
             }
+        )
+        # per-client aggregation weights (and their factors) an algorithm chose to log, e.g. AAM
+        records.extend(
+            {"round": rnd, "site": site, "kind": "weights", **row}
+            for site, row in self.server_state.pop("round_weights", {}).items()
         )
         if rnd % self.cfg.eval.every == 0 or rnd == fed.rounds:
             records.extend(self.evaluate(executor, rnd, "val"))

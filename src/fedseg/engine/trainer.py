@@ -10,8 +10,11 @@ from torch import nn
 
 from fedseg.algorithms.base import Batch, ExtraLoss
 from fedseg.config import TrainConfig
+from fedseg.data.augment import BatchAugmenter
 from fedseg.data.base import SegmentationSet
-from fedseg.engine.evaluate import evaluate
+from fedseg.data.patches import PatchSampler, pad_to_size
+from fedseg.engine.evaluate import SlidingWindow, evaluate
+from fedseg.engine.seeding import derive_seed
 from fedseg.types import ClientState
 
 __all__ = ["Trainer", "make_optimizer", "resolve_device", "EpochCallback"]
@@ -49,8 +52,30 @@ def _to_cpu(obj: Any) -> Any:
 class Trainer:
     """Mini-batch training over one client's in-memory training split.
 
-    The split is moved to the device once per round; batches are drawn by a permutation from a
+    The split is moved to the device once per round. Batches are drawn by a permutation from a
     generator seeded per (run seed, round, client), so a round is reproducible on its own.
+
+    With ``cfg.patch_size`` every batch is a set of random patches (:class:`PatchSampler`; a
+    fraction ``cfg.fg_oversample`` centred on foreground) and an epoch is
+    ``cfg.samples_per_volume`` patches per case; volumes smaller than a patch are zero-padded
+    once. With ``cfg.augment.enabled`` the batches of :meth:`fit` (never those of :meth:`batches`
+    or evaluation) are augmented on the device by :class:`BatchAugmenter`. Patch positions and
+    augmentation draw from their own generators seeded from ``seed``, so a run stays
+    bit-identical on resume; with both off the batches are exactly the whole-image ones.
+
+    Args:
+        data: the training split, ``(N, C, *spatial)`` images and ``(N, 1, *spatial)`` masks.
+        loss_fn: ``(logits, mask) -> scalar`` task loss.
+        cfg: the ``train`` section.
+        epochs: default local epochs of :meth:`fit`.
+        device: training device.
+        seed: per-(run seed, round, client) seed of every random choice of the round.
+        state: persistent client state (optimizer state when it persists).
+        on_epoch: progress callback.
+        eval_sets: splits :meth:`evaluate` may use (the validation split only).
+        num_classes: classes including background.
+        eval_batch_size: cases per evaluation forward pass.
+        window: sliding-window settings for evaluation (``None``: whole images).
     """
 
     def __init__(
@@ -67,6 +92,7 @@ class Trainer:
         eval_sets: dict[str, SegmentationSet] | None = None,
         num_classes: int = 2,
         eval_batch_size: int = 16,
+        window: SlidingWindow | None = None,
     ) -> None:
         self.cfg = cfg
         self.loss_fn = loss_fn
@@ -78,10 +104,29 @@ class Trainer:
         self.eval_sets = eval_sets or {}
         self.num_classes = num_classes
         self.eval_batch_size = eval_batch_size
+        self.window = window
         self._images = data.images.to(device)
         self._masks = data.masks.to(device)
         self._gen = torch.Generator()
         self._gen.manual_seed(seed)
+        self._patches: PatchSampler | None = None
+        self._patch_gen: torch.Generator | None = None
+        self._augment: BatchAugmenter | None = None
+        spatial = list(data.images.shape[2:])
+        if cfg.patch_size is not None and self.num_examples > 0:
+            if len(cfg.patch_size) != len(spatial):
+                raise ValueError(
+                    f"train.patch_size {cfg.patch_size} has {len(cfg.patch_size)} entries but the images are "
+                    f"{len(spatial)}D {spatial}; give one size per spatial axis"
+                )
+            self._images = pad_to_size(self._images, cfg.patch_size)
+            self._masks = pad_to_size(self._masks, cfg.patch_size)
+            self._patches = PatchSampler(self._masks, cfg.patch_size, num_classes, cfg.fg_oversample)
+            self._patch_gen = torch.Generator()
+            self._patch_gen.manual_seed(derive_seed(seed, 1))
+            spatial = list(cfg.patch_size)
+        if cfg.augment.enabled and self.num_examples > 0:
+            self._augment = BatchAugmenter(cfg.augment, spatial, derive_seed(seed, 2), device)
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         loss: torch.Tensor = self.loss_fn(logits, mask)
@@ -93,17 +138,38 @@ class Trainer:
         was_training = model.training
         try:
             return evaluate(model, self.eval_sets[split], num_classes=self.num_classes, device=self.device,
-                            batch_size=self.eval_batch_size)
+                            batch_size=self.eval_batch_size, window=self.window)
         finally:
             model.train(was_training)
 
     def batches(self, *, shuffle: bool = False) -> Iterator[Batch]:
+        """One pass over the training data: whole images, or ``samples_per_volume`` patches per case."""
+        return self._batches(shuffle=shuffle, augment=False)
+
+    def _batches(self, *, shuffle: bool, augment: bool) -> Iterator[Batch]:
         n, bs = self.num_examples, self.cfg.batch_size
-        order = torch.randperm(n, generator=self._gen) if shuffle else torch.arange(n)
-        order = order.to(self.device)
-        for start in range(0, n, bs):
-            idx = order[start : start + bs]
-            yield Batch(image=self._images.index_select(0, idx), mask=self._masks.index_select(0, idx))
+        if self._patches is None:
+            order = torch.randperm(n, generator=self._gen) if shuffle else torch.arange(n)
+        else:
+            total = n * self.cfg.samples_per_volume
+            order = (torch.randperm(total, generator=self._gen) if shuffle else torch.arange(total)) % n
+        if self._patches is None and self._augment is None:
+            # the plain path: index the device tensors directly (what the throughput benchmark measures)
+            order = order.to(self.device)
+            for start in range(0, n, bs):
+                idx = order[start : start + bs]
+                yield Batch(image=self._images.index_select(0, idx), mask=self._masks.index_select(0, idx))
+            return
+        for start in range(0, len(order), bs):
+            cases = order[start : start + bs].tolist()
+            if self._patches is not None and self._patch_gen is not None:
+                image, mask = self._patches.sample(self._images, self._masks, cases, self._patch_gen)
+            else:
+                idx = torch.tensor(cases, device=self.device)
+                image, mask = self._images.index_select(0, idx), self._masks.index_select(0, idx)
+            if augment and self._augment is not None:
+                image, mask = self._augment(image, mask)
+            yield Batch(image=image, mask=mask)
 
     def fit(
         self,
@@ -131,7 +197,7 @@ class Trainer:
             for epoch in range(epochs):
                 epoch_loss = 0.0
                 epoch_steps = 0
-                for batch in self.batches(shuffle=True):
+                for batch in self._batches(shuffle=True, augment=True):
                     optimizer.zero_grad(set_to_none=True)
                     logits = model(batch.image)
                     task = self.loss_fn(logits, batch.mask)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from fedseg.config import ModelConfig
+from fedseg.models import transunet as transunet  # registers "transunet"
 from fedseg.models import unet as unet  # registers "unet"
 from fedseg.models.registry import MODELS, ModelBuilder
 

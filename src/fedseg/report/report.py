@@ -374,6 +374,28 @@ def _plot_bytes(run: _Run, path: Path) -> Path | None:
     return _save_png(fig, path)
 
 
+def _plot_weights(run: _Run, path: Path) -> Path | None:
+    """Aggregation weight of every client per round (``kind: "weights"`` records, e.g. AAM), with
+    the FedAvg weight ``n_k/N`` dashed when the records carry it."""
+    weights = run.by_kind("weights")
+    if not weights:
+        return None
+    sites = list(dict.fromkeys(str(r.get("site")) for r in weights))
+    fig, ax = _new_axes("Aggregation weight per client", "weight")
+    colors = matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    for i, site in enumerate(sites):
+        rows = [r for r in weights if r.get("site") == site]
+        color = colors[i % len(colors)]
+        for key, style, label in (("weight", "-o", site), ("fedavg_weight", ":", f"{site} (n_k/N)")):
+            curve = _series(rows, key)
+            if curve:
+                xs, ys = zip(*curve.items())
+                ax.plot(xs, ys, style, color=color, label=label)
+    ax.set_ylim(0.0, 1.0)
+    ax.legend(fontsize="small")
+    return _save_png(fig, path)
+
+
 # ---------------------------------------------------------------------------------- one run
 
 
@@ -543,7 +565,8 @@ def _render_report(run: _Run, plots: Mapping[str, Path]) -> str:
     lines += _communication(run)
     if plots:
         lines += ["## Plots", ""]
-        captions = {"dice": "Validation Dice per site", "loss": "Training loss", "bytes": "Communication"}
+        captions = {"dice": "Validation Dice per site", "loss": "Training loss", "bytes": "Communication",
+                    "weights": "Aggregation weights"}
         for key, path in plots.items():
             lines += [f"![{captions[key]}]({_relpath(path, run.root)})", ""]
     return "\n".join(lines).rstrip() + "\n"
@@ -568,8 +591,8 @@ def write_report(run_dir: Path) -> Path:
     run = _Run.load(Path(run_dir))
     rd = RunDir(run.root)
     plots: dict[str, Path] = {}
-    for key, plot in (("dice", _plot_dice), ("loss", _plot_loss), ("bytes", _plot_bytes)):
-        name = {"dice": "dice_per_site.png", "loss": "loss.png", "bytes": "bytes.png"}[key]
+    for key, plot in (("dice", _plot_dice), ("loss", _plot_loss), ("bytes", _plot_bytes), ("weights", _plot_weights)):
+        name = {"dice": "dice_per_site.png", "loss": "loss.png", "bytes": "bytes.png", "weights": "weights.png"}[key]
         written = plot(run, rd.plots / name)
         if written is not None:
             plots[key] = written

@@ -1,27 +1,43 @@
-"""Using a trained run: load its model (global or a client's personalised one) and evaluate it."""
+"""Using a trained run: load its model (global or a client's personalised one), evaluate it, or
+segment new files with it (:func:`predict_file`, behind ``fedseg predict``)."""
 
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from matplotlib import colormaps
+from monai.transforms import DivisiblePad
+from PIL import Image
+from scipy import ndimage
 from torch import nn
 
 from fedseg.algorithms import build_algorithm
-from fedseg.config import DataConfig, RunConfig, load_config
-from fedseg.data.base import SiteData
+from fedseg.config import DataConfig, PreprocessConfig, RunConfig, load_config
+from fedseg.data.base import DataError, SiteData
 from fedseg.data.build import build_federated_data
 from fedseg.data.folder import load_site_folder
-from fedseg.engine.evaluate import evaluate
+from fedseg.data.preprocess import preprocess_case, restore_geometry
+from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
+from fedseg.io import file_stem, file_suffix, read_image, write_mask
 from fedseg.models import build_model
 from fedseg.types import Params
 
-__all__ = ["EvalError", "load_trained_model", "evaluate_run"]
+__all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "predict_file", "channel_files",
+           "write_overlay", "overlay_path_for"]
+
+logger = logging.getLogger(__name__)
 
 
 class EvalError(RuntimeError):
@@ -62,20 +78,25 @@ def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Mod
     return model, cfg, info
 
 
-def _folder_config(cfg: RunConfig) -> DataConfig:
-    """Data settings for reading new folders the way the model was trained."""
-    # A whole folder goes to the test split, so the training grouping column is irrelevant.
-    data = cfg.data.model_copy(update={"group_column": None})
-    if data.source == "synthetic":
+def _folder_config(cfg: RunConfig, info: dict[str, Any]) -> DataConfig:
+    """Data settings for reading new files the way the model's training data was prepared: the
+    run's data spec, or for synthetic data z-scored images resampled to the generator's grid."""
+    if cfg.data.source == "synthetic":
         size = cfg.data.synthetic.size
-        data = DataConfig(channels=1, num_classes=cfg.data.synthetic.num_classes, image_size=[size, size])
-    return data
+        return DataConfig(
+            channels=int(info["in_channels"]),
+            num_classes=int(info["num_classes"]),
+            preprocess=PreprocessConfig(target_shape=[size] * int(info["spatial_dims"]), normalize="zscore"),
+        )
+    # A whole folder goes to the test split, so the training grouping column is irrelevant, and
+    # new data is never deliberately corrupted.
+    return cfg.data.model_copy(update={"group_column": None, "corrupt_labels": None})
 
 
-def _sites_at(path: Path, cfg: RunConfig) -> list[SiteData]:
+def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData]:
     if not path.exists():
         raise EvalError(f"--data {path}: no such file or folder")
-    dcfg = _folder_config(cfg)
+    dcfg = _folder_config(cfg, info)
     if (path / "images").is_dir():
         return [load_site_folder(path, dcfg, cfg.seed, all_to_test=True)]
     subdirs = sorted(p for p in path.iterdir() if (p / "images").is_dir())
@@ -94,11 +115,155 @@ def evaluate_run(
             raise EvalError(f"--split {split!r}; allowed: train, val, test")
         sites = build_federated_data(cfg.data, cfg.seed).sites
     else:
-        sites, split = _sites_at(data, cfg), "test"
+        sites, split = _sites_at(data, cfg, info), "test"
     device = next(model.parameters()).device
     rows = []
     for site in sites:
         metrics = evaluate(model, getattr(site, split), num_classes=info["num_classes"], device=device,
-                           batch_size=cfg.eval.batch_size)
+                           batch_size=cfg.eval.batch_size, window=sliding_window_for(cfg))
         rows.append({"site": site.name, **metrics})
     return rows
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict_file` wrote.
+
+    Attributes:
+        mask_path: the label map, on the input's grid (NIfTI: the input's affine and header).
+        overlay_path: ``<output stem>_overlay.png`` for 2D inputs, else ``None``.
+        shape: spatial shape of the input (and of the mask).
+        spacing: mm per axis of the input file.
+        voxels: voxel count per class present in the mask.
+    """
+
+    mask_path: Path
+    overlay_path: Path | None
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    voxels: dict[int, int]
+
+
+_CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def channel_files(inputs: Sequence[Path], channels: int) -> list[Path]:
+    """The files holding a case's ``channels`` input channels.
+
+    Several paths are taken as given, in channel order. A single ``<case>_0000.nii.gz`` of a
+    model with more channels brings its siblings ``<case>_0001.nii.gz`` ... from the same folder
+    (the nnU-Net naming the datasets use).
+
+    Raises:
+        EvalError: no input, or a sibling channel file is missing.
+    """
+    paths = [Path(p) for p in inputs]
+    if not paths:
+        raise EvalError("predict: no input file given")
+    if len(paths) > 1 or channels == 1:
+        return paths
+    match = _CHANNEL_SUFFIX.match(file_stem(paths[0]))
+    if match is None or int(match["channel"]) != 0:
+        return paths  # one multi-channel file (4-D NIfTI, RGB image): the reader checks the count
+    suffix = file_suffix(paths[0])
+    siblings = [paths[0].with_name(f"{match['case']}_{c:04d}{suffix}") for c in range(channels)]
+    missing = [str(s) for s in siblings if not s.is_file()]
+    if missing:
+        raise EvalError(f"predict: the model takes {channels} channels but {', '.join(missing)} do(es) not exist; "
+                        "pass every channel file of the case, in order")
+    return siblings
+
+
+def overlay_path_for(output: Path) -> Path:
+    """``<output stem>_overlay.png`` next to ``output``."""
+    return output.with_name(f"{file_stem(output)}_overlay.png")
+
+
+def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> None:
+    """Save a PNG of ``image`` with each foreground class tinted and outlined in its own colour.
+
+    Args:
+        path: PNG to write.
+        image: ``(C, H, W)`` float intensities as read from the file (C = 1 grey or 3 RGB; other
+            counts show the first channel); min-max scaled for display.
+        labels: ``(H, W)`` integer class indices.
+        num_classes: classes including background (colour k = matplotlib ``tab10`` colour k-1).
+        alpha: tint opacity inside each class; outlines are opaque.
+    """
+    rgb = image[:3] if image.shape[0] == 3 else np.repeat(image[:1], 3, axis=0)
+    lo, hi = float(rgb.min()), float(rgb.max())
+    base = np.moveaxis((rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb), 0, -1)
+    palette = colormaps["tab10"]
+    out = base.copy()
+    for k in range(1, num_classes):
+        region = labels == k
+        if not region.any():
+            continue
+        colour = np.asarray(palette((k - 1) % 10)[:3])
+        out[region] = (1 - alpha) * out[region] + alpha * colour
+        outline = region & ~ndimage.binary_erosion(region)
+        out[outline] = colour
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(path)
+
+
+@torch.no_grad()
+def predict_file(
+    run_dir: Path, inputs: Sequence[Path], output: Path, *, client: str | None = None
+) -> Prediction:
+    """Segment one case with a trained run's model and write the mask on the input's grid.
+
+    The case is read with :func:`fedseg.io.read_image`, preprocessed exactly like the run's
+    training data (:func:`fedseg.data.preprocess.preprocess_case` with the run's data spec),
+    predicted whole (padded to a multiple of the model's downsampling) or by sliding window when
+    the run trained on patches, put back on the file's grid with
+    :func:`~fedseg.data.preprocess.restore_geometry` and written with
+    :func:`fedseg.io.write_mask` (NIfTI: the input's affine and header). 2D inputs also get an
+    overlay PNG (:func:`write_overlay`).
+
+    Args:
+        run_dir: a finished run directory.
+        inputs: one image file (PNG/JPG/BMP or NIfTI) or the channel files of one case.
+        output: mask path; ``.nii.gz``/``.nii`` or, for 2D, ``.png``/``.bmp``.
+        client: use this client's personalised model instead of the global one.
+
+    Returns:
+        What was written (:class:`Prediction`).
+
+    Raises:
+        EvalError: bad run directory, client or inputs.
+        DataError: unreadable input, wrong channel count or spatial rank, unwritable output format.
+    """
+    model, cfg, info = load_trained_model(run_dir, client)
+    channels = int(info["in_channels"])
+    volume = read_image(channel_files(inputs, channels), channels=channels)
+    if volume.spatial_dims != int(info["spatial_dims"]):
+        raise DataError(f"{volume.paths[0]}: a {volume.spatial_dims}D image, but the model of {run_dir} is "
+                        f"{info['spatial_dims']}D")
+    case = preprocess_case(volume, None, _folder_config(cfg, info))
+    image = torch.from_numpy(case.image)
+    window = sliding_window_for(cfg)
+    device = next(model.parameters()).device
+    if window is None:
+        # whole image: pad at the end to a multiple of the total downsampling, crop the logits back
+        pad = DivisiblePad(k=math.prod(cfg.model.strides), method="end")
+        padded = torch.as_tensor(pad(image))
+        logits = predict_logits(model, padded[None], device)[0]
+        logits = logits[(slice(None), *(slice(0, n) for n in image.shape[1:]))]
+    else:
+        logits = predict_logits(model, image[None], device, window)[0]
+    labels = restore_geometry(logits.argmax(0).cpu().numpy(), case.info)
+    write_mask(output, labels, like=volume)
+    overlay = None
+    if volume.spatial_dims == 2:
+        overlay = overlay_path_for(output)
+        write_overlay(overlay, volume.array, labels, int(info["num_classes"]))
+    values, counts = np.unique(labels, return_counts=True)
+    logger.info("predicted %s -> %s (%s)", volume.paths[0], output, dict(zip(values.tolist(), counts.tolist())))
+    return Prediction(
+        mask_path=output,
+        overlay_path=overlay,
+        shape=volume.spatial_shape,
+        spacing=tuple(float(s) for s in volume.spacing),
+        voxels={int(v): int(c) for v, c in zip(values, counts, strict=True)},
+    )

@@ -1,0 +1,40 @@
+"""``fedseg predict RUN_DIR INPUT... -o OUTPUT [--client NAME]``: segment a file with a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+__all__ = ["predict"]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="a trained run directory")],
+    inputs: Annotated[
+        list[Path],
+        typer.Argument(help="a PNG/JPG/BMP or NIfTI file, or the channel files of one case (<case>_0000.nii.gz ...)"),
+    ],
+    output: Annotated[Path, typer.Option("--output", "-o", help="mask to write: .nii.gz/.nii, or .png for 2D")],
+    client: Annotated[str | None, typer.Option("--client", help="use this client's personalised model")] = None,
+) -> None:
+    """Segment one image or volume; the mask keeps the input's grid (NIfTI: its affine), 2D adds an overlay PNG."""
+    from fedseg.data.base import DataError
+    from fedseg.runtime.inference import EvalError, predict_file
+
+    try:
+        result = predict_file(run_dir, inputs, output, client=client)
+    except (EvalError, DataError) as exc:
+        err_console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    shape = "x".join(str(n) for n in result.shape)
+    spacing = ", ".join(f"{s:g}" for s in result.spacing)
+    counts = ", ".join(f"class {k}: {n}" for k, n in sorted(result.voxels.items()))
+    console.print(f"mask: {result.mask_path}  ({shape}, spacing {spacing} mm; {counts})")
+    if result.overlay_path is not None:
+        console.print(f"overlay: {result.overlay_path}")

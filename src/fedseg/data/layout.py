@@ -1,0 +1,295 @@
+"""Find the cases of a multi-site folder: ``<root>/<site>/{images,masks}/`` + ``metadata.csv``.
+
+Rules (the layout of ``shared/data/README.md`` and of nnU-Net's raw datasets):
+
+* ``images/<case>.<ext>`` with ``masks/<case>.<ext>``: one file per case (PNG/JPG/BMP, or NIfTI
+  3-D, or 4-D with channels last).
+* ``images/<case>_0000.nii.gz, <case>_0001.nii.gz ...`` with ``masks/<case>.nii.gz``: one file per
+  channel; the four-digit suffixes must run 0, 1, ... without a gap.
+* ``metadata.csv`` (optional, per site): column ``id`` = case id; ``data.group_column`` names the
+  column that groups cases of one patient or video.
+
+Only names are looked at (``infer_channels`` aside, which reads one case), so the structure of a
+large dataset is checked in milliseconds. Every problem is returned with its path (never raised one at a time).
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fedseg.config import DataConfig
+from fedseg.io import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, SUFFIXES, DataError, Problem, file_stem, file_suffix, read_image
+
+__all__ = [
+    "CaseFiles",
+    "SiteIndex",
+    "discover_sites",
+    "index_site",
+    "index_dataset",
+    "infer_spatial_dims",
+    "infer_channels",
+]
+
+_CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+_MAX_LISTED = 10
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    """The files of one case.
+
+    Attributes:
+        site: site folder name.
+        case_id: the case identifier (mask file stem).
+        images: image file(s), channel order.
+        mask: the mask file.
+        group: value of the group column (the case id when there is no group column).
+        metadata: the case's ``metadata.csv`` row (empty when none).
+    """
+
+    site: str
+    case_id: str
+    images: tuple[Path, ...]
+    mask: Path
+    group: str
+    metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass
+class SiteIndex:
+    """The cases found in one site folder (those with every file present)."""
+
+    name: str
+    path: Path
+    cases: list[CaseFiles]
+
+
+def discover_sites(root: Path) -> list[str]:
+    """Every subdirectory of ``root`` that has an ``images/`` folder, sorted by name."""
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "images").is_dir())
+
+
+def _shown(items: list[str]) -> str:
+    text = ", ".join(items[:_MAX_LISTED])
+    return text + (f" ... ({len(items)} in all)" if len(items) > _MAX_LISTED else "")
+
+
+def _list(folder: Path, site: str) -> tuple[dict[str, Path], list[Problem]]:
+    """stem -> file for the recognised files of ``folder``; duplicates and stray files as problems."""
+    found: dict[str, list[Path]] = {}
+    stray = []
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or not p.is_file():
+            continue
+        if file_suffix(p):
+            found.setdefault(file_stem(p), []).append(p)
+        elif p.name.lower() not in ("thumbs.db", "desktop.ini"):
+            stray.append(p.name)
+    problems = [
+        Problem(str(folder), f"several files share the stem {stem!r}: {', '.join(f.name for f in files)}", site)
+        for stem, files in found.items()
+        if len(files) > 1
+    ]
+    if stray:
+        known = ", ".join(sorted({*IMAGE_2D_SUFFIXES, *NIFTI_SUFFIXES}))
+        problems.append(Problem(str(folder), f"ignored file(s) that are not images ({known}): {_shown(stray)}", site,
+                                "warning"))
+    return {stem: files[0] for stem, files in found.items()}, problems
+
+
+def _read_metadata(site_dir: Path, site: str, column: str | None) -> tuple[dict[str, dict[str, str]], list[Problem]]:
+    path = site_dir / "metadata.csv"
+    if not path.is_file():
+        if column is None:
+            return {}, []
+        return {}, [Problem(str(path), f"missing; data.group_column={column!r} needs a metadata.csv with 'id' and "
+                                       f"{column!r} columns", site)]
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = list(reader.fieldnames or [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        return {}, [Problem(str(path), f"cannot read ({type(exc).__name__}: {exc})", site)]
+    needed = ["id"] + ([column] if column else [])
+    missing = [c for c in needed if c not in header]
+    if missing:
+        severity: Literal["error", "warning"] = "error" if column else "warning"
+        return {}, [Problem(str(path), f"missing column(s) {', '.join(repr(c) for c in missing)}; columns are: "
+                                       f"{', '.join(header)}", site, severity)]
+    return {row["id"]: {k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows}, []
+
+
+def infer_spatial_dims(root: Path, sites: list[str]) -> int | None:
+    """3 when the first image file found is NIfTI, 2 when it is a 2D format, None when there is none."""
+    for site in sites:
+        folder = root / site / "images"
+        if not folder.is_dir():
+            continue
+        for p in sorted(folder.iterdir()):
+            suffix = file_suffix(p)
+            if suffix and not p.name.startswith("."):
+                return 3 if suffix in NIFTI_SUFFIXES else 2
+    return None
+
+
+def infer_channels(root: Path, sites: list[str]) -> int:
+    """Channels of the first case found: its ``_NNNN`` channel files (NIfTI: times the 4th axis), or
+    3 for a colour 2D image, else 1. For checking a dataset that comes without a config."""
+    for site in sites:
+        folder = root / site / "images"
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.iterdir() if file_suffix(p) and not p.name.startswith("."))
+        if not files:
+            continue
+        first = files[0]
+        stem = file_stem(first)
+        match = _CHANNEL.match(stem)
+        own_mask = any((root / site / "masks" / f"{stem}{suffix}").exists() for suffix in SUFFIXES)
+        group = [first]
+        if match is not None and not own_mask:
+            group = [p for p in files if (m := _CHANNEL.match(file_stem(p))) is not None and m["case"] == match["case"]]
+        try:
+            return int(read_image(group).array.shape[0])
+        except DataError:
+            return len(group)
+    return 1
+
+
+def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[SiteIndex, list[Problem]]:
+    """Pair the images and masks of one site folder and attach metadata.
+
+    Args:
+        site_dir: ``<root>/<site>``.
+        cfg: dataset spec (``channels``, ``group_column``).
+        spatial_dims: 2 or 3; files of the other kind are problems.
+
+    Returns:
+        The complete cases, and every problem found: no ``images/``/``masks/`` folder, an empty
+        site, files of the wrong kind, duplicated stems, an image without mask (error), a mask
+        without image (warning), missing or extra channel files, metadata rows missing or empty.
+    """
+    site = site_dir.name
+    problems: list[Problem] = []
+    images_dir, masks_dir = site_dir / "images", site_dir / "masks"
+    if not images_dir.is_dir():
+        return SiteIndex(site, site_dir, []), [Problem(str(site_dir), "no images/ folder", site)]
+    images, found = _list(images_dir, site)
+    problems += found
+    masks: dict[str, Path] = {}
+    if masks_dir.is_dir():
+        masks, found = _list(masks_dir, site)
+        problems += found
+    else:
+        problems.append(Problem(str(site_dir), "no masks/ folder", site))
+    if not images:
+        problems.append(Problem(str(images_dir), "site folder has no images (empty site)", site))
+        return SiteIndex(site, site_dir, []), problems
+    wanted = NIFTI_SUFFIXES if spatial_dims == 3 else IMAGE_2D_SUFFIXES
+    wrong = [p.name for p in list(images.values()) + list(masks.values()) if file_suffix(p) not in wanted]
+    if wrong:
+        kind = "NIfTI (3D)" if spatial_dims == 3 else "PNG/JPG/BMP (2D)"
+        problems.append(Problem(str(site_dir), f"file(s) of another kind than the dataset's {kind}: {_shown(wrong)}",
+                                site))
+        images = {s: p for s, p in images.items() if file_suffix(p) in wanted}
+        masks = {s: p for s, p in masks.items() if file_suffix(p) in wanted}
+
+    # A stem with its own mask is a one-file case; "<case>_NNNN" is channel NNNN of <case> when <case>
+    # has the mask (or, with no mask either way, when the dataset has several channels).
+    channel_files: dict[str, dict[int, Path]] = {}
+    for stem, path in images.items():
+        match = _CHANNEL.match(stem)
+        if stem in masks or match is None or (match["case"] not in masks and cfg.channels == 1):
+            channel_files.setdefault(stem, {})[-1] = path
+        else:
+            channel_files.setdefault(match["case"], {})[int(match["channel"])] = path
+    cases: dict[str, tuple[Path, ...]] = {}
+    for case, files in sorted(channel_files.items()):
+        if -1 in files:
+            if len(files) > 1:
+                problems.append(Problem(str(files[-1]), f"case {case!r} has both a single image file and channel "
+                                                        "files", site))
+                continue
+            cases[case] = (files[-1],)
+            continue
+        indices = sorted(files)
+        expected = list(range(max(indices) + 1))
+        if indices != expected:
+            missing = [f"{case}_{i:04d}" for i in expected if i not in files]
+            problems.append(Problem(str(images_dir), f"case {case!r}: channel file(s) {', '.join(missing)} missing "
+                                                     f"(found {', '.join(files[i].name for i in indices)})", site))
+            continue
+        if len(indices) != cfg.channels:
+            problems.append(Problem(str(files[0]), f"case {case!r} has {len(indices)} channel file(s), expected "
+                                                   f"{cfg.channels} (data.channels)", site))
+            continue
+        cases[case] = tuple(files[i] for i in indices)
+
+    no_mask = [c for c in cases if c not in masks]
+    for case in no_mask:
+        problems.append(Problem(str(cases[case][0]), f"image without mask: no mask {case}.* in {masks_dir}", site))
+    if masks_dir.is_dir():
+        orphans = sorted(s for s in masks if s not in cases and s not in channel_files)
+        if orphans:
+            problems.append(Problem(str(masks_dir), f"mask(s) without image: {_shown(orphans)}", site, "warning"))
+
+    column = cfg.group_column_of(site)
+    metadata, found = _read_metadata(site_dir, site, column)
+    problems += found
+    complete = [c for c in cases if c in masks]
+    if column and metadata:
+        absent = [c for c in complete if c not in metadata]
+        if absent:
+            problems.append(Problem(str(site_dir / "metadata.csv"), f"no row with id {_shown(absent)} (column 'id' "
+                                                                    "must hold the case id, the mask file stem)", site))
+        empty = [c for c in complete if c in metadata and not metadata[c].get(column, "")]
+        if empty:
+            problems.append(Problem(str(site_dir / "metadata.csv"), f"empty {column!r} for id(s) {_shown(empty)}",
+                                    site))
+        complete = [c for c in complete if c in metadata and metadata[c].get(column, "")]
+    elif column:
+        complete = []  # metadata problem already reported
+    result = []
+    for case in complete:
+        row = metadata.get(case, {})
+        group = row[column] if column else case
+        result.append(CaseFiles(site, case, cases[case], masks[case], group, row))
+    return SiteIndex(site, site_dir, result), problems
+
+
+def index_dataset(cfg: DataConfig) -> tuple[list[SiteIndex], int, list[Problem]]:
+    """Index every site of ``cfg.root`` (or ``cfg.sites``).
+
+    Returns:
+        The site indexes, the spatial dimension (``cfg.spatial_dims`` or inferred from the first
+        image file), and all problems.
+    """
+    if cfg.root is None:
+        return [], 2, [Problem("data.root", "not set; source 'folder' needs <root>/<site>/{images,masks}/")]
+    root = Path(cfg.root)
+    if not root.is_dir():
+        return [], 2, [Problem(f"data.root {root}", "not a directory")]
+    available = discover_sites(root)
+    names = list(cfg.sites) if cfg.sites is not None else available
+    if not names:
+        return [], 2, [Problem(f"data.root {root}", "no site folder with an images/ subfolder")]
+    problems = []
+    present = []
+    for name in names:
+        if not (root / name).is_dir():
+            problems.append(Problem("data.sites", f"{root / name} is not a directory; sites under root: "
+                                                  f"{', '.join(available) or 'none'}", name))
+        else:
+            present.append(name)
+    dims = cfg.spatial_dims or infer_spatial_dims(root, present) or 2
+    sites = []
+    for name in present:
+        index, found = index_site(root / name, cfg, dims)
+        sites.append(index)
+        problems += found
+    return sites, dims, problems

@@ -1,0 +1,171 @@
+"""Certificates and SuperNode keys for a Flower deployment, made with ``cryptography``.
+
+* a private certificate authority (``ca.crt``, ``ca.key``) that every participant trusts;
+* the SuperLink's TLS certificate (``server.pem``, ``server.key``) signed by it, valid for the
+  host names and IP addresses the SuperNodes and the ``flwr`` CLI use to reach the SuperLink
+  (``localhost`` and ``127.0.0.1`` are always included, for the ServerApp on the same machine);
+* one EC key pair per SuperNode for Flower's SuperNode authentication (``<name>`` and
+  ``<name>.pub``, OpenSSH format as ``flower-supernode --auth-supernode-private-key`` and
+  ``flwr supernode register`` expect).
+
+Private keys are written with mode 0600 and never overwritten unless asked.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["CertificateFiles", "CertificateError", "make_certificates", "make_supernode_keys"]
+
+_ALWAYS = ("localhost", "127.0.0.1")
+
+
+class CertificateError(ValueError):
+    """A file would be overwritten, or a host name is not usable in a certificate."""
+
+
+@dataclass(frozen=True)
+class CertificateFiles:
+    """Paths of the files :func:`make_certificates` wrote."""
+
+    ca_cert: Path
+    ca_key: Path
+    server_cert: Path
+    server_key: Path
+
+
+def _write(path: Path, data: bytes, *, private: bool, overwrite: bool) -> None:
+    if path.exists() and not overwrite:
+        raise CertificateError(f"{path} exists; pass --overwrite to replace it (and re-distribute the CA)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if private:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(path, 0o600)
+    else:
+        path.write_bytes(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
+    names: list[x509.GeneralName] = []
+    for host in dict.fromkeys([*hosts, *_ALWAYS]):
+        host = host.strip()
+        if not host or "/" in host or " " in host:
+            raise CertificateError(f"host {host!r} is not a DNS name or IP address")
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return x509.SubjectAlternativeName(names)
+
+
+def make_certificates(
+    out_dir: Path, hosts: Sequence[str], *, days: int = 365, overwrite: bool = False
+) -> CertificateFiles:
+    """Create a CA and a SuperLink certificate for ``hosts`` in ``out_dir``.
+
+    Args:
+        out_dir: created if missing.
+        hosts: DNS names and/or IP addresses under which the SuperLink is reached.
+        days: validity of both certificates.
+        overwrite: replace existing files.
+
+    Returns:
+        The written paths. Give ``ca.crt`` to every SuperNode and ``flwr`` user; ``server.pem`` and
+        ``server.key`` stay on the SuperLink machine; keep ``ca.key`` offline.
+    """
+    if days < 1:
+        raise CertificateError(f"days must be >= 1, got {days}")
+    files = CertificateFiles(out_dir / "ca.crt", out_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key")
+    if not overwrite:
+        for path in (files.ca_cert, files.ca_key, files.server_cert, files.server_key):
+            if path.exists():
+                raise CertificateError(f"{path} exists; pass --overwrite to replace it (and re-distribute the CA)")
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = now + dt.timedelta(days=days)
+
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedseg federation CA")])
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                          key_encipherment=False, data_encipherment=False, key_agreement=False,
+                          encipher_only=False, decipher_only=False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (list(hosts) or ["localhost"])[0])]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now)
+        .not_valid_after(until)
+        .add_extension(_san(hosts), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA384())
+    )
+
+    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=overwrite)
+    _write(files.ca_key, _key_pem(ca_key), private=True, overwrite=overwrite)
+    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False,
+           overwrite=overwrite)
+    _write(files.server_key, _key_pem(server_key), private=True, overwrite=overwrite)
+    return files
+
+
+def make_supernode_keys(out_dir: Path, names: Sequence[str], *, overwrite: bool = False) -> dict[str, tuple[Path, Path]]:
+    """One EC (P-384) key pair per SuperNode name, OpenSSH format: ``<name>`` and ``<name>.pub``.
+
+    Returns:
+        name -> (private key path, public key path). The private key stays on the site; the
+        public key is registered on the SuperLink with ``flwr supernode register``.
+    """
+    out: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        if not name or "/" in name or name.startswith("."):
+            raise CertificateError(f"SuperNode key name {name!r}: use a plain file name such as the site name")
+        key = ec.generate_private_key(ec.SECP384R1())
+        private = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        priv_path, pub_path = out_dir / name, out_dir / f"{name}.pub"
+        _write(priv_path, private, private=True, overwrite=overwrite)
+        _write(pub_path, public + b"\n", private=False, overwrite=overwrite)
+        out[name] = (priv_path, pub_path)
+    return out

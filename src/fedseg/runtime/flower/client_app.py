@@ -1,0 +1,293 @@
+"""The fedseg Flower ClientApp: one site's :class:`~fedseg.engine.client.ClientRuntime` behind
+Flower's Message API.
+
+Message types (:class:`~fedseg.runtime.flower.keys.Action`): ``query.hello`` (which site this
+node serves, the shape of its data), ``train`` (one round of local training), ``train.personalize``
+(the algorithm's post-federation phase) and ``evaluate`` (metrics on the site's own split).
+
+The site's data, model and runtime are built once per process and cached, so a long-lived ClientApp
+process (``fedseg flower clientapp``, or a Ray actor in simulation) never re-reads data or rebuilds
+the model between rounds. The client's persistent state lives in ``context.state`` (converted with
+:func:`~fedseg.runtime.flower.records.state_to_records`), which Flower keeps on the SuperNode: personal
+parameters never enter a reply.
+
+Which site a node serves comes from its node config: ``site`` (+ ``data-root`` for folder data)
+in a deployment, ``partition-id`` (the site's index in ``build_federated_data(cfg.data, seed)``)
+in simulation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from flwr.app import Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+from torch import nn
+
+from fedseg.algorithms import Algorithm, build_algorithm
+from fedseg.config import RunConfig, config_from_dict
+from fedseg.data.base import DataError, FederatedData, SiteData
+from fedseg.data.build import build_federated_data
+from fedseg.engine import wire
+from fedseg.engine.client import ClientRuntime
+from fedseg.engine.seeding import configure_determinism
+from fedseg.engine.trainer import resolve_device
+from fedseg.runtime.common import DataSpec, RunError, build_client_runtimes, init_model, prepare_data
+from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey
+from fedseg.runtime.flower.records import (
+    PACKED,
+    broadcast_from_content,
+    eval_content,
+    scalars_to_config,
+    state_from_records,
+    state_to_records,
+    update_content,
+)
+from fedseg.types import ClientUpdate
+
+__all__ = ["app", "make_client_app", "ClientSetupError", "load_run_config", "clear_cache"]
+
+logger = logging.getLogger(__name__)
+
+
+class ClientSetupError(RunError):
+    """The node's config or the run config does not describe a site this node can serve."""
+
+
+def load_run_config(run_config: Mapping[str, Any]) -> RunConfig:
+    """The fedseg configuration carried by a Flower run config (key ``fedseg-config``, YAML text).
+
+    Raises:
+        ClientSetupError: the key is missing or does not hold a mapping.
+        fedseg.config.ConfigError: the configuration is invalid (the message names the key).
+    """
+    text = run_config.get(RunKey.CONFIG.value)
+    if not isinstance(text, str) or not text.strip():
+        raise ClientSetupError(
+            f"the Flower run config has no {RunKey.CONFIG.value!r} (the fedseg YAML as text); got keys "
+            f"{sorted(run_config)}. Write the app with `fedseg flower app` (docs/deployment.md)"
+        )
+    raw = yaml.safe_load(text)
+    if not isinstance(raw, dict):
+        raise ClientSetupError(f"run config {RunKey.CONFIG.value!r} must be a YAML mapping, got {type(raw).__name__}")
+    return config_from_dict(raw)
+
+
+@dataclass
+class _Site:
+    """One site as served by this process: its data, model and runtimes (one per client index)."""
+
+    cfg: RunConfig
+    site: SiteData
+    order: int
+    spec: DataSpec
+    algorithm: Algorithm
+    model: nn.Module
+    init_params: dict[str, torch.Tensor]
+    device: torch.device
+    runtimes: dict[int, ClientRuntime] = field(default_factory=dict)
+
+    def runtime(self, index: int) -> ClientRuntime:
+        if index not in self.runtimes:
+            splits = {self.site.name: {"train": self.site.train, "val": self.site.val, "test": self.site.test}}
+            self.runtimes[index] = build_client_runtimes(
+                self.cfg, self.algorithm, self.model, self.init_params, splits, self.spec, self.device,
+                indices={self.site.name: index},
+            )[self.site.name]
+        return self.runtimes[index]
+
+
+_LOCK = threading.Lock()
+_SITES: dict[tuple[str, str], _Site] = {}
+_DATA: dict[tuple[str, int], FederatedData] = {}
+
+
+def clear_cache() -> None:
+    """Forget every cached site (tests; a long-lived process keeps them for its lifetime)."""
+    with _LOCK:
+        _SITES.clear()
+        _DATA.clear()
+
+
+def _federation(cfg: RunConfig) -> FederatedData:
+    key = (cfg.data.model_dump_json(), cfg.seed)
+    if key not in _DATA:
+        _DATA[key] = prepare_data(cfg, build_federated_data(cfg.data, cfg.seed))
+    return _DATA[key]
+
+
+def _node_site(cfg: RunConfig, node_config: Mapping[str, Any]) -> tuple[SiteData, int, DataSpec]:
+    """The site this node serves, its position hint (partition id, or -1) and the data's spec."""
+    site = node_config.get(NodeKey.SITE.value)
+    if site is not None:
+        name = str(site)
+        root = node_config.get(NodeKey.DATA_ROOT.value)
+        if root is not None:
+            if cfg.data.source != "folder":
+                raise ClientSetupError(
+                    f"node config {NodeKey.DATA_ROOT.value}={root!r} needs data.source 'folder' in the run config, "
+                    f"got {cfg.data.source!r}; drop {NodeKey.DATA_ROOT.value} for synthetic data"
+                )
+            data_cfg = cfg.data.model_copy(update={"root": Path(str(root)), "sites": [name]})
+            data = prepare_data(cfg, build_federated_data(data_cfg, cfg.seed), partial=True)
+            return data.site(name), -1, DataSpec.of(data)
+        data = _federation(cfg)
+        return data.site(name), -1, DataSpec.of(data)
+    partition = node_config.get(NodeKey.PARTITION_ID.value)
+    if partition is not None:
+        data = _federation(cfg)
+        index = int(partition)
+        if not 0 <= index < len(data.sites):
+            raise ClientSetupError(
+                f"node config {NodeKey.PARTITION_ID.value}={index}, but the data has {len(data.sites)} sites "
+                f"({', '.join(s.name for s in data.sites)}); run one SuperNode per site"
+            )
+        return data.sites[index], index, DataSpec.of(data)
+    raise ClientSetupError(
+        f"the node config names no site: set --node-config '{NodeKey.SITE.value}=\"<name>\"' (and "
+        f"'{NodeKey.DATA_ROOT.value}=\"/path\"' for folder data) on flower-supernode; got {dict(node_config)}"
+    )
+
+
+def _site(context: Context, defaults: Mapping[str, Any]) -> _Site:
+    run_config = {**defaults, **context.run_config}
+    text = str(run_config.get(RunKey.CONFIG.value, ""))
+    node = {k: context.node_config[k] for k in sorted(context.node_config)}
+    key = (hashlib.sha256(text.encode()).hexdigest(), repr(node))
+    with _LOCK:
+        if key in _SITES:
+            return _SITES[key]
+        cfg = load_run_config(run_config)
+        configure_determinism(cfg.train.deterministic)
+        site, order, spec = _node_site(cfg, node)
+        algorithm = build_algorithm(cfg.algorithm)
+        if algorithm.pooled_data:
+            raise ClientSetupError(f"algorithm {algorithm.name!r} pools all sites' data; it cannot run on Flower")
+        if len(site.train) == 0:
+            raise DataError(f"site {site.name!r} has an empty training split")
+        device = resolve_device(cfg.train.device)
+        model, init_params = init_model(cfg, spec, device)
+        entry = _Site(cfg, site, order, spec, algorithm, model, init_params, device)
+        _SITES[key] = entry
+        logger.info("fedseg ClientApp: serving site %s (pid %d)", site.name, os.getpid())
+        return entry
+
+
+def _control(message: Message) -> dict[str, Any]:
+    record = message.content.config_records.get(Record.CONFIG.value)
+    if record is None:
+        raise ClientSetupError(f"{message.metadata.message_type} message without a {Record.CONFIG.value!r} record")
+    return dict(record)
+
+
+def _payload(message: Message, site: _Site) -> tuple[bytes, dict[str, Any]]:
+    broadcast, control = broadcast_from_content(message.content)
+    name = control.get(Field.CLIENT_ID.value)
+    if name != site.site.name:
+        raise ClientSetupError(f"message for client {name!r} reached the node serving {site.site.name!r}")
+    return wire.encode(broadcast), control
+
+
+def _hello(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+    site = _site(context, defaults)
+    hello = {
+        Field.SITE.value: site.site.name,
+        Field.SITE_ORDER.value: site.order,
+        Field.SPATIAL_DIMS.value: site.spec.spatial_dims,
+        Field.IN_CHANNELS.value: site.spec.in_channels,
+        Field.NUM_CLASSES.value: site.spec.num_classes,
+        Field.N_TRAIN.value: len(site.site.train),
+        Field.N_VAL.value: len(site.site.val),
+        Field.N_TEST.value: len(site.site.test),
+        Field.PID.value: os.getpid(),
+    }
+    return Message(RecordDict({Record.HELLO.value: scalars_to_config(hello, where="hello")}), reply_to=message)
+
+
+def _train(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+    site = _site(context, defaults)
+    payload, control = _payload(message, site)
+    runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
+    state = state_from_records(context.state)
+    data, record = runtime.fit(int(control[Field.ROUND.value]), payload, state)
+    state_to_records(state, context.state)
+    update = wire.decode(data)
+    if not isinstance(update, ClientUpdate):
+        raise TypeError(f"{site.site.name}: the client runtime did not return a ClientUpdate")
+    if KEY_CLIPPING_NORM in control:
+        # Flower's clipping scales the update in place, which integer buffers
+        # (BatchNorm's num_batches_tracked) cannot take; with DP they stay on the client.
+        update.params = {k: v for k, v in update.params.items() if v.is_floating_point()}
+    return Message(update_content(update, record, pack=bool(control[PACKED])), reply_to=message)
+
+
+def _personalize(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+    site = _site(context, defaults)
+    payload, control = _payload(message, site)
+    runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
+    state = state_from_records(context.state)
+    record = runtime.personalize(int(control[Field.ROUND.value]), payload, state)
+    state_to_records(state, context.state)
+    return Message(RecordDict({Record.RECORD.value: scalars_to_config(record, where="personalize record")}),
+                   reply_to=message)
+
+
+def _evaluate(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+    site = _site(context, defaults)
+    payload, control = _payload(message, site)
+    runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
+    state = state_from_records(context.state)
+    records = runtime.evaluate(int(control[Field.ROUND.value]), payload, state, str(control[Field.SPLIT.value]))
+    return Message(eval_content(records), reply_to=message)
+
+
+def _action(action: Action) -> str:
+    """The action part of ``<category>.<action>`` (what ``ClientApp.query(...)`` registers)."""
+    return action.value.split(".", 1)[1]
+
+
+def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
+    """A fedseg ClientApp.
+
+    Args:
+        defaults: run-config values used where the Flower run config has none (the simulation
+            passes the fedseg configuration this way; a deployment gets it from ``flwr run``).
+    """
+    base = dict(defaults or {})
+    client_app = ClientApp()
+
+    @client_app.query(_action(Action.HELLO))
+    def hello(message: Message, context: Context) -> Message:
+        return _hello(message, context, base)
+
+    @client_app.train()
+    def train(message: Message, context: Context) -> Message:
+        if KEY_CLIPPING_NORM in _control(message):
+            # central DP: Flower's clipping mod, attached to training messages only
+            return fixedclipping_mod(message, context, lambda m, c: _train(m, c, base))
+        return _train(message, context, base)
+
+    @client_app.train(_action(Action.PERSONALIZE))
+    def personalize(message: Message, context: Context) -> Message:
+        return _personalize(message, context, base)
+
+    @client_app.evaluate()
+    def evaluate(message: Message, context: Context) -> Message:
+        return _evaluate(message, context, base)
+
+    return client_app
+
+
+app = make_client_app()
+"""The ClientApp a deployment names in ``[tool.flwr.app.components]``."""

@@ -1,0 +1,265 @@
+"""The Flower transport of :class:`~fedseg.engine.server.FederationServer`: a
+:class:`~fedseg.engine.server.ClientExecutor` that sends each round's messages to the SuperNodes
+through the ServerApp's ``Grid`` and returns their replies as fedseg wire bytes.
+
+Byte counting: the engine counts ``len(wire.encode(message))`` for every broadcast and update on
+both engines (the ClientRuntime measures the update, the FederationServer the broadcast); the
+Flower records built here from those messages are lossless conversions of the same tensors and
+scalars (``update_from_content`` re-encodes to the client's exact bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
+
+from fedseg.config import FlowerConfig
+from fedseg.engine import wire
+from fedseg.engine.client import PrivacyError
+from fedseg.engine.rundir import atomic_write_text
+from fedseg.runtime.common import DataSpec, RunError
+from fedseg.runtime.flower.keys import Action, Field, Record
+from fedseg.runtime.flower.records import (
+    broadcast_content,
+    config_to_dict,
+    convert_params,
+    eval_from_content,
+    update_from_content,
+)
+from fedseg.types import Broadcast
+
+__all__ = ["FlowerExecutor", "FlowerRunError", "SiteInfo", "discover_sites", "RECEIVED_KEYS_FILE"]
+
+logger = logging.getLogger(__name__)
+
+RECEIVED_KEYS_FILE = "received_keys.json"
+"""Run-directory file listing, per site, every tensor name the server received (a privacy audit)."""
+
+
+class FlowerRunError(RunError):
+    """A Flower run cannot go on: a site did not answer, or answered with an error."""
+
+
+@dataclass(frozen=True)
+class SiteInfo:
+    """What a SuperNode told the server in its hello reply."""
+
+    site: str
+    node_id: int
+    order: int
+    spec: DataSpec
+    sizes: tuple[int, int, int]
+    pid: int
+
+
+def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float, poll: float,
+              what: str) -> dict[str, Message]:
+    """Push messages (``(site, message)``) and pull every reply; raise on timeout or error replies."""
+    if not messages:
+        return {}
+    ids = list(grid.push_messages([m for _, m in messages]))
+    pending = {mid: site for mid, (site, _) in zip(ids, messages, strict=True)}
+    replies: dict[str, Message] = {}
+    deadline = time.monotonic() + timeout
+    while pending:
+        for reply in grid.pull_messages(list(pending)):
+            site = pending.pop(reply.metadata.reply_to_message_id, None)
+            if site is None:
+                continue
+            if reply.has_error():
+                raise FlowerRunError(f"{site} answered the {what} message with an error: {reply.error.reason}")
+            replies[site] = reply
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise FlowerRunError(
+                f"no reply to the {what} message from {', '.join(sorted(pending.values()))} within {timeout:.0f} s "
+                "(flower.reply_timeout); check that their SuperNodes and ClientApp processes are running"
+            )
+        time.sleep(poll)
+    return replies
+
+
+def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | None, expected_nodes: int | None
+                   ) -> dict[str, SiteInfo]:
+    """Wait for the SuperNodes, ask each which site it serves, return them by site name.
+
+    Args:
+        expected: the site names that must answer (deployment); None: every connected node.
+        expected_nodes: how many nodes to wait for when ``expected`` is None (simulation).
+
+    Raises:
+        FlowerRunError: not every expected site connected within ``flower.connect_timeout``, two
+            nodes serve one site, or a node serves a site that is not expected.
+    """
+    deadline = time.monotonic() + settings.connect_timeout
+    asked: set[int] = set()
+    found: dict[str, SiteInfo] = {}
+    want = len(expected) if expected is not None else (expected_nodes or 1)
+    while True:
+        nodes = [n for n in grid.get_node_ids() if n not in asked]
+        if nodes:
+            messages = [
+                (str(n), Message(RecordDict(), dst_node_id=n, message_type=Action.HELLO.value, group_id="hello"))
+                for n in nodes
+            ]
+            replies = _exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()),
+                                poll=settings.poll_interval, what="hello")
+            for node, reply in replies.items():
+                hello = config_to_dict(reply.content.config_records[Record.HELLO.value])
+                info = SiteInfo(
+                    site=str(hello[Field.SITE.value]),
+                    node_id=int(node),
+                    order=int(hello[Field.SITE_ORDER.value]),
+                    spec=DataSpec(int(hello[Field.SPATIAL_DIMS.value]), int(hello[Field.IN_CHANNELS.value]),
+                                  int(hello[Field.NUM_CLASSES.value])),
+                    sizes=(int(hello[Field.N_TRAIN.value]), int(hello[Field.N_VAL.value]),
+                           int(hello[Field.N_TEST.value])),
+                    pid=int(hello[Field.PID.value]),
+                )
+                if info.site in found:
+                    raise FlowerRunError(
+                        f"two SuperNodes serve site {info.site!r} (nodes {found[info.site].node_id} and {info.node_id}); "
+                        "give each SuperNode its own --node-config site"
+                    )
+                if expected is not None and info.site not in expected:
+                    raise FlowerRunError(
+                        f"a SuperNode serves site {info.site!r}, which is not one of the run's sites "
+                        f"({', '.join(expected)}); set flower.sites in the run config"
+                    )
+                found[info.site] = info
+                logger.info("site %s on node %d: %d/%d/%d train/val/test", info.site, info.node_id, *info.sizes)
+            asked.update(nodes)
+        if len(found) >= want:
+            return found
+        if time.monotonic() > deadline:
+            missing = sorted(set(expected) - set(found)) if expected is not None else []
+            raise FlowerRunError(
+                f"only {len(found)} of {want} sites connected within {settings.connect_timeout:.0f} s "
+                f"(flower.connect_timeout){'; missing: ' + ', '.join(missing) if missing else ''}; "
+                "start one SuperNode per site (docs/deployment.md)"
+            )
+        time.sleep(settings.poll_interval)
+
+
+class FlowerExecutor:
+    """Delivers the FederationServer's messages to SuperNodes through a Flower ``Grid``.
+
+    Args:
+        grid: the ServerApp's grid.
+        sites: site name -> SiteInfo (its node id), from :func:`discover_sites`.
+        indices: site name -> client index (seeds the client's rounds, as in-process).
+        settings: the ``flower`` section of the run config.
+        local_keys: the algorithm's local keys on the server's model: a reply carrying one raises
+            :class:`PrivacyError` (the client checks first; this is the server's own check).
+        clip: central DP: the clipping norm sent with training messages (Flower's
+            ``fixedclipping_mod`` reads it), or None.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        sites: Mapping[str, SiteInfo],
+        indices: Mapping[str, int],
+        settings: FlowerConfig,
+        *,
+        local_keys: set[str],
+        clip: float | None = None,
+        audit_path: Path | None = None,
+    ) -> None:
+        self.grid = grid
+        self.sites = dict(sites)
+        self.indices = dict(indices)
+        self.settings = settings
+        self.local_keys = set(local_keys)
+        self.clip = clip
+        self.audit_path = audit_path
+        self.received: dict[str, dict[str, set[str]]] = {}
+        self.last_fit_replies: list[Message] = []
+
+    # ------------------------------------------------------------------ messages
+    def _messages(self, action: Action, rnd: int, clients: Iterable[str], payload: bytes,
+                  control: Mapping[str, Any]) -> list[tuple[str, Message]]:
+        broadcast = wire.decode(payload)
+        if not isinstance(broadcast, Broadcast):
+            raise TypeError("the server payload did not decode to a Broadcast")
+        if self.clip is not None and action is Action.TRAIN:
+            # see client_app._train: integer buffers cannot be clipped, they stay on the clients
+            broadcast.params = {k: v for k, v in broadcast.params.items() if v.is_floating_point()}
+        pack = self.settings.pack_arrays
+        params = convert_params(broadcast.params, pack=pack)
+        out = []
+        for client in clients:
+            if client not in self.sites:
+                raise FlowerRunError(f"client {client!r} has no SuperNode; connected sites: {', '.join(self.sites)}")
+            content = broadcast_content(
+                broadcast,
+                {Field.CLIENT_ID.value: client, Field.CLIENT_INDEX.value: self.indices[client],
+                 Field.ROUND.value: rnd, **control},
+                pack=pack,
+                params=params,
+            )
+            out.append((client, Message(content, dst_node_id=self.sites[client].node_id, message_type=action.value,
+                                        group_id=str(rnd))))
+        return out
+
+    def _send(self, action: Action, rnd: int, clients: list[str], payload: bytes,
+              control: Mapping[str, Any] | None = None) -> dict[str, Message]:
+        messages = self._messages(action, rnd, clients, payload, control or {})
+        return _exchange(self.grid, messages, timeout=self.settings.reply_timeout, poll=self.settings.poll_interval,
+                         what=f"{action.value} (round {rnd})")
+
+    # ------------------------------------------------------------------ ClientExecutor
+    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
+        control: dict[str, Any] = {KEY_CLIPPING_NORM: self.clip} if self.clip is not None else {}
+        if self.clip is not None:
+            decoded = wire.decode(payload)
+            if decoded.extras:
+                raise FlowerRunError(
+                    "flower.dp: Flower's fixedclipping_mod clips exactly one ArrayRecord, but this algorithm "
+                    f"broadcasts extras ({', '.join(sorted(decoded.extras))}); disable flower.dp.enabled"
+                )
+        replies = self._send(Action.TRAIN, rnd, clients, payload, control)
+        self.last_fit_replies = [replies[c] for c in clients]
+        out: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        for client in clients:
+            update, record = update_from_content(replies[client].content)
+            leaked = self.local_keys & set(update.params)
+            if leaked:
+                raise PrivacyError(f"{client} sent parameters its algorithm keeps local: {sorted(leaked)[:5]}")
+            seen = self.received.setdefault(client, {"params": set(), "extras": set()})
+            seen["params"].update(update.params)
+            seen["extras"].update(update.extras)
+            out[client] = (wire.encode(update), record)
+        return out
+
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
+        replies = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+        return {c: eval_from_content(r.content) for c, r in replies.items()}
+
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
+        replies = self._send(Action.PERSONALIZE, rnd, clients, payload)
+        return {c: config_to_dict(r.content.config_records[Record.RECORD.value]) for c, r in replies.items()}
+
+    def state_snapshot(self) -> Any:
+        """None: client states stay on the SuperNodes (in ``context.state``), never on the server."""
+        return None
+
+    def restore(self, snapshot: Any) -> None:
+        if snapshot is not None:
+            raise FlowerRunError("a Flower run cannot restore client states: they live on the SuperNodes")
+
+    def committed(self) -> None:
+        """After each checkpoint: write the audit of received tensor names."""
+        if self.audit_path is not None:
+            audit = {site: {k: sorted(v) for k, v in seen.items()} for site, seen in sorted(self.received.items())}
+            atomic_write_text(self.audit_path, json.dumps(audit, indent=2, sort_keys=True) + "\n")

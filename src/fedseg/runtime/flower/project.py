@@ -1,0 +1,119 @@
+"""Files a deployment needs besides certificates: the Flower app directory that ``flwr run``
+submits, and the ``flwr`` CLI's SuperLink connection in ``$FLWR_HOME/config.toml``.
+
+The app directory holds only a ``pyproject.toml``: fedseg is installed on every machine, so the
+app's components are fedseg's own ServerApp and ClientApp, and the run config carries the fedseg
+configuration as YAML text (``fedseg-config``), the run directory on the SuperLink machine
+(``run-dir``) and the command to record. ``flwr run APP SUPERLINK --run-config 'run-dir="..."'``
+overrides a value for one submission.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedseg.config import RunConfig
+from fedseg.runtime.common import config_text
+from fedseg.runtime.flower.keys import RunKey
+
+__all__ = ["APP_COMPONENTS", "app_pyproject", "write_app", "write_connection", "flwr_home"]
+
+APP_COMPONENTS = {
+    "serverapp": "fedseg.runtime.flower.server_app:app",
+    "clientapp": "fedseg.runtime.flower.client_app:app",
+}
+"""The ``[tool.flwr.app.components]`` of every fedseg Flower app."""
+
+
+def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, version: str = "1.0.0") -> dict[str, Any]:
+    """The ``pyproject.toml`` of a fedseg Flower app for ``cfg`` as a mapping."""
+    config: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    if command:
+        config[RunKey.COMMAND.value] = command
+    return {
+        "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
+        "project": {
+            "name": "fedseg-app",
+            "version": version,
+            "description": f"fedseg federation {cfg.name!r}: {cfg.algorithm['name']}",
+            "license": "Apache-2.0",
+            "dependencies": ["fedseg"],
+        },
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedseg",
+                    "components": dict(APP_COMPONENTS),
+                    "config": config,
+                }
+            }
+        },
+    }
+
+
+def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | None = None) -> Path:
+    """Write the Flower app directory for ``cfg`` (``pyproject.toml`` + a copy of the config).
+
+    Args:
+        out_dir: the app directory (created; an existing pyproject.toml is replaced).
+        run_dir: where the ServerApp writes the run directory, on the SuperLink machine; a relative
+            path is relative to the SuperLink's working directory.
+
+    Returns:
+        The path of ``pyproject.toml``.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "pyproject.toml"
+    path.write_text(tomli_w.dumps(app_pyproject(cfg, run_dir, command=command), multiline_strings=True))
+    (out_dir / "fedseg.yaml").write_text(config_text(cfg))
+    return path
+
+
+def flwr_home() -> Path:
+    """``$FLWR_HOME``, or ``~/.flwr`` as the ``flwr`` CLI uses."""
+    home = os.environ.get("FLWR_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".flwr"
+
+
+def write_connection(
+    name: str,
+    address: str,
+    *,
+    root_certificates: Path | None,
+    insecure: bool = False,
+    default: bool = True,
+    home: Path | None = None,
+) -> Path:
+    """Add (or replace) SuperLink connection ``name`` in ``$FLWR_HOME/config.toml``.
+
+    Args:
+        address: the SuperLink as ``host:port`` (the port of ``flower-superlink --port``).
+        root_certificates: the CA certificate that signed the SuperLink's certificate.
+        insecure: plain HTTP (only with a SuperLink started with ``--insecure``).
+        default: make it the connection ``flwr`` uses when none is named.
+
+    Raises:
+        ValueError: neither ``root_certificates`` nor ``insecure``, or both.
+    """
+    if (root_certificates is None) == (not insecure):
+        raise ValueError("give either root_certificates (TLS, the default) or insecure=True, not both or neither")
+    home = home or flwr_home()
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    data: dict[str, Any] = tomllib.loads(path.read_text()) if path.is_file() else {}
+    superlink = data.setdefault("superlink", {})
+    entry: dict[str, Any] = {"address": address}
+    if insecure:
+        entry["insecure"] = True
+    else:
+        entry["root-certificates"] = str(Path(str(root_certificates)).expanduser().resolve())
+    superlink[name] = entry
+    if default or "default" not in superlink:
+        superlink["default"] = name
+    path.write_text(tomli_w.dumps(data))
+    return path

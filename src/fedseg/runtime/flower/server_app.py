@@ -1,0 +1,184 @@
+"""The fedseg Flower ServerApp: :class:`~fedseg.engine.server.FederationServer` over Flower's Grid.
+
+The ServerApp holds no site data. It asks every SuperNode which site it serves (and the shape of
+its data, which fixes the model), builds the seeded initial model, then runs the same
+FederationServer as the in-process engine with a :class:`FlowerExecutor` as transport: sampling,
+the algorithm's broadcast and aggregation, evaluation rounds, metrics.jsonl, atomic checkpoints,
+summary.json and the report all land in the run directory exactly as for an in-process run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedseg.algorithms import build_algorithm
+from fedseg.config import RunConfig
+from fedseg.engine.progress import ProgressSink
+from fedseg.engine.server import FederationServer, sample_clients
+from fedseg.runtime.common import DataSpec, RunError, init_model, prepare_run_dir, write_run_info
+from fedseg.runtime.flower.client_app import load_run_config
+from fedseg.runtime.flower.dp import CentralDP, check_dp
+from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
+from fedseg.runtime.flower.keys import RunKey
+from fedseg.types import Params
+
+__all__ = ["app", "make_server_app", "run_server", "ServerResult", "expected_sites", "check_flower_config"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ServerResult:
+    """What a finished ServerApp leaves behind (the simulation returns it to the caller)."""
+
+    run_dir: Path
+    global_params: Params
+    summary: dict[str, Any]
+
+
+def expected_sites(cfg: RunConfig) -> list[str] | None:
+    """The site names a deployment waits for: ``flower.sites``, else ``data.sites``, else the
+    synthetic generator's ``site0..site{N-1}``; None when only the SuperNodes can tell."""
+    if cfg.flower.sites:
+        return list(cfg.flower.sites)
+    if cfg.data.sites:
+        return list(cfg.data.sites)
+    if cfg.data.source == "synthetic":
+        return [f"site{i}" for i in range(cfg.data.synthetic.num_sites)]
+    return None
+
+
+def check_flower_config(cfg: RunConfig) -> None:
+    """Refuse what the Flower engines cannot run, before anything starts.
+
+    Raises:
+        RunError: the centralised reference (pooled data has no place in a federation).
+    """
+    algorithm = build_algorithm(cfg.algorithm)
+    if algorithm.pooled_data:
+        raise RunError(
+            f"algorithm {algorithm.name!r} pools every site's training data in one place; it is the upper "
+            "reference of the in-process engine only. Run it with --engine inprocess"
+        )
+
+
+def run_server(
+    grid: Grid,
+    run_config: Mapping[str, Any],
+    *,
+    engine: str,
+    expected_nodes: int | None = None,
+    progress: ProgressSink | None = None,
+    write_report: bool = True,
+) -> ServerResult:
+    """Run a whole federation from inside a ServerApp.
+
+    Args:
+        grid: the ServerApp's grid.
+        run_config: the Flower run config (``fedseg-config``, ``run-dir``, ``command``).
+        engine: recorded in config.yaml and run_info.json (``flower-sim`` or ``flower``).
+        expected_nodes: simulation: the number of SuperNodes (one per site).
+    """
+    cfg = load_run_config(run_config).model_copy(update={"engine": engine})
+    check_flower_config(cfg)
+    run_dir_value = run_config.get(RunKey.RUN_DIR.value)
+    if not isinstance(run_dir_value, str) or not run_dir_value:
+        raise RunError(f"the Flower run config has no {RunKey.RUN_DIR.value!r}; got keys {sorted(run_config)}")
+    run_dir = Path(run_dir_value).expanduser()
+    command = run_config.get(RunKey.COMMAND.value)
+    run = prepare_run_dir(cfg, run_dir, resume=False, command=str(command) if command else None)
+    algorithm = build_algorithm(cfg.algorithm)
+    sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
+                           expected_nodes=expected_nodes)
+    specs = {info.spec for info in sites.values()}
+    if len(specs) != 1:
+        raise FlowerRunError(
+            "the sites disagree on the data: "
+            + "; ".join(f"{s}: {i.spec}" for s, i in sorted(sites.items()))
+            + ". Every site needs the same dimensionality, channels and classes"
+        )
+    spec: DataSpec = specs.pop()
+    order = sorted(sites.values(), key=lambda i: (i.order < 0, i.order, _position(cfg, i.site), i.site))
+    names = [info.site for info in order]
+    indices = {name: i for i, name in enumerate(names)}
+    device = torch.device("cpu")
+    model, init_params = init_model(cfg, spec, device)
+    clip = None
+    if cfg.flower.dp.enabled:
+        check_dp(cfg, algorithm, model)
+        clip = cfg.flower.dp.clipping_norm
+    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model), clip=clip,
+                              audit_path=run.root / RECEIVED_KEYS_FILE)
+    if cfg.flower.dp.enabled:
+        fed = cfg.federation
+        sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
+        # instance attribute: FederationServer calls algorithm.aggregate; the noise wraps it
+        setattr(algorithm, "aggregate", CentralDP(
+            algorithm.aggregate, lambda: executor.last_fit_replies, noise_multiplier=cfg.flower.dp.noise_multiplier,
+            clipping_norm=cfg.flower.dp.clipping_norm, num_sampled_clients=sampled,
+        ))
+    server = FederationServer(cfg, algorithm, init_params, run, fit_clients=names, eval_clients=names,
+                              progress=progress)
+    write_run_info(
+        run, cfg, algorithm, engine=engine, sites=names, clients=names, spec=spec, device="cpu (server)",
+        extra={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes)} for s, i in sites.items()}},
+    )
+    logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
+    summary = server.run_all(executor)
+    if write_report:
+        from fedseg.report import write_report as _write_report
+
+        _write_report(run_dir)
+    return ServerResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
+
+
+def _position(cfg: RunConfig, site: str) -> int:
+    listed = expected_sites(cfg) or []
+    return listed.index(site) if site in listed else len(listed)
+
+
+def make_server_app(
+    defaults: Mapping[str, Any] | None = None,
+    *,
+    engine: str = "flower",
+    expected_nodes: int | None = None,
+    progress: ProgressSink | None = None,
+    results: list[ServerResult] | None = None,
+) -> ServerApp:
+    """A fedseg ServerApp.
+
+    Args:
+        defaults: run-config values used where the Flower run config has none (the simulation
+            passes the configuration this way; a deployment gets it from ``flwr run``).
+        engine: ``flower`` (deployment) or ``flower-sim``.
+        expected_nodes: simulation: the number of SuperNodes.
+        progress: receives round events (the CLI's progress display in simulation).
+        results: the :class:`ServerResult` is appended here (simulation: the caller's handle).
+    """
+    base = dict(defaults or {})
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = {RunKey.COMMAND.value: f"flwr run  # Flower run {context.run_id}", **base, **context.run_config}
+        result = run_server(grid, run_config, engine=engine, expected_nodes=expected_nodes, progress=progress)
+        if results is not None:
+            with _RESULTS_LOCK:
+                results.append(result)
+
+    return server_app
+
+
+_RESULTS_LOCK = threading.Lock()
+
+app = make_server_app()
+"""The ServerApp a deployment names in ``[tool.flwr.app.components]``."""

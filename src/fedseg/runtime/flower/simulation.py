@@ -1,0 +1,93 @@
+"""``fedseg run --engine flower-sim``: the fedseg ServerApp and ClientApp in Flower's simulation
+runtime (its Ray backend; one virtual SuperNode per site, ``partition-id`` = the site's index).
+
+The ServerApp runs in a thread of this process and writes the run directory; ClientApps run in Ray
+actors, which live for the whole simulation, so each site's data and model are built once per
+actor (see :mod:`fedseg.runtime.flower.client_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.simulation import run_simulation
+
+from fedseg.config import RunConfig
+from fedseg.data.build import build_federated_data
+from fedseg.engine.progress import ProgressSink
+from fedseg.engine.rundir import RunDir
+from fedseg.engine.trainer import resolve_device
+from fedseg.runtime.common import RunError, config_text
+from fedseg.runtime.flower.client_app import make_client_app
+from fedseg.runtime.flower.keys import ENV_DEFAULTS, RunKey
+from fedseg.runtime.flower.server_app import ServerResult, check_flower_config, expected_sites, make_server_app
+
+__all__ = ["run_flower_simulation", "apply_env_defaults"]
+
+logger = logging.getLogger(__name__)
+
+
+def apply_env_defaults() -> None:
+    """Set fedseg's Flower environment defaults (no uv installs, no telemetry, no update check)
+    where the user has not set them."""
+    for key, value in ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def _num_sites(cfg: RunConfig) -> int:
+    names = expected_sites(cfg)
+    if names is not None:
+        return len(names)
+    return len(build_federated_data(cfg.data, cfg.seed).sites)
+
+
+def run_flower_simulation(
+    cfg: RunConfig,
+    run_dir: Path,
+    *,
+    command: str | None = None,
+    progress: ProgressSink | None = None,
+    write_report: bool = True,
+) -> ServerResult:
+    """Run a federation in Flower's simulation runtime and return the server's result.
+
+    Args:
+        cfg: the validated run configuration (``engine`` is recorded as ``flower-sim``).
+        run_dir: the run directory (a fresh one: Flower runs do not resume).
+        command: the command line to record in ``command.txt``.
+
+    Raises:
+        RunError: the configuration cannot run on Flower (the centralised reference), or the
+            simulation ended without a result.
+    """
+    check_flower_config(cfg)
+    if RunDir(run_dir).checkpoint.is_file():
+        raise RunError(f"{run_dir} already holds a run ({RunDir(run_dir).checkpoint}); choose another --out")
+    apply_env_defaults()
+    num_sites = _num_sites(cfg)
+    defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    if command:
+        defaults[RunKey.COMMAND.value] = command
+    results: list[ServerResult] = []
+    server_app = make_server_app(defaults, engine="flower-sim", expected_nodes=num_sites, progress=progress,
+                                 results=results)
+    client_app = make_client_app(defaults)
+    on_gpu = resolve_device(cfg.train.device).type != "cpu"
+    backend: dict[str, Any] = {
+        "client_resources": {
+            "num_cpus": cfg.flower.sim_cpus_per_client,
+            # every site shares the visible GPU(s); Ray hides GPUs from actors that ask for none
+            "num_gpus": min(1.0, 1.0 / num_sites) if on_gpu else 0.0,
+        },
+        "init_args": {"logging_level": logging.WARNING, "log_to_driver": False},
+    }
+    if cfg.flower.sim_num_cpus is not None:
+        backend["init_args"]["num_cpus"] = cfg.flower.sim_num_cpus
+    logger.info("Flower simulation: %d SuperNodes, run directory %s", num_sites, run_dir)
+    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_sites, backend_config=backend)
+    if not results:
+        raise RunError(f"the Flower simulation ended without a result; see the log above (run directory {run_dir})")
+    return results[0]

@@ -1,0 +1,115 @@
+"""``fedseg flower ...`` helpers and ``fedseg run --engine`` checks (fast: nothing starts Flower)."""
+
+from __future__ import annotations
+
+import stat
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key, load_ssh_public_key
+from typer.testing import CliRunner
+
+from conftest import tiny_config
+from fedseg.cli.main import app
+from fedseg.config import ConfigError, config_from_dict
+
+runner = CliRunner()
+
+
+def _cfg(tmp_path: Path, cfg: dict) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_certs_make_a_ca_a_server_certificate_for_the_hosts_and_supernode_keys(tmp_path: Path) -> None:
+    out = tmp_path / "certs"
+    result = runner.invoke(app, ["flower", "certs", str(out), "--host", "fl.example.org", "--host", "10.1.2.3",
+                                 "--supernode", "hospital-a"])
+    assert result.exit_code == 0, result.output
+    ca = x509.load_pem_x509_certificate((out / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((out / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {"fl.example.org", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"10.1.2.3", "127.0.0.1"}
+    key = load_pem_private_key((out / "server.key").read_bytes(), None)
+    assert key.public_key().public_numbers() == server.public_key().public_numbers()  # type: ignore[union-attr]
+    for private in ("ca.key", "server.key", "hospital-a"):
+        assert stat.S_IMODE((out / private).stat().st_mode) == 0o600, private
+    node_key = load_ssh_private_key((out / "hospital-a").read_bytes(), None)
+    node_pub = load_ssh_public_key((out / "hospital-a.pub").read_bytes())
+    assert isinstance(node_key, ec.EllipticCurvePrivateKey) and isinstance(node_pub, ec.EllipticCurvePublicKey)
+    again = runner.invoke(app, ["flower", "certs", str(out), "--host", "fl.example.org"])
+    assert again.exit_code == 2 and "exists" in again.output and "--overwrite" in again.output
+
+
+def test_connection_needs_tls_or_an_explicit_insecure_with_a_warning(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
+    refused = runner.invoke(app, ["flower", "connection", "x", "127.0.0.1:9093"])
+    assert refused.exit_code == 2 and "--root-certificates" in refused.output
+    ca = tmp_path / "ca.crt"
+    ca.write_text("pem")
+    assert runner.invoke(app, ["flower", "connection", "tls", "fl:9093", "--root-certificates", str(ca)]).exit_code == 0
+    insecure = runner.invoke(app, ["flower", "connection", "test", "127.0.0.1:9093", "--insecure", "--no-default"])
+    assert insecure.exit_code == 0 and "warning" in insecure.output and "unencrypted" in insecure.output
+    config = tomllib.loads((tmp_path / "home" / "config.toml").read_text())
+    assert config["superlink"]["default"] == "tls"
+    assert config["superlink"]["tls"] == {"address": "fl:9093", "root-certificates": str(ca.resolve())}
+    assert config["superlink"]["test"] == {"address": "127.0.0.1:9093", "insecure": True}
+
+
+def test_app_writes_the_flower_app_section_with_the_resolved_config(tmp_path: Path) -> None:
+    from fedseg.runtime.flower.client_app import load_run_config
+
+    out = tmp_path / "app"
+    result = runner.invoke(app, ["flower", "app", str(out), str(_cfg(tmp_path, tiny_config("fedbn"))),
+                                 "--run-dir", "/srv/runs/x", "--set", "federation.rounds=4"])
+    assert result.exit_code == 0, result.output
+    project = tomllib.loads((out / "pyproject.toml").read_text())
+    flwr = project["tool"]["flwr"]["app"]
+    assert flwr["components"] == {"serverapp": "fedseg.runtime.flower.server_app:app",
+                                  "clientapp": "fedseg.runtime.flower.client_app:app"}
+    assert flwr["config"]["run-dir"] == "/srv/runs/x"
+    cfg = load_run_config(flwr["config"])
+    assert cfg.algorithm["name"] == "fedbn" and cfg.federation.rounds == 4
+
+
+def test_app_refuses_the_centralized_reference(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["flower", "app", str(tmp_path / "a"), str(_cfg(tmp_path, tiny_config("centralized"))),
+                                 "--run-dir", "r"])
+    assert result.exit_code == 2 and "pools every site" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--engine", "flower-sim", "--resume"], "cannot be restored"),
+        (["--engine", "flower"], "allowed inprocess, flower-sim"),
+        (["--engine", "ray"], "allowed inprocess, flower-sim"),
+    ],
+)
+def test_run_engine_refusals(tmp_path: Path, args: list[str], message: str) -> None:
+    result = runner.invoke(app, ["run", str(_cfg(tmp_path, tiny_config())), "--out", str(tmp_path / "r"), *args])
+    assert result.exit_code == 2 and message in result.output.replace("\n", " ")
+
+
+def test_run_refuses_the_deployment_engine_set_in_the_config(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["run", str(_cfg(tmp_path, {**tiny_config(), "engine": "flower"})),
+                                 "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "flwr run" in result.output
+
+
+def test_clientapp_refuses_a_remote_runtime_api_without_tls() -> None:
+    result = runner.invoke(app, ["flower", "clientapp", "--runtime-api-address", "10.0.0.5:9094"])
+    assert result.exit_code == 2 and "--root-certificates" in result.output
+
+
+def test_secure_aggregation_is_rejected_with_the_reason() -> None:
+    with pytest.raises(ConfigError, match="SecAgg\\+ only through its legacy API"):
+        config_from_dict({"flower": {"secure_aggregation": True}})
