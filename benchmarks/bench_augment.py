@@ -3,9 +3,11 @@
 Two settings: 2D whole images (the throughput benchmark's 128x128 synthetic images) and 3D random
 patches (32^3 from 48^3 synthetic volumes, foreground oversampling 1/3). "on" uses the default
 probabilities of :class:`fedseg.config.AugmentConfig` (``enabled: true``); "all" fires every
-transform on every sample (the worst case). Called by ``benchmarks/run_all.py``; alone:
+transform on every sample (the worst case). Rates are reported per wall second and per CPU second
+of this process (the latter is the fair comparison when other processes share the cores; run
+with ``OMP_NUM_THREADS=1`` then). Called by ``benchmarks/run_all.py``; alone:
 
-    python benchmarks/bench_augment.py [--epochs 2] [--repeats 3]
+    python benchmarks/bench_augment.py [--epochs 2] [--repeats 3] [--trainer-vs-bare]
 """
 
 from __future__ import annotations
@@ -51,20 +53,23 @@ def augment_cost(dims: int, epochs: int, repeats: int) -> dict[str, Any]:
     mcfg = ModelConfig(channels=case["channels"], strides=case["strides"])
     loss_fn = build_loss(LossConfig(), 2)
     rates: dict[str, list[float]] = {k: [] for k in SETTINGS}
+    cpu_rates: dict[str, list[float]] = {k: [] for k in SETTINGS}
     for rep in range(repeats + 1):
         for name, extra in SETTINGS.items():
             tcfg = TrainConfig(batch_size=case["batch"], patch_size=case["patch"], **extra)
             seed_everything(rep)
             model = build_model(mcfg, dims, 1, 2).to(device)
             trainer = Trainer(data, loss_fn, tcfg, epochs=epochs, device=device, seed=rep, state={})
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             steps = trainer.fit(model)["steps"]
             if device.type == "cuda":
                 torch.cuda.synchronize()
-            elapsed = time.perf_counter() - start
+            elapsed, cpu_elapsed = time.perf_counter() - start, time.process_time() - cpu_start
             if rep > 0:
                 rates[name].append(steps * case["batch"] / elapsed)
+                cpu_rates[name].append(steps * case["batch"] / cpu_elapsed)
     med = {k: statistics.median(v) for k, v in rates.items()}
+    cpu = {k: statistics.median(v) for k, v in cpu_rates.items()}
     return {
         "device": str(device),
         "input": f"{case['size']}^{dims}" + (f" -> patches {'x'.join(map(str, case['patch']))}" if case["patch"] else ""),
@@ -75,15 +80,57 @@ def augment_cost(dims: int, epochs: int, repeats: int) -> dict[str, Any]:
         **{f"{k}_samples_per_s": round(v, 2) for k, v in med.items()},
         "on_over_off": round(med["on"] / med["off"], 3),
         "all_over_off": round(med["all"] / med["off"], 3),
+        # CPU time of this process: robust when other processes share the cores (CPU runs)
+        **{f"{k}_samples_per_cpu_s": round(v, 2) for k, v in cpu.items()},
+        "cpu_on_over_off": round(cpu["on"] / cpu["off"], 3),
+        "cpu_all_over_off": round(cpu["all"] / cpu["off"], 3),
     }
+
+
+def trainer_vs_bare_cpu(epochs: int, repeats: int) -> dict[str, Any]:
+    """``make bench``'s throughput comparison (augmentation off), timed by this process's CPU time.
+
+    Same model, data, batch and optimizer as ``run_all.throughput``; pairs alternate their order.
+    On cores shared with other processes wall time swings several-fold between identical runs,
+    CPU time does not (with ``OMP_NUM_THREADS=1``, so no thread spins waiting for a busy core).
+    """
+    from run_all import bare_loop  # lazy: run_all imports this module
+
+    device = torch.device("cpu")
+    data = make_synthetic_federation(
+        SyntheticDataConfig(num_sites=1, size=128, samples_per_site=[64]), SplitConfig(train=0.98, val=0.01, test=0.01), 0
+    ).sites[0].train
+    loss_fn = build_loss(LossConfig(), 2)
+    rates: dict[str, list[float]] = {"framework": [], "bare": []}
+    for rep in range(repeats + 1):
+        for kind in ("bare", "framework") if rep % 2 == 0 else ("framework", "bare"):
+            seed_everything(rep)
+            model = build_model(ModelConfig(), 2, 1, 2)
+            start = time.process_time()
+            if kind == "bare":
+                bare_loop(model, data.images, data.masks, loss_fn, 8, epochs, 1e-3, rep)
+            else:
+                Trainer(data, loss_fn, TrainConfig(batch_size=8, lr=1e-3), epochs=epochs, device=device, seed=rep,
+                        state={}).fit(model)
+            if rep > 0:
+                rates[kind].append(len(data) * epochs / (time.process_time() - start))
+    fw, bare = statistics.median(rates["framework"]), statistics.median(rates["bare"])
+    pairs = [round(f / b, 3) for f, b in zip(rates["framework"], rates["bare"], strict=True)]
+    return {"threads": torch.get_num_threads(), "epochs": epochs, "repeats": repeats,
+            "framework_img_per_cpu_s": round(fw, 2), "bare_img_per_cpu_s": round(bare, 2),
+            "ratio": round(fw / bare, 3), "pair_ratios": pairs}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--trainer-vs-bare", action="store_true",
+                        help="also time Trainer vs the bare loop (augmentation off) by CPU time")
     args = parser.parse_args()
-    results = {f"{d}d": augment_cost(d, args.epochs, args.repeats) for d in (2, 3)}
+    results: dict[str, Any] = {f"{d}d": augment_cost(d, args.epochs, args.repeats) for d in (2, 3)}
+    if args.trainer_vs_bare:
+        results["trainer_vs_bare_cpu"] = trainer_vs_bare_cpu(args.epochs, max(args.repeats, 5))
     print(json.dumps(results, indent=2))
     return 0
 

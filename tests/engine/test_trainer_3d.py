@@ -36,9 +36,9 @@ def _same(a: Params, b: Params) -> bool:
 
 
 def test_augmented_patched_3d_run_is_reproducible_and_differs_with_another_seed(tmp_path: Path) -> None:
-    a = _run(tmp_path / "a", _config())
-    b = _run(tmp_path / "b", _config())
-    c = _run(tmp_path / "c", _config(seed=1))
+    a = _run(tmp_path / "a", _config(rounds=1))
+    b = _run(tmp_path / "b", _config(rounds=1))
+    c = _run(tmp_path / "c", _config(seed=1, rounds=1))
     assert _same(a, b)
     assert not _same(a, c)
     test = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r.get("split") == "test"]
