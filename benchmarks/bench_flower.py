@@ -38,6 +38,7 @@ import argparse
 import json
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import time
@@ -267,6 +268,9 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads per client on every engine")
     parser.add_argument("--out", type=Path, default=Path("runs/bench/flower"))
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) unwinds like Ctrl-C, so the deployment's finally blocks stop the
+    # SuperLink/SuperNodes it started instead of leaving them running.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     results = run(args.out, rounds=args.rounds, size=args.size, naive=args.naive, dp=args.dp, threads=args.threads)
     results["command"] = "python " + " ".join(sys.argv)
     (args.out / "flower.json").write_text(json.dumps(results, indent=2) + "\n")

@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_private_key, l
 from typer.testing import CliRunner
 
 from conftest import tiny_config
+from fake_datasets import write_png_case, write_png_site
 from fedseg.cli.main import app
 from fedseg.config import ConfigError, config_from_dict
 
@@ -44,6 +45,8 @@ def test_certs_make_a_ca_a_server_certificate_for_the_hosts_and_supernode_keys(t
     node_key = load_ssh_private_key((out / "hospital-a").read_bytes(), None)
     node_pub = load_ssh_public_key((out / "hospital-a.pub").read_bytes())
     assert isinstance(node_key, ec.EllipticCurvePrivateKey) and isinstance(node_pub, ec.EllipticCurvePublicKey)
+    # the names the certificate is valid for are printed, to check against SUPERLINK_HOST
+    assert "fl.example.org, 10.1.2.3, localhost, 127.0.0.1" in result.output.replace("\n", " ")
     again = runner.invoke(app, ["flower", "certs", str(out), "--host", "fl.example.org"])
     assert again.exit_code == 2 and "exists" in again.output and "--overwrite" in again.output
 
@@ -89,7 +92,7 @@ def test_app_refuses_the_centralized_reference(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "flower-sim", "--resume"], "cannot be restored"),
+        (["--engine", "flower-sim", "--resume"], "--resume: no checkpoint"),
         (["--engine", "flower"], "allowed inprocess, flower-sim"),
         (["--engine", "ray"], "allowed inprocess, flower-sim"),
     ],
@@ -113,3 +116,55 @@ def test_clientapp_refuses_a_remote_runtime_api_without_tls() -> None:
 def test_secure_aggregation_is_rejected_with_the_reason() -> None:
     with pytest.raises(ConfigError, match="SecAgg\\+ only through its legacy API"):
         config_from_dict({"flower": {"secure_aggregation": True}})
+
+
+def test_flower_sim_checks_the_data_before_the_simulation_starts(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same pre-training check as in-process: exit 2 with every file and its problem, and Flower's
+    simulation is never started."""
+    import fedseg.runtime.flower.simulation as simulation
+
+    def never(**kwargs: object) -> None:
+        raise AssertionError("the simulation started despite bad data")
+
+    monkeypatch.setattr(simulation, "run_simulation", never)
+    root = tmp_path / "data"
+    write_png_site(root / "A", 3)
+    write_png_site(root / "B", 3)
+    write_png_case(root / "B", "seven", label=7)
+    write_png_case(root / "B", "wrongsize", mask_size=(10, 10))
+    cfg = {**tiny_config(), "data": {"source": "folder", "root": str(root), "image_size": [8, 8]}}
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["run", str(_cfg(tmp_path, cfg)), "--engine", "flower-sim", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    flat = "".join(result.output.split())
+    assert "2problem(s)" in flat
+    for path, problem in ((root / "B" / "masks" / "seven.png", "mask values 7 are not in the label map"),
+                          (root / "B" / "masks" / "wrongsize.png", "size mismatch")):
+        assert "".join(f"{path}: {problem}".split()) in flat, (path, result.output)
+    assert not (out / "metrics.jsonl").exists() and not (out / "checkpoints").exists()
+    assert not (out / "splits.json").exists()
+
+
+def test_insecure_site_processes_warn_and_tls_is_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedseg.runtime.flower.supernode as supernode
+    import fedseg.runtime.flower.worker as worker
+
+    started: list[tuple[object, ...]] = []
+    monkeypatch.setattr(supernode, "run_supernode", lambda args, idle_poll: started.append(("supernode", *args)))
+    monkeypatch.setattr(worker, "serve_clientapps",
+                        lambda address, insecure, root_certificates, poll_interval: started.append(
+                            ("clientapp", address, insecure)) or 0)
+
+    tls = runner.invoke(app, ["flower", "supernode", "--superlink", "fl:9093", "--root-certificates", "ca.crt"])
+    assert tls.exit_code == 0 and "warning" not in tls.output
+    plain = runner.invoke(app, ["flower", "supernode", "--insecure", "--superlink", "fl:9093"])
+    assert plain.exit_code == 0 and "warning" in plain.output and "unencrypted" in plain.output
+    assert started[:2] == [("supernode", "--superlink", "fl:9093", "--root-certificates", "ca.crt"),
+                           ("supernode", "--insecure", "--superlink", "fl:9093")]
+
+    local = runner.invoke(app, ["flower", "clientapp", "--runtime-api-address", "127.0.0.1:9094"])
+    assert local.exit_code == 0 and "warning" not in local.output  # the SuperNode's loopback Runtime API
+    remote = runner.invoke(app, ["flower", "clientapp", "--runtime-api-address", "10.0.0.5:9094", "--insecure"])
+    assert remote.exit_code == 0 and "warning" in remote.output and "unencrypted" in remote.output
+    assert started[2:] == [("clientapp", "127.0.0.1:9094", True), ("clientapp", "10.0.0.5:9094", True)]

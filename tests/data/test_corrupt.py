@@ -76,7 +76,9 @@ def test_only_the_named_site_and_splits_change_never_test() -> None:
 def test_config_rejects_test_split_and_the_run_applies_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(Exception, match="splits"):
         config_from_dict(tiny_config(data={"corrupt_labels": {"site": "site1", "splits": ["test"]}}))
+    import fedseg.runtime.common as common
     import fedseg.runtime.sim as sim
+    from fedseg.data.build import build_federated_data
 
     seen: list[FederatedData] = []
 
@@ -85,10 +87,10 @@ def test_config_rejects_test_split_and_the_run_applies_it(tmp_path: Path, monkey
         seen.append(out)
         return out
 
-    monkeypatch.setattr(sim, "apply_label_corruption", spy)
+    monkeypatch.setattr(common, "apply_label_corruption", spy)
     cfg = config_from_dict(tiny_config(rounds=1, data={"corrupt_labels": {"site": "site1", "mode": "shuffle"}}))
     sim.run_inprocess(cfg, tmp_path / "r", write_report=False)
     assert len(seen) == 1
-    clean = sim.build_federated_data(cfg.data, cfg.seed)
+    clean = build_federated_data(cfg.data, cfg.seed)
     assert not torch.equal(seen[0].site("site1").train.masks, clean.site("site1").train.masks)
     assert torch.equal(seen[0].site("site1").test.masks, clean.site("site1").test.masks)

@@ -51,12 +51,13 @@ def _is_loopback(address: str) -> bool:
 
 
 def run_flower_engine(cfg: Any, run_dir: Path, *, engine: str, resume: bool, command: str | None) -> dict[str, Any]:
-    """``fedseg run --engine flower-sim``: run ``cfg`` in Flower's simulation runtime; the summary.
+    """``fedseg run --engine flower-sim [--resume]``: run ``cfg`` in Flower's simulation runtime;
+    the summary.
 
     Raises:
-        fedseg.runtime.common.RunError: ``--resume`` (client states live in the simulated
-            SuperNodes and end with them), engine ``flower`` (a deployment is submitted with
-            ``flwr run``), or anything the run refuses.
+        fedseg.runtime.common.RunError: engine ``flower`` (a deployment is submitted with
+            ``flwr run``), or anything the run refuses (e.g. ``--resume`` without a checkpoint).
+        fedseg.data.base.DataError: the data check failed (before the simulation starts).
     """
     from fedseg.cli.progress import RichProgress
     from fedseg.runtime.common import RunError
@@ -66,24 +67,21 @@ def run_flower_engine(cfg: Any, run_dir: Path, *, engine: str, resume: bool, com
             "engine 'flower' is a deployment: start a SuperLink and SuperNodes and submit with `flwr run` "
             "(docs/deployment.md); use --engine flower-sim to simulate"
         )
-    if resume:
-        raise RunError(
-            "--resume: a Flower run keeps each client's state on its SuperNode, so it cannot be restored "
-            "from the server's checkpoint; start a new run (another --out) or use --engine inprocess"
-        )
     from fedseg.runtime.flower.simulation import run_flower_simulation
 
     if not logging.getLogger().isEnabledFor(logging.DEBUG):
         logging.getLogger("flwr").setLevel(logging.WARNING)
-    result = run_flower_simulation(cfg.model_copy(update={"engine": "flower-sim"}), run_dir, command=command,
-                                   progress=RichProgress())
+    result = run_flower_simulation(cfg.model_copy(update={"engine": "flower-sim"}), run_dir, resume=resume,
+                                   command=command, progress=RichProgress())
     return result.summary
 
 
 @app.command()
 def certs(
     out_dir: Annotated[Path, typer.Argument(help="folder for ca.crt, ca.key, server.pem, server.key and keys")],
-    host: Annotated[list[str], typer.Option("--host", help="a DNS name or IP of the SuperLink (repeat)")],
+    host: Annotated[list[str], typer.Option(
+        "--host", help="a DNS name or IP under which the sites reach the SuperLink (repeat for each; "
+                       "localhost and 127.0.0.1 are always added)")],
     supernode: Annotated[
         list[str] | None, typer.Option("--supernode", help="make a SuperNode auth key pair with this name (repeat)")
     ] = None,
@@ -101,6 +99,8 @@ def certs(
         return
     console.print(f"CA certificate (give to every SuperNode and flwr user): {files.ca_cert}")
     console.print(f"SuperLink certificate + key (stay on the SuperLink): {files.server_cert}, {files.server_key}")
+    console.print(f"SuperLink certificate valid for: {', '.join(files.hosts)} (the SuperNodes and flwr must "
+                  "use one of these names)")
     console.print(f"CA key (keep offline): {files.ca_key}")
     for name, (private, public) in keys.items():
         console.print(f"SuperNode {name}: private key {private} (stays on the site), public key {public} (register)")

@@ -1,5 +1,6 @@
-"""Set-up shared by every runtime (in-process and Flower): the run directory, the seeded initial
-model, each client's splits and its :class:`~fedseg.engine.client.ClientRuntime`, ``run_info.json``.
+"""Set-up shared by every runtime (in-process and Flower): the run directory, the data check
+before training and ``splits.json``, the seeded initial model, each client's splits and its
+:class:`~fedseg.engine.client.ClientRuntime`, ``run_info.json``.
 
 Both engines call these functions, so a client built inside a Flower ClientApp is the same object,
 with the same initial weights and the same per-round seeds, as the one the in-process engine builds.
@@ -7,7 +8,8 @@ with the same initial weights and the same per-round seeds, as the one the in-pr
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import hashlib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,10 @@ from torch import nn
 
 from fedseg.algorithms import Algorithm
 from fedseg.config import RunConfig
-from fedseg.data.base import DataError, FederatedData, SegmentationSet
+from fedseg.data.base import DataError, FederatedData, SegmentationSet, SiteData
+from fedseg.data.build import build_federated_data
 from fedseg.data.corrupt import apply_label_corruption
+from fedseg.data.splits import write_splits
 from fedseg.data.validate import validate_federation
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.rundir import RunDir
@@ -36,6 +40,10 @@ __all__ = [
     "concat_sets",
     "client_splits",
     "prepare_data",
+    "load_training_data",
+    "SPLITS_FILE",
+    "split_digest",
+    "site_split_digests",
     "config_text",
     "prepare_run_dir",
     "init_model",
@@ -78,7 +86,7 @@ def concat_sets(sets: list[SegmentationSet]) -> SegmentationSet:
         )
     return SegmentationSet(
         images=torch.cat([s.images for s in sets]),
-        masks=torch.cat([s.masks for s in sets]),
+        masks=torch.cat([s.pixel_masks() for s in sets]),  # weakly-supervised splits refuse pooling
         spacing=torch.cat([s.spacing for s in sets]),
         ids=[i for s in sets for i in s.ids],
     )
@@ -114,6 +122,38 @@ def prepare_data(cfg: RunConfig, data: FederatedData, *, partial: bool = False) 
         data = apply_label_corruption(data, corrupt, cfg.seed)
     validate_federation(data)
     return data
+
+
+SPLITS_FILE = "splits.json"
+"""The run-directory file listing every site's train/val/test case ids (``fedseg.data.splits``)."""
+
+
+def load_training_data(cfg: RunConfig, run: RunDir, data: FederatedData | None = None) -> FederatedData:
+    """The pre-training data step of every engine that holds the data (in-process, ``flower-sim``):
+    build the federation from ``cfg.data`` (unless ``data`` is given), corrupt labels if asked,
+    validate (every problem at once) and write ``splits.json`` into the run directory.
+
+    Raises:
+        DataError: the data cannot be trained on; the message lists each file or site with its
+            problem (``fedseg run`` exits 2 with it, before any training).
+    """
+    data = prepare_data(cfg, data if data is not None else build_federated_data(cfg.data, cfg.seed))
+    write_splits(run.root / SPLITS_FILE, data, cfg.seed)
+    return data
+
+
+def split_digest(ids: Sequence[str]) -> str:
+    """SHA-256 of a split's case ids, sorted, one per line (each ending in a newline): what a
+    deployed site reports instead of the ids. ``printf '%s\\n' IDS | LC_ALL=C sort | sha256sum``
+    gives the same digest."""
+    text = "".join(f"{i}\n" for i in sorted(ids, key=lambda x: x.encode("utf-8")))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def site_split_digests(site: SiteData) -> dict[str, str]:
+    """:func:`split_digest` of the site's train, val and test splits."""
+    return {name: split_digest(part.ids) for name, part in (("train", site.train), ("val", site.val),
+                                                             ("test", site.test))}
 
 
 def config_text(cfg: RunConfig) -> str:

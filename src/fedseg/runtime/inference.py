@@ -54,6 +54,20 @@ def _read_run(run_dir: Path) -> tuple[RunDir, RunConfig, dict[str, Any]]:
     return run, cfg, info
 
 
+def _no_client_states(run_dir: Path, client: str, info: dict[str, Any]) -> str:
+    """Why ``--client`` cannot work on a run whose checkpoint holds no client states."""
+    if info.get("engine") == "flower":
+        where = ("the personal models of a deployed Flower run live on the SuperNodes (each site's "
+                 "context.state, in memory for the run's lifetime), never on the server")
+    else:
+        where = f"the checkpoint of this {info.get('engine', '?')} run holds no client states"
+    records = (f"the site's `model: personal` records in {run_dir / 'metrics.jsonl'} (its personalised model "
+               "evaluated on its own data during the run)")
+    if info.get("has_global_model", True):
+        return f"--client {client!r}: {where}. Evaluate the global model (omit --client), or read {records}"
+    return f"--client {client!r}: {where}. Read {records}"
+
+
 def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
     """The run's global model, or ``client``'s personalised model, on the configured device."""
     run, cfg, info = _read_run(run_dir)
@@ -63,6 +77,8 @@ def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Mod
     if client is not None:
         if client not in info["clients"]:
             raise EvalError(f"--client {client!r}: not a client of this run; clients: {', '.join(info['clients'])}")
+        if ckpt.get("client_states") is None:
+            raise EvalError(_no_client_states(run_dir, client, info))
         store = ClientStateStore(run.client_states, 0)
         store.restore(ckpt["client_states"])
         personal = algorithm.personal_params(params, store.load(client))

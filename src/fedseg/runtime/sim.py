@@ -16,10 +16,6 @@ from typing import Any
 from fedseg.algorithms import build_algorithm
 from fedseg.config import RunConfig
 from fedseg.data.base import FederatedData
-from fedseg.data.build import build_federated_data
-from fedseg.data.corrupt import apply_label_corruption
-from fedseg.data.splits import write_splits
-from fedseg.data.validate import validate_federation
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import configure_determinism
@@ -33,6 +29,7 @@ from fedseg.runtime.common import (
     build_client_runtimes,
     client_splits,
     init_model,
+    load_training_data,
     prepare_run_dir,
     write_run_info,
 )
@@ -109,11 +106,8 @@ def run_inprocess(
     progress = progress or ProgressSink()
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
     configure_determinism(cfg.train.deterministic)
-    data = data if data is not None else build_federated_data(cfg.data, cfg.seed)
-    if cfg.data.corrupt_labels is not None:  # an explicit experiment option (never the test split)
-        data = apply_label_corruption(data, cfg.data.corrupt_labels, cfg.seed)
-    validate_federation(data)  # every problem at once, before any training
-    write_splits(run.root / "splits.json", data, cfg.seed)
+    # opt-in label corruption, validation (every problem at once, before any training), splits.json
+    data = load_training_data(cfg, run, data)
     device = resolve_device(cfg.train.device)
     algorithm = build_algorithm(cfg.algorithm)
     spec = DataSpec.of(data)

@@ -108,6 +108,10 @@ def test_the_documented_deployment_runs(deployed: tuple[LoopbackFederation, dict
     assert {(r["site"], r["model"]) for r in records if r.get("split") == "test"} == {
         (s, m) for s in SITES for m in ("global", "personal")}
     assert "fedbn" in (fed.workdir / "logs" / "results_server.out").read_text()  # flwr list / fedseg report ran
+    for site in SITES:  # the sites' own data check (step 6) passed; they reported split digests, not ids
+        assert "no errors" in (fed.workdir / "logs" / f"datacheck_{site}.out").read_text()
+        assert set(info["flower"][site]["split_sha256"]) == {"train", "val", "test"}
+    assert not (run_dir / "splits.json").exists()
 
 
 def test_a_supernode_without_valid_credentials_cannot_join(deployed: tuple[LoopbackFederation, dict[str, str]]

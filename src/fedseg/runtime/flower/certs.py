@@ -42,6 +42,8 @@ class CertificateFiles:
     ca_key: Path
     server_cert: Path
     server_key: Path
+    hosts: tuple[str, ...] = ()
+    """The names and addresses in the SuperLink certificate's subjectAltName, in order."""
 
 
 def _write(path: Path, data: bytes, *, private: bool, overwrite: bool) -> None:
@@ -63,10 +65,14 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
+def _san_hosts(hosts: Sequence[str]) -> list[str]:
+    """``hosts`` then ``localhost``/``127.0.0.1``, stripped, without repeats."""
+    return list(dict.fromkeys(h.strip() for h in [*hosts, *_ALWAYS]))
+
+
 def _san(hosts: Sequence[str]) -> x509.SubjectAlternativeName:
     names: list[x509.GeneralName] = []
-    for host in dict.fromkeys([*hosts, *_ALWAYS]):
-        host = host.strip()
+    for host in _san_hosts(hosts):
         if not host or "/" in host or " " in host:
             raise CertificateError(f"host {host!r} is not a DNS name or IP address")
         try:
@@ -93,7 +99,8 @@ def make_certificates(
     """
     if days < 1:
         raise CertificateError(f"days must be >= 1, got {days}")
-    files = CertificateFiles(out_dir / "ca.crt", out_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key")
+    files = CertificateFiles(out_dir / "ca.crt", out_dir / "ca.key", out_dir / "server.pem", out_dir / "server.key",
+                             tuple(_san_hosts(hosts)))
     if not overwrite:
         for path in (files.ca_cert, files.ca_key, files.server_cert, files.server_key):
             if path.exists():

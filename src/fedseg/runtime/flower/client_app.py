@@ -7,9 +7,13 @@ node serves, the shape of its data), ``train`` (one round of local training), ``
 
 The site's data, model and runtime are built once per process and cached, so a long-lived ClientApp
 process (``fedseg flower clientapp``, or a Ray actor in simulation) never re-reads data or rebuilds
-the model between rounds. The client's persistent state lives in ``context.state`` (converted with
-:func:`~fedseg.runtime.flower.records.state_to_records`), which Flower keeps on the SuperNode: personal
-parameters never enter a reply.
+the model between rounds. The site's data is checked (``runtime.common.prepare_data``: every problem
+at once, each file named) when the first message of a run arrives, before any training; a failure
+reaches the server as an error reply naming the site. The client's persistent state lives in
+``context.state`` (converted with :func:`~fedseg.runtime.flower.records.state_to_records`), which
+Flower keeps on the SuperNode: personal parameters never enter a reply. In simulation (only) each
+ClientApp also writes its state to the run's ``client_states/`` after every round, and restores it
+from there when the server says its checkpoint refers to another file (``--resume``).
 
 Which site a node serves comes from its node config: ``site`` (+ ``data-root`` for folder data)
 in a deployment, ``partition-id`` (the site's index in ``build_federated_data(cfg.data, seed)``)
@@ -29,7 +33,7 @@ from typing import Any
 
 import torch
 import yaml
-from flwr.app import Context, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
@@ -42,9 +46,17 @@ from fedseg.data.build import build_federated_data
 from fedseg.engine import wire
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
+from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
-from fedseg.runtime.common import DataSpec, RunError, build_client_runtimes, init_model, prepare_data
-from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey
+from fedseg.runtime.common import (
+    DataSpec,
+    RunError,
+    build_client_runtimes,
+    init_model,
+    prepare_data,
+    site_split_digests,
+)
+from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey, state_file_name
 from fedseg.runtime.flower.records import (
     PACKED,
     broadcast_from_content,
@@ -54,7 +66,7 @@ from fedseg.runtime.flower.records import (
     state_to_records,
     update_content,
 )
-from fedseg.types import ClientUpdate
+from fedseg.types import ClientState, ClientUpdate
 
 __all__ = ["app", "make_client_app", "ClientSetupError", "load_run_config", "clear_cache"]
 
@@ -160,6 +172,15 @@ def _node_site(cfg: RunConfig, node_config: Mapping[str, Any]) -> tuple[SiteData
     )
 
 
+def _describe_node(node_config: Mapping[str, Any]) -> str:
+    """How an error names the node: its site (and data folder) or its partition id."""
+    site = node_config.get(NodeKey.SITE.value)
+    if site is None:
+        return f"the SuperNode with {NodeKey.PARTITION_ID.value}={node_config.get(NodeKey.PARTITION_ID.value)}"
+    root = node_config.get(NodeKey.DATA_ROOT.value)
+    return f"site {str(site)!r}" + (f" ({NodeKey.DATA_ROOT.value} {root})" if root is not None else "")
+
+
 def _site(context: Context, defaults: Mapping[str, Any]) -> _Site:
     run_config = {**defaults, **context.run_config}
     text = str(run_config.get(RunKey.CONFIG.value, ""))
@@ -170,7 +191,10 @@ def _site(context: Context, defaults: Mapping[str, Any]) -> _Site:
             return _SITES[key]
         cfg = load_run_config(run_config)
         configure_determinism(cfg.train.deterministic)
-        site, order, spec = _node_site(cfg, node)
+        try:
+            site, order, spec = _node_site(cfg, node)
+        except DataError as exc:  # the pre-training data check failed: name the site to the server
+            raise DataError(f"{_describe_node(node)}: {exc}", exc.problems) from exc
         algorithm = build_algorithm(cfg.algorithm)
         if algorithm.pooled_data:
             raise ClientSetupError(f"algorithm {algorithm.name!r} pools all sites' data; it cannot run on Flower")
@@ -210,18 +234,49 @@ def _hello(message: Message, context: Context, defaults: Mapping[str, Any]) -> M
         Field.N_TRAIN.value: len(site.site.train),
         Field.N_VAL.value: len(site.site.val),
         Field.N_TEST.value: len(site.site.test),
+        Field.SPLIT_SHA256.value: list(site_split_digests(site.site).values()),
         Field.PID.value: os.getpid(),
     }
     return Message(RecordDict({Record.HELLO.value: scalars_to_config(hello, where="hello")}), reply_to=message)
 
 
-def _train(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+def _load_state(context: Context, control: Mapping[str, Any], state_dir: Path | None) -> ClientState:
+    """The client's state: ``context.state``; in simulation first replaced by the file the server's
+    checkpoint names when ``context.state`` holds another (a resumed run starts with empty contexts)."""
+    if state_dir is not None:
+        want = str(control.get(Field.STATE_FILE.value, ""))
+        held = context.state.config_records.get(Record.STATE_FILE.value)
+        have = str(held[Field.STATE_FILE.value]) if held is not None else ""
+        if want != have:
+            state: ClientState = {}
+            if want:
+                path = state_dir / want
+                if not path.is_file():
+                    raise ClientSetupError(f"the server's checkpoint refers to client state {path}, which is missing")
+                state = torch.load(path, map_location="cpu", weights_only=False)
+            state_to_records(state, context.state)
+            context.state[Record.STATE_FILE.value] = ConfigRecord({Field.STATE_FILE.value: want})
+            return state
+    return state_from_records(context.state)
+
+
+def _save_state(context: Context, state: ClientState, site: _Site, rnd: int, state_dir: Path | None) -> None:
+    """Keep the state in ``context.state``; in simulation also in ``state_dir`` (see RunKey.STATE_DIR)."""
+    state_to_records(state, context.state)
+    if state_dir is not None:
+        name = state_file_name(site.site.name, rnd)
+        atomic_torch_save(state, state_dir / name)
+        context.state[Record.STATE_FILE.value] = ConfigRecord({Field.STATE_FILE.value: name})
+
+
+def _train(message: Message, context: Context, defaults: Mapping[str, Any], state_dir: Path | None) -> Message:
     site = _site(context, defaults)
     payload, control = _payload(message, site)
     runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
-    state = state_from_records(context.state)
-    data, record = runtime.fit(int(control[Field.ROUND.value]), payload, state)
-    state_to_records(state, context.state)
+    state = _load_state(context, control, state_dir)
+    rnd = int(control[Field.ROUND.value])
+    data, record = runtime.fit(rnd, payload, state)
+    _save_state(context, state, site, rnd, state_dir)
     update = wire.decode(data)
     if not isinstance(update, ClientUpdate):
         raise TypeError(f"{site.site.name}: the client runtime did not return a ClientUpdate")
@@ -232,22 +287,24 @@ def _train(message: Message, context: Context, defaults: Mapping[str, Any]) -> M
     return Message(update_content(update, record, pack=bool(control[PACKED])), reply_to=message)
 
 
-def _personalize(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+def _personalize(message: Message, context: Context, defaults: Mapping[str, Any], state_dir: Path | None
+                 ) -> Message:
     site = _site(context, defaults)
     payload, control = _payload(message, site)
     runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
-    state = state_from_records(context.state)
-    record = runtime.personalize(int(control[Field.ROUND.value]), payload, state)
-    state_to_records(state, context.state)
+    state = _load_state(context, control, state_dir)
+    rnd = int(control[Field.ROUND.value])
+    record = runtime.personalize(rnd, payload, state)
+    _save_state(context, state, site, rnd, state_dir)
     return Message(RecordDict({Record.RECORD.value: scalars_to_config(record, where="personalize record")}),
                    reply_to=message)
 
 
-def _evaluate(message: Message, context: Context, defaults: Mapping[str, Any]) -> Message:
+def _evaluate(message: Message, context: Context, defaults: Mapping[str, Any], state_dir: Path | None) -> Message:
     site = _site(context, defaults)
     payload, control = _payload(message, site)
     runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
-    state = state_from_records(context.state)
+    state = _load_state(context, control, state_dir)
     records = runtime.evaluate(int(control[Field.ROUND.value]), payload, state, str(control[Field.SPLIT.value]))
     return Message(eval_content(records), reply_to=message)
 
@@ -263,8 +320,12 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     Args:
         defaults: run-config values used where the Flower run config has none (the simulation
             passes the fedseg configuration this way; a deployment gets it from ``flwr run``).
+            :attr:`RunKey.STATE_DIR` is read from here only, never from a submitted run config, so
+            a deployed ClientApp never writes its state to a path a run names.
     """
     base = dict(defaults or {})
+    state_value = base.get(RunKey.STATE_DIR.value)
+    state_dir = Path(str(state_value)) if state_value else None
     client_app = ClientApp()
 
     @client_app.query(_action(Action.HELLO))
@@ -275,16 +336,16 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def train(message: Message, context: Context) -> Message:
         if KEY_CLIPPING_NORM in _control(message):
             # central DP: Flower's clipping mod, attached to training messages only
-            return fixedclipping_mod(message, context, lambda m, c: _train(m, c, base))
-        return _train(message, context, base)
+            return fixedclipping_mod(message, context, lambda m, c: _train(m, c, base, state_dir))
+        return _train(message, context, base, state_dir)
 
     @client_app.train(_action(Action.PERSONALIZE))
     def personalize(message: Message, context: Context) -> Message:
-        return _personalize(message, context, base)
+        return _personalize(message, context, base, state_dir)
 
     @client_app.evaluate()
     def evaluate(message: Message, context: Context) -> Message:
-        return _evaluate(message, context, base)
+        return _evaluate(message, context, base, state_dir)
 
     return client_app
 

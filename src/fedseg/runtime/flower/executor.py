@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from fedseg.engine import wire
 from fedseg.engine.client import PrivacyError
 from fedseg.engine.rundir import atomic_write_text
 from fedseg.runtime.common import DataSpec, RunError
-from fedseg.runtime.flower.keys import Action, Field, Record
+from fedseg.runtime.flower.keys import Action, Field, Record, state_file_name
 from fedseg.runtime.flower.records import (
     broadcast_content,
     config_to_dict,
@@ -59,11 +60,25 @@ class SiteInfo:
     spec: DataSpec
     sizes: tuple[int, int, int]
     pid: int
+    split_sha256: tuple[str, ...] = ()
+    """SHA-256 of the train, val and test case ids (``runtime.common.split_digest``)."""
+
+
+_CLIENTAPP_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(?P<type>\w+)'>:<'(?P<message>.*)'>$", re.S)
+
+
+def _reason(text: str | None) -> str:
+    """An error reply's reason, without the ``<class '...'>:<'...'>`` wrapping Flower's ClientApp
+    runners put around the exception."""
+    text = text or "(no reason given)"
+    m = _CLIENTAPP_REASON.match(text.strip())
+    return f"{m['type']}: {m['message']}" if m else text
 
 
 def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float, poll: float,
-              what: str) -> dict[str, Message]:
-    """Push messages (``(site, message)``) and pull every reply; raise on timeout or error replies."""
+              what: str, errors: dict[str, str] | None = None) -> dict[str, Message]:
+    """Push messages (``(site, message)``) and pull every reply; raise on timeout or error replies
+    (or, with ``errors``, collect each error reply's reason there and go on)."""
     if not messages:
         return {}
     ids = list(grid.push_messages([m for _, m in messages]))
@@ -76,7 +91,11 @@ def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float
             if site is None:
                 continue
             if reply.has_error():
-                raise FlowerRunError(f"{site} answered the {what} message with an error: {reply.error.reason}")
+                if errors is None:
+                    raise FlowerRunError(f"{site} answered the {what} message with an error: "
+                                         f"{_reason(reply.error.reason)}")
+                errors[site] = _reason(reply.error.reason)
+                continue
             replies[site] = reply
         if not pending:
             break
@@ -99,7 +118,9 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
 
     Raises:
         FlowerRunError: not every expected site connected within ``flower.connect_timeout``, two
-            nodes serve one site, or a node serves a site that is not expected.
+            nodes serve one site, a node serves a site that is not expected, or nodes could not set
+            up their site (e.g. the pre-training data check failed): every such node's error,
+            which names its site and the files, is listed.
     """
     deadline = time.monotonic() + settings.connect_timeout
     asked: set[int] = set()
@@ -112,8 +133,14 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
                 (str(n), Message(RecordDict(), dst_node_id=n, message_type=Action.HELLO.value, group_id="hello"))
                 for n in nodes
             ]
+            errors: dict[str, str] = {}
             replies = _exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()),
-                                poll=settings.poll_interval, what="hello")
+                                poll=settings.poll_interval, what="hello", errors=errors)
+            if errors:
+                raise FlowerRunError(
+                    f"{len(errors)} SuperNode(s) could not start their site, so no training started:\n"
+                    + "\n".join(f"- SuperNode {node}: {reason}" for node, reason in sorted(errors.items()))
+                )
             for node, reply in replies.items():
                 hello = config_to_dict(reply.content.config_records[Record.HELLO.value])
                 info = SiteInfo(
@@ -125,6 +152,7 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
                     sizes=(int(hello[Field.N_TRAIN.value]), int(hello[Field.N_VAL.value]),
                            int(hello[Field.N_TEST.value])),
                     pid=int(hello[Field.PID.value]),
+                    split_sha256=tuple(str(d) for d in hello.get(Field.SPLIT_SHA256.value, [])),
                 )
                 if info.site in found:
                     raise FlowerRunError(
@@ -163,6 +191,12 @@ class FlowerExecutor:
             :class:`PrivacyError` (the client checks first; this is the server's own check).
         clip: central DP: the clipping norm sent with training messages (Flower's
             ``fixedclipping_mod`` reads it), or None.
+        audit_path: where :meth:`committed` writes every tensor name each site sent.
+        state_dir: simulation only: the run's ``client_states/``, where each ClientApp writes its
+            state after every round (``state_file_name``). The checkpoint's client states are
+            then those files (the in-process ``ClientStateStore`` snapshot format, so
+            ``--resume`` and ``fedseg eval --client`` work); every message names the file the
+            client must hold. None (deployment): client states stay on the SuperNodes.
     """
 
     def __init__(
@@ -175,6 +209,7 @@ class FlowerExecutor:
         local_keys: set[str],
         clip: float | None = None,
         audit_path: Path | None = None,
+        state_dir: Path | None = None,
     ) -> None:
         self.grid = grid
         self.sites = dict(sites)
@@ -183,6 +218,8 @@ class FlowerExecutor:
         self.local_keys = set(local_keys)
         self.clip = clip
         self.audit_path = audit_path
+        self.state_dir = state_dir
+        self.state_files: dict[str, str] = {}
         self.received: dict[str, dict[str, set[str]]] = {}
         self.last_fit_replies: list[Message] = []
 
@@ -201,10 +238,13 @@ class FlowerExecutor:
         for client in clients:
             if client not in self.sites:
                 raise FlowerRunError(f"client {client!r} has no SuperNode; connected sites: {', '.join(self.sites)}")
+            per_client: dict[str, Any] = {Field.CLIENT_ID.value: client,
+                                          Field.CLIENT_INDEX.value: self.indices[client], Field.ROUND.value: rnd}
+            if self.state_dir is not None:
+                per_client[Field.STATE_FILE.value] = self.state_files.get(client, "")
             content = broadcast_content(
                 broadcast,
-                {Field.CLIENT_ID.value: client, Field.CLIENT_INDEX.value: self.indices[client],
-                 Field.ROUND.value: rnd, **control},
+                {**per_client, **control},
                 pack=pack,
                 params=params,
             )
@@ -240,6 +280,7 @@ class FlowerExecutor:
             seen["params"].update(update.params)
             seen["extras"].update(update.extras)
             out[client] = (wire.encode(update), record)
+        self._states_written(clients, rnd)
         return out
 
     def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
@@ -248,18 +289,41 @@ class FlowerExecutor:
 
     def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
         replies = self._send(Action.PERSONALIZE, rnd, clients, payload)
+        self._states_written(clients, rnd)
         return {c: config_to_dict(r.content.config_records[Record.RECORD.value]) for c, r in replies.items()}
 
+    def _states_written(self, clients: list[str], rnd: int) -> None:
+        if self.state_dir is not None:  # each client wrote its state of this round (see client_app)
+            self.state_files.update({c: state_file_name(c, rnd) for c in clients})
+
     def state_snapshot(self) -> Any:
-        """None: client states stay on the SuperNodes (in ``context.state``), never on the server."""
-        return None
+        """Simulation: the clients' state files, as a ``ClientStateStore`` snapshot; deployment:
+        None, client states stay on the SuperNodes (in ``context.state``), never on the server."""
+        if self.state_dir is None:
+            return None
+        return {"memory": {}, "disk": dict(sorted(self.state_files.items()))}
 
     def restore(self, snapshot: Any) -> None:
-        if snapshot is not None:
-            raise FlowerRunError("a Flower run cannot restore client states: they live on the SuperNodes")
+        if snapshot is None:
+            return
+        if self.state_dir is None or not isinstance(snapshot, dict) or snapshot.get("memory") \
+                or not isinstance(snapshot.get("disk"), dict):
+            raise FlowerRunError("this Flower run cannot restore the checkpoint's client states: a deployed run "
+                                 "keeps them on the SuperNodes")
+        missing = [str(self.state_dir / name) for name in snapshot["disk"].values()
+                   if not (self.state_dir / name).is_file()]
+        if missing:
+            raise FlowerRunError(f"the checkpoint's client states are missing: {', '.join(missing)}")
+        self.state_files = {str(c): str(name) for c, name in snapshot["disk"].items()}
 
     def committed(self) -> None:
-        """After each checkpoint: write the audit of received tensor names."""
+        """After each checkpoint: write the audit of received tensor names; in simulation delete
+        the client state files no checkpoint refers to any more."""
+        if self.state_dir is not None and self.state_dir.is_dir():
+            keep = set(self.state_files.values())
+            for path in self.state_dir.glob("*.pt"):
+                if path.name not in keep:
+                    path.unlink(missing_ok=True)
         if self.audit_path is not None:
             audit = {site: {k: sorted(v) for k, v in seen.items()} for site, seen in sorted(self.received.items())}
             atomic_write_text(self.audit_path, json.dumps(audit, indent=2, sort_keys=True) + "\n")

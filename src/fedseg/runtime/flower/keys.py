@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["Record", "Field", "Action", "RunKey", "NodeKey", "ENV_DEFAULTS"]
+__all__ = ["Record", "Field", "Action", "RunKey", "NodeKey", "ENV_DEFAULTS", "state_file_name"]
 
 
 class Record(StrEnum):
@@ -32,6 +32,8 @@ class Record(StrEnum):
     """ArrayRecord in ``context.state``: the tensors of the client's persistent state."""
     STATE_LAYOUT = "fedseg.state.layout"
     """ConfigRecord in ``context.state``: the nesting of the client state (JSON)."""
+    STATE_FILE = "fedseg.state.file"
+    """ConfigRecord in ``context.state`` (simulation): the state file ``context.state`` holds."""
 
 
 class Field(StrEnum):
@@ -54,7 +56,11 @@ class Field(StrEnum):
     N_TRAIN = "n-train"
     N_VAL = "n-val"
     N_TEST = "n-test"
+    SPLIT_SHA256 = "split-sha256"
+    """hello: SHA-256 of the train, val and test case ids (``runtime.common.split_digest``)."""
     PID = "pid"
+    STATE_FILE = "state-file"
+    """Simulation: the client's state file the server's checkpoint refers to ("" = none yet)."""
 
 
 class Action(StrEnum):
@@ -75,6 +81,10 @@ class RunKey(StrEnum):
     """Where the ServerApp writes the run directory (a path on the SuperLink machine)."""
     COMMAND = "command"
     """The command line recorded in ``command.txt``."""
+    STATE_DIR = "client-state-dir"
+    """Simulation only (read from the apps' built-in defaults, never from ``flwr run``): the run's
+    ``client_states/`` folder, where each ClientApp writes its state after every round so that the
+    server's checkpoint can refer to it (``--resume``, ``fedseg eval --client``)."""
 
 
 class NodeKey(StrEnum):
@@ -86,6 +96,12 @@ class NodeKey(StrEnum):
     """Folder data: the directory holding ``<site>/{images,masks}`` on this machine."""
     PARTITION_ID = "partition-id"
     """Simulation: the index of the site in ``build_federated_data(cfg.data, seed)``."""
+
+
+def state_file_name(client: str, rnd: int) -> str:
+    """The file a simulated ClientApp writes its state to after round ``rnd`` (train, or the
+    post-federation phase at ``rounds + 1``); the in-process ``ClientStateStore``'s naming."""
+    return f"{client}.r{rnd}.pt"
 
 
 ENV_DEFAULTS: dict[str, str] = {

@@ -23,6 +23,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedseg.algorithms import build_algorithm
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
+from fedseg.engine.rundir import RunDir
 from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.runtime.common import DataSpec, RunError, init_model, prepare_run_dir, write_run_info
 from fedseg.runtime.flower.client_app import load_run_config
@@ -31,7 +32,8 @@ from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, F
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.types import Params
 
-__all__ = ["app", "make_server_app", "run_server", "ServerResult", "expected_sites", "check_flower_config"]
+__all__ = ["app", "make_server_app", "run_server", "ServerResult", "expected_sites", "check_flower_config",
+           "check_resumable"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +73,23 @@ def check_flower_config(cfg: RunConfig) -> None:
         )
 
 
+def check_resumable(run: RunDir) -> None:
+    """Refuse to resume a Flower run whose checkpoint holds no client states.
+
+    Raises:
+        RunError: no checkpoint, or one without client states (a deployed run keeps them on its
+            SuperNodes): resuming would silently reset every personal layer and client state.
+    """
+    if not run.checkpoint.is_file():
+        raise RunError(f"--resume: no checkpoint at {run.checkpoint}; start the run without --resume")
+    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    if ckpt.get("client_states") is None:
+        raise RunError(
+            f"--resume: the checkpoint {run.checkpoint} holds no client states (a deployed Flower run keeps them "
+            "on its SuperNodes); resuming would reset every client's state. Start a new run with another --out"
+        )
+
+
 def run_server(
     grid: Grid,
     run_config: Mapping[str, Any],
@@ -79,14 +98,19 @@ def run_server(
     expected_nodes: int | None = None,
     progress: ProgressSink | None = None,
     write_report: bool = True,
+    resume: bool = False,
+    state_dir: Path | None = None,
 ) -> ServerResult:
-    """Run a whole federation from inside a ServerApp.
+    """Run (or, in simulation, resume) a whole federation from inside a ServerApp.
 
     Args:
         grid: the ServerApp's grid.
         run_config: the Flower run config (``fedseg-config``, ``run-dir``, ``command``).
         engine: recorded in config.yaml and run_info.json (``flower-sim`` or ``flower``).
         expected_nodes: simulation: the number of SuperNodes (one per site).
+        resume: continue from the run directory's checkpoint (:func:`check_resumable`).
+        state_dir: simulation: the folder where the ClientApps write their state after every round
+            (:class:`~fedseg.runtime.flower.executor.FlowerExecutor`); the checkpoint refers to it.
     """
     cfg = load_run_config(run_config).model_copy(update={"engine": engine})
     check_flower_config(cfg)
@@ -95,7 +119,9 @@ def run_server(
         raise RunError(f"the Flower run config has no {RunKey.RUN_DIR.value!r}; got keys {sorted(run_config)}")
     run_dir = Path(run_dir_value).expanduser()
     command = run_config.get(RunKey.COMMAND.value)
-    run = prepare_run_dir(cfg, run_dir, resume=False, command=str(command) if command else None)
+    run = prepare_run_dir(cfg, run_dir, resume=resume, command=str(command) if command else None)
+    if resume:
+        check_resumable(run)
     algorithm = build_algorithm(cfg.algorithm)
     sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
                            expected_nodes=expected_nodes)
@@ -117,7 +143,7 @@ def run_server(
         check_dp(cfg, algorithm, model)
         clip = cfg.flower.dp.clipping_norm
     executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model), clip=clip,
-                              audit_path=run.root / RECEIVED_KEYS_FILE)
+                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir)
     if cfg.flower.dp.enabled:
         fed = cfg.federation
         sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
@@ -130,10 +156,14 @@ def run_server(
                               progress=progress)
     write_run_info(
         run, cfg, algorithm, engine=engine, sites=names, clients=names, spec=spec, device="cpu (server)",
-        extra={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes)} for s, i in sites.items()}},
+        # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
+        # (the ids stay on the sites; a simulation also writes splits.json)
+        extra={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
+                              "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False))}
+                          for s, i in sites.items()}},
     )
     logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
-    summary = server.run_all(executor)
+    summary = server.run_all(executor, resume=resume)
     if write_report:
         from fedseg.report import write_report as _write_report
 
@@ -153,24 +183,30 @@ def make_server_app(
     expected_nodes: int | None = None,
     progress: ProgressSink | None = None,
     results: list[ServerResult] | None = None,
+    resume: bool = False,
 ) -> ServerApp:
     """A fedseg ServerApp.
 
     Args:
         defaults: run-config values used where the Flower run config has none (the simulation
             passes the configuration this way; a deployment gets it from ``flwr run``).
+            :attr:`RunKey.STATE_DIR` is read from here only (simulation).
         engine: ``flower`` (deployment) or ``flower-sim``.
         expected_nodes: simulation: the number of SuperNodes.
         progress: receives round events (the CLI's progress display in simulation).
         results: the :class:`ServerResult` is appended here (simulation: the caller's handle).
+        resume: simulation: continue from the run directory's checkpoint.
     """
     base = dict(defaults or {})
+    state_value = base.get(RunKey.STATE_DIR.value)
+    state_dir = Path(str(state_value)) if state_value else None
     server_app = ServerApp()
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = {RunKey.COMMAND.value: f"flwr run  # Flower run {context.run_id}", **base, **context.run_config}
-        result = run_server(grid, run_config, engine=engine, expected_nodes=expected_nodes, progress=progress)
+        result = run_server(grid, run_config, engine=engine, expected_nodes=expected_nodes, progress=progress,
+                            resume=resume, state_dir=state_dir)
         if results is not None:
             with _RESULTS_LOCK:
                 results.append(result)

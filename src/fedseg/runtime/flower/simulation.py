@@ -1,9 +1,14 @@
 """``fedseg run --engine flower-sim``: the fedseg ServerApp and ClientApp in Flower's simulation
 runtime (its Ray backend; one virtual SuperNode per site, ``partition-id`` = the site's index).
 
-The ServerApp runs in a thread of this process and writes the run directory; ClientApps run in Ray
-actors, which live for the whole simulation, so each site's data and model are built once per
-actor (see :mod:`fedseg.runtime.flower.client_app`).
+Before Ray starts, this process does what the in-process engine does before training
+(:func:`fedseg.runtime.common.load_training_data`): the data is built and checked (a problem stops
+the run with every file named) and ``splits.json`` is written. The ServerApp runs in a thread of
+this process and writes the run directory; ClientApps run in Ray actors, which live for the whole
+simulation, so each site's data and model are built once per actor (see
+:mod:`fedseg.runtime.flower.client_app`). Each ClientApp also writes its state to the run's
+``client_states/`` after every round, so a simulated run resumes (``--resume``) and its personal
+models can be evaluated (``fedseg eval --client``) like an in-process run.
 """
 
 from __future__ import annotations
@@ -16,14 +21,12 @@ from typing import Any
 from flwr.simulation import run_simulation
 
 from fedseg.config import RunConfig
-from fedseg.data.build import build_federated_data
 from fedseg.engine.progress import ProgressSink
-from fedseg.engine.rundir import RunDir
 from fedseg.engine.trainer import resolve_device
-from fedseg.runtime.common import RunError, config_text
+from fedseg.runtime.common import RunError, config_text, load_training_data, prepare_run_dir
 from fedseg.runtime.flower.client_app import make_client_app
 from fedseg.runtime.flower.keys import ENV_DEFAULTS, RunKey
-from fedseg.runtime.flower.server_app import ServerResult, check_flower_config, expected_sites, make_server_app
+from fedseg.runtime.flower.server_app import ServerResult, check_flower_config, check_resumable, make_server_app
 
 __all__ = ["run_flower_simulation", "apply_env_defaults"]
 
@@ -37,43 +40,45 @@ def apply_env_defaults() -> None:
         os.environ.setdefault(key, value)
 
 
-def _num_sites(cfg: RunConfig) -> int:
-    names = expected_sites(cfg)
-    if names is not None:
-        return len(names)
-    return len(build_federated_data(cfg.data, cfg.seed).sites)
-
-
 def run_flower_simulation(
     cfg: RunConfig,
     run_dir: Path,
     *,
+    resume: bool = False,
     command: str | None = None,
     progress: ProgressSink | None = None,
     write_report: bool = True,
 ) -> ServerResult:
-    """Run a federation in Flower's simulation runtime and return the server's result.
+    """Run (or resume) a federation in Flower's simulation runtime and return the server's result.
 
     Args:
         cfg: the validated run configuration (``engine`` is recorded as ``flower-sim``).
-        run_dir: the run directory (a fresh one: Flower runs do not resume).
+        run_dir: the run directory. A fresh run refuses one that holds a checkpoint; ``resume``
+            needs one written by a simulation (with client states) and the same configuration.
         command: the command line to record in ``command.txt``.
 
     Raises:
-        RunError: the configuration cannot run on Flower (the centralised reference), or the
-            simulation ended without a result.
+        RunError: the configuration cannot run on Flower (the centralised reference), the run
+            directory does not fit the request, or the simulation ended without a result.
+        fedseg.data.base.DataError: the data cannot be trained on (every problem listed); raised
+            before the simulation starts.
     """
+    cfg = cfg.model_copy(update={"engine": "flower-sim"})
     check_flower_config(cfg)
-    if RunDir(run_dir).checkpoint.is_file():
-        raise RunError(f"{run_dir} already holds a run ({RunDir(run_dir).checkpoint}); choose another --out")
+    run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
+    if resume:
+        check_resumable(run)
+    data = load_training_data(cfg, run)  # every problem at once, before Ray starts; splits.json
+    num_sites = len(data.sites)
+    del data  # each ClientApp builds its own site
     apply_env_defaults()
-    num_sites = _num_sites(cfg)
-    defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir),
+                                RunKey.STATE_DIR.value: str(run.client_states.resolve())}
     if command:
         defaults[RunKey.COMMAND.value] = command
     results: list[ServerResult] = []
     server_app = make_server_app(defaults, engine="flower-sim", expected_nodes=num_sites, progress=progress,
-                                 results=results)
+                                 results=results, resume=resume)
     client_app = make_client_app(defaults)
     on_gpu = resolve_device(cfg.train.device).type != "cpu"
     backend: dict[str, Any] = {
