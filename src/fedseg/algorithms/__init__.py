@@ -10,6 +10,7 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     ditto,
     fedavg,
     fedbn,
+    fedmix,
     fedper,
     fedprox,
     fedrep,

@@ -41,6 +41,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from fedseg.data.base import MissingMaskError
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "ClientContext",
     "LocalTrainer",
     "ExtraLoss",
+    "BatchLoss",
     "StateKey",
     "shared_params",
     "weighted_average",
@@ -57,24 +59,52 @@ __all__ = [
 ]
 
 
-@dataclass
 class Batch:
     """One training batch on the training device.
 
     Attributes:
         image: ``(B, C, *spatial)`` float32.
-        mask: ``(B, 1, *spatial)`` int64 class indices.
-        extras: other per-sample tensors, first dimension B (e.g. weak labels: box masks,
-            image-level class vectors, a supervision-kind code).
+        mask: ``(B, 1, *spatial)`` int64 class indices. A batch of a weakly-supervised site has
+            none: reading ``mask`` then raises :class:`~fedseg.data.base.MissingMaskError`
+            (check :attr:`has_mask`), so no code path can train on a mask that is not there.
+        extras: other per-sample tensors, first dimension B (weak labels: ``box_mask``,
+            ``image_label``, the ``supervision`` code; see :mod:`fedseg.data.supervision`).
     """
 
-    image: torch.Tensor
-    mask: torch.Tensor
-    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+    __slots__ = ("image", "_mask", "extras")
+
+    def __init__(
+        self, image: torch.Tensor, mask: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        self.image = image
+        self._mask = mask
+        self.extras: dict[str, torch.Tensor] = {} if extras is None else extras
+
+    @property
+    def has_mask(self) -> bool:
+        """Whether the batch carries pixel masks."""
+        return self._mask is not None
+
+    @property
+    def mask(self) -> torch.Tensor:
+        if self._mask is None:
+            raise MissingMaskError(
+                "this training batch comes from a weakly-supervised site (data.supervision) and carries no pixel "
+                "mask; an algorithm that needs pixel masks cannot train on it (use fedmix, or leave the site out "
+                "with federation.train_sites)"
+            )
+        return self._mask
+
+    def __repr__(self) -> str:
+        mask = None if self._mask is None else tuple(self._mask.shape)
+        return f"Batch(image={tuple(self.image.shape)}, mask={mask}, extras={sorted(self.extras)})"
 
 
 ExtraLoss = Callable[[nn.Module, Batch, torch.Tensor], "torch.Tensor | None"]
 """``(model, batch, logits) -> extra loss or None``, added to the task loss each step."""
+
+BatchLoss = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
+"""``(model, batch, logits) -> loss``: replaces the task loss (e.g. a loss on pseudo-labels)."""
 
 
 class LocalTrainer(Protocol):
@@ -83,6 +113,8 @@ class LocalTrainer(Protocol):
     num_examples: int
     epochs: int
     device: torch.device
+    supervision: str
+    """Label kind of the training split: ``"pixel"``, ``"box"`` or ``"image"`` (data.supervision)."""
 
     def fit(
         self,
@@ -92,13 +124,21 @@ class LocalTrainer(Protocol):
         extra_loss: ExtraLoss | None = None,
         trainable: set[str] | None = None,
         optimizer_key: str = "optimizer",
+        loss: BatchLoss | None = None,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        subset: torch.Tensor | None = None,
     ) -> dict[str, float]:
         """Train ``model`` for ``epochs`` (default: the configured local epochs).
 
         Args:
             trainable: parameter names to optimise (default: all); others are frozen for the call.
             optimizer_key: where the optimizer state lives in client state when it persists
-                across rounds, so a second model (Ditto) keeps a separate optimizer.
+                across rounds, so a second model (Ditto, FedMix) keeps a separate optimizer.
+            loss: replaces the task loss (which needs pixel masks); ``extra_loss`` is still added.
+            extras: per-sample tensors of the training split (first dimension ``num_examples``,
+                e.g. pseudo-labels), added to every batch's ``extras`` for its samples.
+            subset: indices of the training samples to use (default: all), e.g. selected
+                pseudo-labels; epochs then run over the subset only.
 
         Returns:
             ``{"loss": mean total loss, "task_loss": mean task loss, "steps": n}``.
@@ -106,7 +146,9 @@ class LocalTrainer(Protocol):
         ...
 
     def batches(self, *, shuffle: bool = False) -> Iterator[Batch]:
-        """One pass over the client's training data (for prototypes, banks, statistics)."""
+        """One pass over the client's training data (for prototypes, banks, statistics), never
+        augmented; unshuffled batches follow the split's order. Each batch's ``extras`` holds
+        the samples' weak labels and ``index`` (their positions in the split)."""
         ...
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -219,13 +261,16 @@ class Algorithm:
 
     Subclasses override the hooks they change. Class attributes describe the method to engines:
     ``pooled_data`` (the engine trains one client on all sites' pooled training data: the
-    centralised reference, in-process only) and ``has_global_model`` (False for local-only).
+    centralised reference, in-process only), ``has_global_model`` (False for local-only) and
+    ``weak_supervision`` (the method can train on box/image-supervised sites).
     """
 
     name: ClassVar[str] = "fedavg"
     description: ClassVar[str] = "FedAvg: weighted average of all parameters by sample count"
     pooled_data: ClassVar[bool] = False
     has_global_model: ClassVar[bool] = True
+    weak_supervision: ClassVar[bool] = False
+    """True: the method trains on box/image-supervised sites (no pixel masks), e.g. FedMix."""
 
     # ------------------------------------------------------------------ client side
     def local_keys(self, model: nn.Module) -> set[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fedseg.config import DataConfig
 from fedseg.data.base import DataError, FederatedData
 from fedseg.data.folder import load_folder_federation
+from fedseg.data.supervision import apply_supervision
 from fedseg.data.synthetic import make_synthetic_federation
 
 __all__ = ["build_federated_data"]
@@ -16,17 +17,20 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     Args:
         cfg: data section of the run config. ``source='synthetic'`` generates
             :mod:`fedseg.data.synthetic` data from ``cfg.synthetic`` and ``cfg.split``;
-            ``source='folder'`` reads ``cfg.root`` with :mod:`fedseg.data.folder`.
-        seed: run seed (generation and splits are deterministic in it).
+            ``source='folder'`` reads ``cfg.root`` with :mod:`fedseg.data.folder`. Box- and
+            image-supervised sites (``cfg.supervision``) then get weak training splits without
+            masks (:func:`fedseg.data.supervision.apply_supervision`).
+        seed: run seed (generation, splits and derived box margins are deterministic in it).
 
     Returns:
         The in-memory federated data.
 
     Raises:
         DataError: unknown source, or any problem reading or generating the data.
+        ConfigError: ``cfg.supervision`` names an unknown site.
     """
     if cfg.source == "synthetic":
-        return make_synthetic_federation(cfg.synthetic, cfg.split, seed)
+        return apply_supervision(make_synthetic_federation(cfg.synthetic, cfg.split, seed), cfg, seed)
     if cfg.source == "folder":
-        return load_folder_federation(cfg, seed)
+        return apply_supervision(load_folder_federation(cfg, seed), cfg, seed)
     raise DataError(f"data.source {cfg.source!r} is unknown; allowed: synthetic, folder")

@@ -63,7 +63,7 @@ class CaseCache:
 
     def key(self, case: CaseFiles) -> str:
         digest = hashlib.sha256(self._settings.encode("utf-8"))
-        for path in (*case.images, case.mask):
+        for path in (*case.images, *([case.mask] if case.mask is not None else [])):
             st = path.stat()
             digest.update(f"\0{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}".encode())
         return digest.hexdigest()

@@ -92,7 +92,7 @@ def apply_label_corruption(data: FederatedData, cfg: LabelCorruptionConfig, seed
             splits: dict[str, SegmentationSet] = {"train": site.train, "val": site.val, "test": site.test}
             for offset, split in enumerate(cfg.splits):
                 current = splits[split]
-                masks = corrupt_masks(current.masks, cfg.mode, radius=cfg.radius, seed=seed * 1000 + offset)
+                masks = corrupt_masks(current.pixel_masks(), cfg.mode, radius=cfg.radius, seed=seed * 1000 + offset)
                 splits[split] = dataclasses.replace(current, masks=masks)
             site = dataclasses.replace(site, train=splits["train"], val=splits["val"], test=splits["test"])
         sites.append(site)

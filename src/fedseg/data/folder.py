@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,10 +31,19 @@ import torch
 from fedseg.config import DataConfig
 from fedseg.data.base import DataError, FederatedData, Problem, SegmentationSet, SiteData
 from fedseg.data.cache import CaseCache, default_cache_dir
-from fedseg.data.layout import CaseFiles, discover_sites, index_dataset
+from fedseg.data.layout import CaseFiles, SiteIndex, discover_sites, index_dataset
 from fedseg.data.partition import partition_units
 from fedseg.data.preprocess import PreprocessedCase, check_case, foreground_fraction, planned_shape, preprocess_case
 from fedseg.data.splits import SPLITS, SplitAssignment, read_split_file, split_counts, split_groups
+from fedseg.data.supervision import (
+    SupervisionKind,
+    WeakKey,
+    WeakLabels,
+    box_volume,
+    files_mode_sites,
+    read_weak_labels,
+    weak_split,
+)
 from fedseg.io import IMAGE_2D_SUFFIXES, read_image, read_mask
 
 __all__ = [
@@ -73,6 +82,9 @@ class CaseSummary:
         labels: mask file values present (tabulated in check mode only; empty when loading).
         foreground: fraction of non-background voxels in the file mask.
         case: the preprocessed arrays (``None`` in check mode).
+        weak: a weak site's training case (``data.weak_labels.source: files``): its kind and label,
+            the box mask on the training grid ``(*spatial)`` uint8 or the class vector; its mask
+            file was never opened (``case.mask`` is None).
     """
 
     files: CaseFiles
@@ -80,6 +92,7 @@ class CaseSummary:
     labels: tuple[int, ...]
     foreground: float
     case: PreprocessedCase | None = None
+    weak: tuple[SupervisionKind, np.ndarray] | None = None
 
 
 @dataclass
@@ -127,6 +140,8 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
     CaseSummary | None, list[Problem]
 ]:
     """Read, check and (``keep``) preprocess one case; every problem of its files together."""
+    if files.mask is None:  # only a weak site's training images may lack a mask (_read_all)
+        return None, [Problem(str(files.images[0]), "image without mask", files.site)]
     key = None
     if keep and cache is not None:
         try:
@@ -168,9 +183,79 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
     return CaseSummary(files, case.image.shape[1:], (), case.foreground or 0.0, case), []
 
 
-def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool) -> tuple[list[CaseSummary], list[Problem]]:
+def _read_weak_case(files: CaseFiles, cfg: DataConfig, keep: bool, labels: WeakLabels) -> tuple[
+    CaseSummary | None, list[Problem]
+]:
+    """A weak site's training case: its image and weak label. The mask file is never opened, and the
+    cache (which would hold the mask) is not used."""
+    try:
+        image = read_image(files.images, channels=cfg.channels)
+        box = box_volume(labels, files.case_id, image) if labels.kind == SupervisionKind.BOX else None
+        if box is None and files.case_id not in labels.classes:
+            raise DataError(f"{labels.path}: no label for training image {files.case_id!r} (every training image of "
+                            "an image-supervised site needs one)")
+        if not keep:
+            return CaseSummary(files, planned_shape(image, cfg), (), 0.0), []
+        # the box is a 0/1 mask on the image grid: preprocess it like a mask, without the label map
+        case = preprocess_case(image, box, cfg.model_copy(update={"label_map": None}))
+    except DataError as exc:
+        return None, _problems_of(exc, files.site)
+    label = case.mask.astype(np.uint8) if case.mask is not None else labels.vector(files.case_id)
+    return CaseSummary(files, case.image.shape[1:], (), 0.0, replace(case, mask=None), (labels.kind, label)), []
+
+
+WeakPlan = dict[str, tuple[set[str], WeakLabels]]
+"""Files-mode weak site -> (its training case ids, its label file)."""
+
+Maskless = dict[str, dict[str, str]]
+"""Site -> its images without mask (files-mode weak sites only): case id -> group."""
+
+
+def _maskless(index: list[SiteIndex]) -> Maskless:
+    return {s.name: {c.case_id: c.group for c in s.cases if c.mask is None} for s in index}
+
+
+def _plan_weak(index: list[SiteIndex], cfg: DataConfig, seed: int, dims: int, all_to_test: bool) -> tuple[
+    WeakPlan, list[Problem]
+]:
+    """Which cases are training cases of a files-mode weak site, decided from names only (the split
+    needs no file contents), so that their masks are never opened; and their label files. Images
+    without mask are always training cases (:func:`_split_sites`)."""
+    sites = {} if all_to_test else files_mode_sites(cfg, [s.name for s in index])
+    if not sites:
+        return {}, []
+    placeholders = {s.name: [CaseSummary(c, (), (), 0.0) for c in s.cases] for s in index if s.name in sites}
+    # its problems are reported by the real split
+    planned, _ = _split_sites(placeholders, cfg, seed, False, _maskless(index))
+    root = Path(cfg.weak_labels.root if cfg.weak_labels.root is not None else cfg.root or ".")
+    plan: WeakPlan = {}
+    problems: list[Problem] = []
+    for name, kind in sites.items():
+        try:
+            labels = read_weak_labels(root / name, kind, cfg, dims)
+        except DataError as exc:
+            problems += _problems_of(exc, name)
+            continue
+        plan[name] = ({c.files.case_id for c in planned.get(name, {}).get("train", [])}, labels)
+    return plan, problems
+
+
+def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPlan | None = None) -> tuple[
+    list[CaseSummary], list[Problem]
+]:
     cache = _cache(cfg) if keep else None
-    work: Callable[[CaseFiles], tuple[CaseSummary | None, list[Problem]]] = lambda f: _read_case(f, cfg, keep, cache)  # noqa: E731
+    weak = weak or {}
+
+    def work(f: CaseFiles) -> tuple[CaseSummary | None, list[Problem]]:
+        plan = weak.get(f.site)
+        if plan is not None and f.case_id in plan[0]:
+            return _read_weak_case(f, cfg, keep, plan[1])
+        if f.mask is None:
+            # not a training case (a split file or all_to_test put it elsewhere, or the site's label
+            # file is unreadable): nothing to read; _split_sites or _plan_weak reports why
+            return None, []
+        return _read_case(f, cfg, keep, cache)
+
     workers = min(8, os.cpu_count() or 1)
     if len(cases) > 8 and workers > 1:
         # Decoding and MONAI transforms release the GIL, so threads scale; each worker then gets one
@@ -230,8 +315,19 @@ def _form_sites(
 
 
 def _split_sites(
-    sites: dict[str, list[CaseSummary]], cfg: DataConfig, seed: int, all_to_test: bool
+    sites: dict[str, list[CaseSummary]], cfg: DataConfig, seed: int, all_to_test: bool,
+    maskless: Maskless | None = None,
 ) -> tuple[dict[str, dict[str, list[CaseSummary]]], list[Problem]]:
+    """Split every site into train/val/test: by group (``data.split``), by ``data.split_file``, or
+    everything into test (``all_to_test``).
+
+    ``maskless``: images without mask (files-mode weak sites) can only be training cases. By
+    group, every group holding one goes to train and the configured fractions split the other
+    groups (all of whose cases have masks), so a patient never straddles train and val/test; a
+    site without any mask has empty val/test. A split file that puts one into val/test is an
+    error; ``all_to_test`` leaves them out (with a warning).
+    """
+    maskless = maskless or {}
     problems: list[Problem] = []
     out: dict[str, dict[str, list[CaseSummary]]] = {}
     fixed: SplitAssignment | None = None
@@ -245,8 +341,14 @@ def _split_sites(
             problems.append(Problem(f"data.split_file {cfg.split_file}", f"site(s) {', '.join(unknown)} are not in "
                                                                           f"the data (sites: {', '.join(sites)})"))
     for name, cases in sites.items():
+        no_mask = maskless.get(name, {})
+        cases = [c for c in cases if not (all_to_test and c.files.case_id in no_mask)]
         by_id = {c.files.case_id: c for c in cases}
         if all_to_test:
+            if no_mask:
+                problems.append(Problem(f"site {name}", f"{len(no_mask)} image(s) without mask left out (evaluating "
+                                        f"a site needs masks): {', '.join(sorted(no_mask)[:_MAX_LISTED])}", name,
+                                        "warning"))
             out[name] = {"train": [], "val": [], "test": sorted(cases, key=lambda c: c.files.case_id)}
             continue
         if fixed is not None:
@@ -256,27 +358,35 @@ def _split_sites(
                 out[name] = {k: [] for k in SPLITS}
                 continue
             listed = {i for k in SPLITS for i in parts[k]}
-            missing = sorted(listed - set(by_id))
+            unmasked = sorted(i for k in SPLITS if k != "train" for i in parts[k] if i in no_mask)
+            if unmasked:
+                problems.append(Problem(f"data.split_file {cfg.split_file}", f"site {name!r}: case(s) "
+                                        f"{', '.join(unmasked[:_MAX_LISTED])} have no mask file but are listed under "
+                                        "val/test (an image without mask can only be a training case)", name))
+            missing = sorted(listed - set(by_id) - set(unmasked))
             if missing:
                 problems.append(Problem(f"data.split_file {cfg.split_file}", f"site {name!r}: case id(s) "
                                         f"{', '.join(missing[:_MAX_LISTED])} not found or not readable", name))
-            left_out = sorted(set(by_id) - listed)
+            left_out = sorted((set(by_id) | set(no_mask)) - listed)
             if left_out:
                 problems.append(Problem(f"data.split_file {cfg.split_file}", f"site {name!r}: {len(left_out)} case(s)"
                                         f" not in the split file are left out: {', '.join(left_out[:_MAX_LISTED])}",
                                         name, "warning"))
-            out[name] = {k: [by_id[i] for i in parts[k] if i in by_id] for k in SPLITS}
+            out[name] = {k: [by_id[i] for i in parts[k] if i in by_id and (k == "train" or i not in no_mask)]
+                         for k in SPLITS}
             continue
-        chosen = split_groups([c.files.group for c in cases], cfg.split, seed, name)
+        train_only = set(no_mask.values())
+        chosen = split_groups([c.files.group for c in cases if c.files.group not in train_only], cfg.split, seed, name)
+        assigned = (chosen[0] | train_only, chosen[1], chosen[2])
         out[name] = {
             k: sorted((c for c in cases if c.files.group in part), key=lambda c: c.files.case_id)
-            for k, part in zip(SPLITS, chosen)
+            for k, part in zip(SPLITS, assigned, strict=True)
         }
     return out, problems
 
 
 def _split_problems(splits: dict[str, dict[str, list[CaseSummary]]], root: Path, had_errors: set[str],
-                    all_to_test: bool) -> list[Problem]:
+                    all_to_test: bool, maskless: Maskless) -> list[Problem]:
     problems = []
     for name, parts in splits.items():
         total = sum(len(v) for v in parts.values())
@@ -285,6 +395,12 @@ def _split_problems(splits: dict[str, dict[str, list[CaseSummary]]], root: Path,
                 problems.append(Problem(str(root / name), "no usable case (empty site)", name))
             continue
         if all_to_test:
+            continue
+        no_mask = maskless.get(name, {})
+        if no_mask and all(c.files.case_id in no_mask for k in SPLITS for c in parts[k]):
+            problems.append(Problem(str(root / name), f"no image has a mask: all {total} case(s) are training cases "
+                                    "(weak labels only), the val and test splits are empty and the site gets no "
+                                    "evaluation metrics (reports show it without val/test rows)", name, "warning"))
             continue
         for k in SPLITS:
             if not parts[k]:
@@ -317,18 +433,21 @@ def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> t
     index, dims, problems = index_dataset(cfg)
     if cfg.spatial_dims is None and index:
         cfg = cfg.model_copy(update={"spatial_dims": dims})
+    weak, found = _plan_weak(index, cfg, seed, dims, all_to_test)
+    problems += found
+    maskless = _maskless(index)
     cases = [c for site in index for c in site.cases]
-    summaries, found = _read_all(cases, cfg, keep)
+    summaries, found = _read_all(cases, cfg, keep, weak)
     problems += found
     if root is None:
         return DatasetReport(root, dims, problems, []), {}
     problems += _shape_problems(summaries, root, dims)
     sites, found = _form_sites(summaries, [s.name for s in index], cfg, seed)
     problems += found
-    splits, found = _split_sites(sites, cfg, seed, all_to_test)
+    splits, found = _split_sites(sites, cfg, seed, all_to_test, maskless)
     problems += found
     had_errors = {p.site for p in problems if p.severity == "error"}
-    problems += _split_problems(splits, root, had_errors, all_to_test)
+    problems += _split_problems(splits, root, had_errors, all_to_test, maskless)
     return DatasetReport(root, dims, problems, _summaries(splits)), splits
 
 
@@ -343,8 +462,25 @@ def check_dataset(cfg: DataConfig, seed: int = 0) -> DatasetReport:
     return _run(cfg, seed, keep=False)[0]
 
 
+def _make_weak_set(cases: Sequence[CaseSummary], kind: SupervisionKind) -> SegmentationSet:
+    """A weak site's training split: images, no masks, the weak labels (``fedseg.data.supervision``)."""
+    done = [c.case for c in cases if c.case is not None]
+    labels = np.stack([c.weak[1] for c in cases if c.weak is not None])
+    weak = ({WeakKey.BOX_MASK.value: torch.from_numpy(labels)[:, None]} if kind == SupervisionKind.BOX
+            else {WeakKey.IMAGE_LABEL.value: torch.from_numpy(labels)})
+    split = SegmentationSet(images=torch.from_numpy(np.stack([a.image for a in done])), masks=None,
+                            spacing=torch.tensor([a.spacing for a in done], dtype=torch.float64),
+                            ids=[c.files.case_id for c in cases])
+    return weak_split(split, kind, weak)
+
+
 def _make_set(cases: Sequence[CaseSummary], channels: int, shape: tuple[int, ...]) -> SegmentationSet:
     dims = len(shape)
+    kinds = {c.weak[0] for c in cases if c.weak is not None}
+    if kinds:
+        if len(kinds) > 1 or any(c.weak is None for c in cases):
+            raise RuntimeError("internal: a split mixes weak and pixel-labelled cases")
+        return _make_weak_set(cases, kinds.pop())
     arrays = [c.case for c in cases]
     if any(a is None or a.mask is None for a in arrays):
         raise RuntimeError("internal: a case was summarised without its preprocessed arrays")

@@ -8,6 +8,10 @@ Rules (the layout of ``shared/data/README.md`` and of nnU-Net's raw datasets):
   channel; the four-digit suffixes must run 0, 1, ... without a gap.
 * ``metadata.csv`` (optional, per site): column ``id`` = case id; ``data.group_column`` names the
   column that groups cases of one patient or video.
+* A box- or image-supervised site whose labels come from files (``data.supervision``,
+  ``data.weak_labels.source: files``) may have images without a mask, or no ``masks/`` folder at
+  all: such an image is a training case whose label is in the site's label file
+  (:mod:`fedseg.data.supervision`). Everywhere else an image without mask is an error.
 
 Only names are looked at (``infer_channels`` aside, which reads one case), so the structure of a
 large dataset is checked in milliseconds. Every problem is returned with its path (never raised one at a time).
@@ -46,7 +50,8 @@ class CaseFiles:
         site: site folder name.
         case_id: the case identifier (mask file stem).
         images: image file(s), channel order.
-        mask: the mask file.
+        mask: the mask file; ``None`` for an image without mask at a files-mode weak site (always a
+            training case, labelled by the site's label file).
         group: value of the group column (the case id when there is no group column).
         metadata: the case's ``metadata.csv`` row (empty when none).
     """
@@ -54,7 +59,7 @@ class CaseFiles:
     site: str
     case_id: str
     images: tuple[Path, ...]
-    mask: Path
+    mask: Path | None
     group: str
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
 
@@ -161,6 +166,11 @@ def infer_channels(root: Path, sites: list[str]) -> int:
     return 1
 
 
+def _masks_optional(cfg: DataConfig, site: str) -> bool:
+    """A box/image site labelled by files: its images without mask are training cases."""
+    return cfg.weak_labels.source == "files" and cfg.supervision.get(site, "pixel") != "pixel"
+
+
 def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[SiteIndex, list[Problem]]:
     """Pair the images and masks of one site folder and attach metadata.
 
@@ -171,10 +181,12 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
 
     Returns:
         The complete cases, and every problem found: no ``images/``/``masks/`` folder, an empty
-        site, files of the wrong kind, duplicated stems, an image without mask (error), a mask
-        without image (warning), missing or extra channel files, metadata rows missing or empty.
+        site, files of the wrong kind, duplicated stems, an image without mask (error, except at
+        a files-mode weak site, where it is a case with ``mask=None``), a mask without image
+        (warning), missing or extra channel files, metadata rows missing or empty.
     """
     site = site_dir.name
+    optional = _masks_optional(cfg, site)
     problems: list[Problem] = []
     images_dir, masks_dir = site_dir / "images", site_dir / "masks"
     if not images_dir.is_dir():
@@ -185,7 +197,7 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     if masks_dir.is_dir():
         masks, found = _list(masks_dir, site)
         problems += found
-    else:
+    elif not optional:
         problems.append(Problem(str(site_dir), "no masks/ folder", site))
     if not images:
         problems.append(Problem(str(images_dir), "site folder has no images (empty site)", site))
@@ -230,7 +242,7 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
             continue
         cases[case] = tuple(files[i] for i in indices)
 
-    no_mask = [c for c in cases if c not in masks]
+    no_mask = [] if optional else [c for c in cases if c not in masks]
     for case in no_mask:
         problems.append(Problem(str(cases[case][0]), f"image without mask: no mask {case}.* in {masks_dir}", site))
     if masks_dir.is_dir():
@@ -241,7 +253,7 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     column = cfg.group_column_of(site)
     metadata, found = _read_metadata(site_dir, site, column)
     problems += found
-    complete = [c for c in cases if c in masks]
+    complete = [c for c in cases if c in masks or optional]
     if column and metadata:
         absent = [c for c in complete if c not in metadata]
         if absent:
@@ -258,7 +270,7 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     for case in complete:
         row = metadata.get(case, {})
         group = row[column] if column else case
-        result.append(CaseFiles(site, case, cases[case], masks[case], group, row))
+        result.append(CaseFiles(site, case, cases[case], masks.get(case), group, row))
     return SiteIndex(site, site_dir, result), problems
 
 

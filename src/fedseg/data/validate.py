@@ -27,21 +27,32 @@ def _set_problems(site: str, split: str, s: SegmentationSet, data: FederatedData
     if s.images.ndim != expected or s.images.shape[1] != data.in_channels:
         problems.append(Problem(where, f"images of shape {tuple(s.images.shape)}; expected (N, {data.in_channels}, "
                                        f"*spatial) with {data.spatial_dims} spatial axes", site))
-    if s.masks.shape[0] != n or s.masks.ndim != expected or s.masks.shape[1] != 1 or \
-            s.masks.shape[2:] != s.images.shape[2:]:
-        problems.append(Problem(where, f"masks of shape {tuple(s.masks.shape)} do not match images "
+    masks = s.masks
+    if masks is None:
+        # a weakly-supervised training split holds weak labels instead (fedseg.data.supervision)
+        if s.supervision == "pixel" or split != "train":
+            problems.append(Problem(where, f"no masks, but the split is {s.supervision}-supervised; only the train "
+                                           "split of a box/image site may lack masks", site))
+    elif masks.shape[0] != n or masks.ndim != expected or masks.shape[1] != 1 or \
+            masks.shape[2:] != s.images.shape[2:]:
+        problems.append(Problem(where, f"masks of shape {tuple(masks.shape)} do not match images "
                                        f"{tuple(s.images.shape)} (expected (N, 1, *spatial))", site))
+    for key, value in s.weak.items():
+        if value.shape[0] != n:
+            problems.append(Problem(where, f"weak label {key!r} has {value.shape[0]} entries for {n} images", site))
     if len(s.ids) != n:
         problems.append(Problem(where, f"{len(s.ids)} ids for {n} images", site))
     if n == 0:
         return problems
-    if s.masks.dtype != torch.int64:
-        problems.append(Problem(where, f"masks are {s.masks.dtype}; expected torch.int64 class indices", site))
     bad_values = ~torch.isfinite(s.images.flatten(1)).all(1)
     if bool(bad_values.any()):
         ids = [s.ids[i] if i < len(s.ids) else str(i) for i in torch.nonzero(bad_values).flatten().tolist()]
         problems.append(Problem(where, f"NaN/inf intensities in case(s) {', '.join(ids[:10])}", site))
-    low, high = int(s.masks.min()), int(s.masks.max())
+    if masks is None:
+        return problems
+    if masks.dtype != torch.int64:
+        problems.append(Problem(where, f"masks are {masks.dtype}; expected torch.int64 class indices", site))
+    low, high = int(masks.min()), int(masks.max())
     if low < 0 or high >= data.num_classes:
         problems.append(Problem(where, f"mask values {low}..{high} outside [0, {data.num_classes}) (num_classes)", site))
     return problems

@@ -11,7 +11,7 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
 from fedseg.codecs import build_wire_codecs
-from fedseg.config import RunConfig
+from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
 from fedseg.engine.evaluate import evaluate, sliding_window_for
@@ -118,6 +118,13 @@ class ClientRuntime:
         self.num_classes = num_classes
         self.device = device
         self.codecs = build_wire_codecs(cfg.codec)
+        train = self.splits.get("train")
+        trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
+        if train is not None and train.masks is None and trains and not algorithm.weak_supervision:
+            raise ConfigError(
+                f"site {client_id} is {train.supervision}-supervised (data.supervision); algorithm {algorithm.name} "
+                "needs pixel masks; use fedmix or leave the site out of training with federation.train_sites"
+            )
 
     def _broadcast(self, payload: bytes) -> Broadcast:
         """Decode the server's payload (wire format, then the down codec against the model's init)."""
@@ -147,8 +154,8 @@ class ClientRuntime:
             seed=seed,
             state=state,
             on_epoch=lambda e, n, loss: progress.epoch_end(self.client_id, e, n, loss),
-            # the test split never reaches algorithm hooks
-            eval_sets={k: v for k, v in self.splits.items() if k == "val"},
+            # the test split never reaches algorithm hooks, nor a weak site's val masks (evaluator only)
+            eval_sets={k: v for k, v in self.splits.items() if k == "val" and train.masks is not None},
             num_classes=self.num_classes,
             eval_batch_size=self.cfg.eval.batch_size,
             window=sliding_window_for(self.cfg),

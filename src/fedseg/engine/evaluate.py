@@ -120,5 +120,5 @@ def evaluate(
     if len(data) == 0:
         return {"n": 0}
     pred = predict_labels(model, data.images, device, batch_size, window)
-    acc.add(pred, data.masks[:, 0], data.spacing)
+    acc.add(pred, data.pixel_masks()[:, 0], data.spacing)
     return acc.summary()

@@ -14,7 +14,8 @@ import numpy as np
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.codecs import build_wire_codecs
-from fedseg.config import RunConfig
+from fedseg.config import ConfigError, RunConfig
+from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.progress import ProgressSink
@@ -70,8 +71,14 @@ class FederationServer:
     """Runs the rounds of one federation against a :class:`ClientExecutor`.
 
     Args:
-        fit_clients: the clients that train (the pooled client for the centralised reference).
+        fit_clients: the clients that train (the pooled client for the centralised reference);
+            ``federation.train_sites`` keeps only the sites it lists (the others never train but
+            are still evaluated).
         eval_clients: the clients that evaluate (every site).
+
+    Raises:
+        ConfigError: ``federation.train_sites`` or ``data.supervision`` names a site that is not
+            one of ``eval_clients``, or ``train_sites`` is set for the centralised reference.
     """
 
     def __init__(
@@ -88,7 +95,7 @@ class FederationServer:
         self.cfg = cfg
         self.algorithm = algorithm
         self.run = run
-        self.fit_clients = fit_clients
+        self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
         self.global_params: Params = copy.deepcopy(init_params)
@@ -96,6 +103,23 @@ class FederationServer:
         self.phase = "federated"
         self.codecs = build_wire_codecs(cfg.codec)
         self.codec_template = init_params  # shapes both sides know (the seeded model), never modified
+
+    @staticmethod
+    def _training_clients(cfg: RunConfig, algorithm: Algorithm, fit: list[str], sites: list[str]) -> list[str]:
+        """``fit`` restricted to ``federation.train_sites``; unknown site names in it or in
+        ``data.supervision`` are refused here, where every engine knows all sites."""
+        train_sites = cfg.federation.train_sites
+        for key, names in (("federation.train_sites", train_sites or []), ("data.supervision", cfg.data.supervision)):
+            unknown = [n for n in names if n not in sites]
+            if unknown:
+                raise ConfigError(f"{key} names unknown site(s) {', '.join(map(repr, unknown))}; sites: "
+                                  f"{', '.join(sites)}.{''.join(suggest(n, sites) for n in unknown)}")
+        if train_sites is None:
+            return fit
+        if algorithm.pooled_data:
+            raise ConfigError("federation.train_sites cannot be used with the centralised reference (it pools every "
+                              "site's training data into one client)")
+        return [c for c in fit if c in train_sites]
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, executor: ClientExecutor, rnd: int) -> None:

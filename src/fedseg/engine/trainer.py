@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedseg.algorithms.base import Batch, ExtraLoss
+from fedseg.algorithms.base import Batch, BatchLoss, ExtraLoss
 from fedseg.config import TrainConfig
 from fedseg.data.augment import BatchAugmenter
 from fedseg.data.base import SegmentationSet
@@ -64,7 +64,10 @@ class Trainer:
     bit-identical on resume; with both off the batches are exactly the whole-image ones.
 
     Args:
-        data: the training split, ``(N, C, *spatial)`` images and ``(N, 1, *spatial)`` masks.
+        data: the training split, ``(N, C, *spatial)`` images and ``(N, 1, *spatial)`` masks. A
+            weakly-supervised split (``data.supervision``) has no masks: its batches carry none
+            (``Batch.mask`` raises) and its weak labels ride in ``Batch.extras``; it needs a
+            ``loss`` in :meth:`fit` and refuses patches and augmentation.
         loss_fn: ``(logits, mask) -> scalar`` task loss.
         cfg: the ``train`` section.
         epochs: default local epochs of :meth:`fit`.
@@ -105,8 +108,17 @@ class Trainer:
         self.num_classes = num_classes
         self.eval_batch_size = eval_batch_size
         self.window = window
+        self.supervision = data.supervision
         self._images = data.images.to(device)
-        self._masks = data.masks.to(device)
+        # a weakly-supervised training split has no masks (None), only its weak labels
+        self._masks = data.masks.to(device) if data.masks is not None else None
+        self._weak = {k: v.to(device) for k, v in data.weak.items()}
+        if self._masks is None and self.num_examples > 0 and (cfg.patch_size is not None or cfg.augment.enabled):
+            raise ValueError(
+                f"train.patch_size and train.augment need pixel masks, but this training split is "
+                f"{data.supervision}-supervised (data.supervision); weak labels are whole-image: unset "
+                "train.patch_size and set train.augment.enabled: false"
+            )
         self._gen = torch.Generator()
         self._gen.manual_seed(seed)
         self._patches: PatchSampler | None = None
@@ -120,7 +132,7 @@ class Trainer:
                     f"{len(spatial)}D {spatial}; give one size per spatial axis"
                 )
             self._images = pad_to_size(self._images, cfg.patch_size)
-            self._masks = pad_to_size(self._masks, cfg.patch_size)
+            self._masks = pad_to_size(data.pixel_masks().to(device), cfg.patch_size)
             self._patches = PatchSampler(self._masks, cfg.patch_size, num_classes, cfg.fg_oversample)
             self._patch_gen = torch.Generator()
             self._patch_gen.manual_seed(derive_seed(seed, 1))
@@ -146,9 +158,34 @@ class Trainer:
         """One pass over the training data: whole images, or ``samples_per_volume`` patches per case."""
         return self._batches(shuffle=shuffle, augment=False)
 
-    def _batches(self, *, shuffle: bool, augment: bool) -> Iterator[Batch]:
+    def _per_sample(self, idx: torch.Tensor, extras: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weak labels, caller extras and positions of the samples ``idx`` (device indices)."""
+        out = {k: v.index_select(0, idx) for k, v in self._weak.items()}
+        out.update({k: v.index_select(0, idx.to(v.device)) for k, v in extras.items()})
+        out["index"] = idx
+        return out
+
+    def _batches(
+        self,
+        *,
+        shuffle: bool,
+        augment: bool,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        subset: torch.Tensor | None = None,
+    ) -> Iterator[Batch]:
         n, bs = self.num_examples, self.cfg.batch_size
-        if self._patches is None:
+        extras = extras or {}
+        for key, value in extras.items():
+            if value.shape[0] != n:
+                raise ValueError(f"fit extras[{key!r}] has {value.shape[0]} samples; the training split has {n}")
+        if (extras or subset is not None) and (self._patches is not None or self._augment is not None):
+            raise ValueError("per-sample extras and subsets need whole, unaugmented images: unset train.patch_size "
+                             "and set train.augment.enabled: false")
+        if subset is not None:
+            subset = subset.to(torch.int64).cpu()
+            pick = torch.randperm(len(subset), generator=self._gen) if shuffle else torch.arange(len(subset))
+            order = subset[pick]
+        elif self._patches is None:
             order = torch.randperm(n, generator=self._gen) if shuffle else torch.arange(n)
         else:
             total = n * self.cfg.samples_per_volume
@@ -156,17 +193,21 @@ class Trainer:
         if self._patches is None and self._augment is None:
             # the plain path: index the device tensors directly (what the throughput benchmark measures)
             order = order.to(self.device)
-            for start in range(0, n, bs):
+            for start in range(0, len(order), bs):
                 idx = order[start : start + bs]
-                yield Batch(image=self._images.index_select(0, idx), mask=self._masks.index_select(0, idx))
+                mask = None if self._masks is None else self._masks.index_select(0, idx)
+                yield Batch(image=self._images.index_select(0, idx), mask=mask, extras=self._per_sample(idx, extras))
             return
+        masks = self._masks
+        if masks is None:  # refused in __init__; kept for the type checker
+            raise ValueError("patches and augmentation need pixel masks")
         for start in range(0, len(order), bs):
             cases = order[start : start + bs].tolist()
             if self._patches is not None and self._patch_gen is not None:
-                image, mask = self._patches.sample(self._images, self._masks, cases, self._patch_gen)
+                image, mask = self._patches.sample(self._images, masks, cases, self._patch_gen)
             else:
                 idx = torch.tensor(cases, device=self.device)
-                image, mask = self._images.index_select(0, idx), self._masks.index_select(0, idx)
+                image, mask = self._images.index_select(0, idx), masks.index_select(0, idx)
             if augment and self._augment is not None:
                 image, mask = self._augment(image, mask)
             yield Batch(image=image, mask=mask)
@@ -179,6 +220,9 @@ class Trainer:
         extra_loss: ExtraLoss | None = None,
         trainable: set[str] | None = None,
         optimizer_key: str = "optimizer",
+        loss: BatchLoss | None = None,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        subset: torch.Tensor | None = None,
     ) -> dict[str, float]:
         epochs = self.epochs if epochs is None else epochs
         named = list(model.named_parameters())
@@ -197,18 +241,19 @@ class Trainer:
             for epoch in range(epochs):
                 epoch_loss = 0.0
                 epoch_steps = 0
-                for batch in self._batches(shuffle=True, augment=True):
+                for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset):
                     optimizer.zero_grad(set_to_none=True)
                     logits = model(batch.image)
-                    task = self.loss_fn(logits, batch.mask)
-                    loss = task
+                    # batch.mask raises MissingMaskError on a weakly-supervised site's batch
+                    task = self.loss_fn(logits, batch.mask) if loss is None else loss(model, batch, logits)
+                    step_loss = task
                     if extra_loss is not None:
                         extra = extra_loss(model, batch, logits)
                         if extra is not None:
-                            loss = loss + extra
-                    loss.backward()
+                            step_loss = step_loss + extra
+                    step_loss.backward()
                     optimizer.step()
-                    value = float(loss.detach())
+                    value = float(step_loss.detach())
                     epoch_loss += value
                     total += value
                     task_total += float(task.detach())

@@ -450,6 +450,12 @@ def _results_section(run: _Run) -> list[str]:
             ]
             continue
         out += _site_table(sites, per_site) + [""]
+    split = "test" if split_title == "Test results" else "val"
+    unevaluated = [s for s in sites if not any(s in metrics.get(m, {}) for m in _MODELS)]
+    if unevaluated:
+        # e.g. a weakly-labelled site without any mask: it trains but has no val/test case
+        out += [f"Not evaluated (no {split} case): {', '.join(_md_cell(s) for s in unevaluated)}; left out of the "
+                "tables and their means (see the Data table).", ""]
     out += [
         "*mean*: mean ± sd across sites (sample sd, ddof=1); n: total cases. "
         "Non-finite values (e.g. HD95 of an empty prediction) are left out of the mean and shown as –.",
