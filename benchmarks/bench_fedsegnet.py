@@ -5,7 +5,9 @@ Not part of `make bench` (it trains several federations; see docs/benchmarks.md 
 A. Communication: FedAvg with float32 updates vs FedSegNet (AAM + top-k -> int8 updates with
    error feedback), same model, data, rounds and seeds. Reports bytes up per round (from the
    serialized messages, as logged in metrics.jsonl) as a ratio, and the mean test Dice of the
-   global model over the sites. FedAvg + top-k -> int8 isolates the codec's effect on Dice.
+   global model over the sites (and weighted by test images). FedAvg + top-k -> int8 isolates
+   the codec's effect on Dice. `fedsegnet_randk_sign` swaps the codec for a seeded random half of
+   each tensor's coordinates sent as 1-bit signs (`randk -> sign`, ~37x; docs/decisions.md 76).
 B. Robustness: FedAvg vs AAM (float32 updates) with clean labels and with one site's training and
    validation labels corrupted (`data.corrupt_labels`); the test labels stay clean. Reports each
    method's Dice loss (clean - corrupted).
@@ -19,6 +21,7 @@ C. Memory (--memory SIZE): bytes the 3D transformer U-Net (channels 16/32/64/128
 
 Usage:
     python benchmarks/bench_fedsegnet.py --memory 128
+    python benchmarks/bench_fedsegnet.py --table runs/bench_fedsegnet*/results.json
     python benchmarks/bench_fedsegnet.py [--rounds 5] [--channels 8,16,32,64] [--seeds 0]
         [--ratio 0.02] [--corrupt-site GE_Logiq7] [--corrupt-mode shuffle] [--only NAME,...]
         [--out runs/bench_fedsegnet] [--smoke]
@@ -48,9 +51,11 @@ ROOT = Path(__file__).resolve().parents[1]
 BASE = ROOT / "configs" / "fedsegnet" / "full.yaml"
 
 
-def runs(ratio: float, min_numel: int, corrupt: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def runs(ratio: float, min_numel: int, corrupt: dict[str, Any], rand_ratio: float = 0.5) -> dict[str, dict[str, Any]]:
     """Name -> overrides of full.yaml."""
     codec = {"up": [{"name": "topk", "ratio": ratio, "min_numel": min_numel}, {"name": "int8"}], "down": []}
+    sign = {"up": [{"name": "sign"}], "down": []}
+    randk_sign = {"up": [{"name": "randk", "ratio": rand_ratio, "min_numel": min_numel}, {"name": "sign"}], "down": []}
     fp32 = {"up": [], "down": []}
     return {  # in order of importance: A, then B, then the codec-only control
         "fedavg_fp32": {"algorithm": {"name": "fedavg"}, "codec": fp32},
@@ -59,6 +64,9 @@ def runs(ratio: float, min_numel: int, corrupt: dict[str, Any]) -> dict[str, dic
         f"fedavg_fp32_corrupt_{corrupt['site']}": {"algorithm": {"name": "fedavg"}, "codec": fp32, "corrupt": corrupt},
         f"aam_fp32_corrupt_{corrupt['site']}": {"codec": fp32, "corrupt": corrupt},
         "fedavg_topk_int8": {"algorithm": {"name": "fedavg"}, "codec": codec},
+        "fedsegnet_sign": {"codec": sign},  # 1-bit scaled sign of every coordinate (~31x)
+        "fedsegnet_randk_sign": {"codec": randk_sign},  # seeded random-k (no indices) -> sign
+        "fedavg_randk_sign": {"algorithm": {"name": "fedavg"}, "codec": randk_sign},
     }
 
 
@@ -84,7 +92,10 @@ def summarise(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
     dice = {site: m["dice"] for site, m in test.items()}
     weights = [r for r in records if r["kind"] == "weights"]
     last = max((r["round"] for r in weights), default=None)
+    sizes = {site: int(m["n"]) for site, m in test.items()}
     return {
+        "test_n": sizes,
+        "weighted_test_dice": sum(m["dice"] * sizes[s] for s, m in test.items()) / max(1, sum(sizes.values())),
         "bytes_up_per_round": statistics.fmean(r["bytes_up"] for r in rounds),
         "bytes_down_per_round": statistics.fmean(r["bytes_down"] for r in rounds),
         "bytes_up_per_client_round": {r["site"]: r["bytes_up"] for r in records if r["kind"] == "train" and r["round"] == 1},
@@ -94,6 +105,22 @@ def summarise(run_dir: Path, summary: dict[str, Any]) -> dict[str, Any]:
         "seconds": sum(r["seconds"] for r in rounds),
         "last_weights": {r["site"]: round(r["weight"], 4) for r in weights if r["round"] == last},
     }
+
+
+def markdown_table(results: dict[str, Any], reference: str = "fedavg_fp32") -> str:
+    """One row per run of ``results['runs']``: bytes up per round, ratio to the float32 reference
+    run of the same seed, mean test Dice over sites and weighted by test images, per-site Dice."""
+    rows = results.get("runs", {})
+    sites = sorted({s for r in rows.values() for s in r["test_dice"]})
+    head = ["run", "bytes up / round", "fewer bytes", "mean Dice (sites)", "Dice (images)", *sites]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in rows.items():
+        ref = rows.get(reference + name[name.rfind("_s"):]) if "_s" in name else None
+        ratio = f"{ref['bytes_up_per_round'] / r['bytes_up_per_round']:.1f}x" if ref else "-"
+        cells = [name, f"{r['bytes_up_per_round']:,.0f}", ratio, f"{r['mean_test_dice']:.3f}",
+                 f"{r.get('weighted_test_dice', float('nan')):.3f}", *(f"{r['test_dice'].get(s, float('nan')):.3f}" for s in sites)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def memory_estimate(size: int, batch: int = 2, device: str = "meta") -> dict[str, float]:
@@ -128,6 +155,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--ratio", type=float, default=0.02, help="top-k fraction")
     parser.add_argument("--min-numel", type=int, default=1024, help="top-k sends smaller tensors dense")
+    parser.add_argument("--rand-ratio", type=float, default=0.5, help="random-k fraction (the *_randk_sign runs)")
     parser.add_argument("--corrupt-site", default="GE_Logiq7")
     parser.add_argument("--corrupt-mode", default="shuffle", choices=["shuffle", "dilate", "erode"])
     parser.add_argument("--corrupt-radius", type=int, default=8)
@@ -135,7 +163,15 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_fedsegnet")
     parser.add_argument("--smoke", action="store_true", help="tiny synthetic data instead of BUS-BRA (checks the script)")
     parser.add_argument("--memory", type=int, default=0, help="only estimate 3D memory at this cube size")
+    parser.add_argument("--table", type=Path, nargs="*", default=None,
+                        help="only print a markdown table of these results.json files (merged)")
     args = parser.parse_args()
+    if args.table is not None:
+        merged: dict[str, Any] = {"runs": {}}
+        for path in args.table:
+            merged["runs"].update(json.loads(path.read_text()).get("runs", {}))
+        print(markdown_table(merged))
+        return 0
     if args.memory:
         print(json.dumps(memory_estimate(args.memory), indent=2))
         return 0
@@ -146,7 +182,7 @@ def main() -> int:
     if args.smoke:
         base["data"] = {"source": "synthetic", "synthetic": {"num_sites": 3, "size": 32, "samples_per_site": [12, 8, 6]}}
         corrupt["site"] = "site0"
-    table = runs(args.ratio, args.min_numel, corrupt)
+    table = runs(args.ratio, args.min_numel, corrupt, args.rand_ratio)
     selected = [n for n in args.only.split(",") if n] or list(table)
     unknown = [n for n in selected if n not in table]
     if unknown:

@@ -23,6 +23,7 @@ __all__ = [
     "PartitionConfig",
     "DataConfig",
     "LabelCorruptionConfig",
+    "WeakLabelConfig",
     "ModelConfig",
     "LossConfig",
     "AugmentConfig",
@@ -174,6 +175,42 @@ class LabelCorruptionConfig(StrictModel):
     )
 
 
+class WeakLabelConfig(StrictModel):
+    """Where the weak labels of box- and image-supervised sites come from (:mod:`fedseg.data.supervision`).
+
+    ``derive``: computed once from the masks at data-preparation time (experiments: turn any
+    pixel-labelled dataset into a mixed-supervision federation), then the training masks are
+    dropped. ``files``: read from ``<root>/<site>/boxes.json`` or ``boxes.csv`` (box sites) and
+    ``<root>/<site>/labels.csv`` (image sites); the training masks of those sites are never read.
+    """
+
+    source: Literal["derive", "files"] = "derive"
+    root: Path | None = Field(None, description="files: folder holding <site>/boxes.json|csv, labels.csv; "
+                                                "default data.root")
+    box_margin: int | list[int] = Field(
+        default_factory=lambda: [1, 10],
+        description="derive: pixels added to each box side, fixed (int) or drawn per side from [lo, hi] (inclusive)",
+    )
+    seed: int | None = Field(None, description="derive: seed of the random box margins; default the run seed")
+
+    @field_validator("box_margin")
+    @classmethod
+    def _margin(cls, value: int | list[int]) -> int | list[int]:
+        if isinstance(value, int):
+            if value < 0:
+                raise ValueError(f"data.weak_labels.box_margin must be >= 0, got {value}")
+        elif len(value) != 2 or not 0 <= value[0] <= value[1]:
+            raise ValueError(f"data.weak_labels.box_margin must be an int >= 0 or [lo, hi] with 0 <= lo <= hi, "
+                             f"got {value}")
+        return value
+
+    def margin_range(self) -> tuple[int, int]:
+        """``(lo, hi)`` inclusive; a fixed margin ``m`` is ``(m, m)``."""
+        if isinstance(self.box_margin, int):
+            return self.box_margin, self.box_margin
+        return self.box_margin[0], self.box_margin[1]
+
+
 class DataConfig(StrictModel):
     """The dataset spec: where the sites are, what the files hold, and how they are preprocessed and split.
 
@@ -214,6 +251,11 @@ class DataConfig(StrictModel):
     corrupt_labels: LabelCorruptionConfig | None = Field(
         None, description="experiment option: corrupt one site's train/val labels (fedseg.data.corrupt)"
     )
+    supervision: dict[str, Literal["pixel", "box", "image"]] = Field(
+        default_factory=dict, description="site -> label kind of its training split: pixel (masks), box or image "
+        "(image-level class labels); sites not named are pixel (fedseg.data.supervision)"
+    )
+    weak_labels: WeakLabelConfig = Field(default_factory=WeakLabelConfig)
 
     @model_validator(mode="after")
     def _root_for_folder(self) -> DataConfig:
@@ -232,6 +274,14 @@ class DataConfig(StrictModel):
         if self.image_size is not None and self.preprocess.target_shape is not None:
             if list(self.image_size) != list(self.preprocess.target_shape):
                 raise ValueError("data.image_size and data.preprocess.target_shape disagree; set only one")
+        weak = sorted(site for site, kind in self.supervision.items() if kind != "pixel")
+        if weak and self.weak_labels.source == "files":
+            if self.source != "folder":
+                raise ValueError("data.weak_labels.source 'files' needs data.source 'folder'; use 'derive' to make "
+                                 "weak labels from the masks of synthetic data")
+            if self.partition is not None:
+                raise ValueError("data.weak_labels.source 'files' cannot be used with data.partition (simulated "
+                                 "sites have no label files); use 'derive'")
         return self
 
     def group_column_of(self, site: str) -> str | None:
@@ -357,9 +407,19 @@ class FederationConfig(StrictModel):
     fraction: float = Field(1.0, gt=0, le=1, description="fraction of clients sampled per round")
     min_clients: int = Field(1, ge=1)
     local_epochs: int = Field(1, ge=1)
+    train_sites: list[str] | None = Field(
+        None, description="sites that train (are sampled for fit); default all. Every site is still evaluated"
+    )
     state_spill_mb: float = Field(
         256.0, ge=0, description="client states beyond this total size are kept on disk"
     )
+
+    @field_validator("train_sites")
+    @classmethod
+    def _train_sites(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and (not value or len(set(value)) != len(value)):
+            raise ValueError(f"federation.train_sites must list at least one site, each once; got {value}")
+        return value
 
 
 class SlidingWindowConfig(StrictModel):
@@ -389,7 +449,7 @@ class CodecConfig(StrictModel):
     """
 
     up: list[dict[str, Any]] = Field(
-        default_factory=list, description="client->server chain on the update w_k - w (topk, fp16, int8, int16)"
+        default_factory=list, description="client->server chain on the update w_k - w (topk, randk, fp16, int8, int16, sign)"
     )
     down: list[dict[str, Any]] = Field(
         default_factory=list, description="server->client chain on the broadcast weights (fp16, int8, int16)"

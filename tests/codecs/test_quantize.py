@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedseg.codecs import CodecChain, Float16, Int8, Int16, TensorSpec, TopK
+from fedseg.codecs import BroadcastCodec, CodecChain, CodecError, Float16, Int8, Int16, Sign, TensorSpec, TopK
 
 
 def _sample() -> torch.Tensor:
@@ -69,3 +69,40 @@ def test_sixteen_bits_give_relative_update_error_below_1e3(codec: Float16 | Int1
     for chain in (CodecChain((TopK(ratio=1.0, min_numel=0), codec)), CodecChain((codec,))):
         rel = float((chain.roundtrip(delta) - delta).norm() / delta.norm())
         assert rel < 1e-3
+
+
+@pytest.mark.parametrize("codec", [Sign(min_numel=0), Sign(per_channel=True, min_numel=0)], ids=repr)
+def test_sign_roundtrip_is_within_its_bound_and_sends_one_bit_per_value(codec: Sign) -> None:
+    x = _sample()
+    parts = codec.encode(x)
+    assert {k: TensorSpec.of(v) for k, v in parts.items()} == codec.parts(TensorSpec.of(x))
+    assert parts["bits"].numel() == (x.numel() + 7) // 8
+    x_hat = codec.decode(parts, TensorSpec.of(x))
+    assert x_hat.shape == x.shape and ((x - x_hat).abs() <= codec.error_bound(x)).all()
+    groups = x.shape[0] if codec.per_channel else 1
+    scale = x.abs().reshape(groups, -1).mean(dim=1)
+    expected = torch.where(x >= 0, 1.0, -1.0) * scale.repeat_interleave(x.numel() // groups).reshape(x.shape)
+    torch.testing.assert_close(x_hat, expected)
+
+
+def test_sign_after_topk_sends_kept_values_as_plus_minus_their_mean_magnitude() -> None:
+    x = torch.tensor([0.0, 4.0, -2.0, 0.1, 0.0, 0.0, 0.0, 0.0])
+    chain = CodecChain((TopK(ratio=0.25, min_numel=0), Sign(min_numel=0)))
+    x_hat = chain.decode(chain.encode(x), TensorSpec.of(x))
+    assert x_hat.tolist() == [0.0, 3.0, -3.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_sign_is_refused_on_the_broadcast() -> None:
+    with pytest.raises(CodecError, match="codec.down"):
+        BroadcastCodec(CodecChain((Sign(),)))
+
+
+def test_sign_quantises_small_tensors_to_8_bits_so_running_variances_stay_positive() -> None:
+    running_var = torch.tensor([0.05, 0.1, 4.0, 8.0])  # an update of a batch-norm running variance
+    codec = Sign()  # default min_numel 1024
+    assert set(codec.parts(TensorSpec.of(running_var))) == {"q", "lo", "step"}
+    x_hat = codec.decode(codec.encode(running_var), TensorSpec.of(running_var))
+    assert ((running_var - x_hat).abs() <= codec.error_bound(running_var)).all()
+    assert (x_hat > 0).all()
+    big = torch.randn(2048)
+    assert set(codec.parts(TensorSpec.of(big))) == {"bits", "scale"}

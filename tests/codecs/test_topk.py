@@ -99,3 +99,37 @@ def test_indices_use_int16_up_to_65536_elements_and_int32_beyond() -> None:
     codec = TopK(ratio=3 / 2**16, min_numel=0)
     x_hat = codec.decode(codec.encode(x), TensorSpec.of(x))
     assert torch.equal(x_hat, x)
+
+
+def test_randk_sends_no_indices_and_the_receiver_rebuilds_the_positions() -> None:
+    from fedseg.codecs import RandK
+
+    torch.manual_seed(3)
+    x = torch.randn(40, 50)
+    codec = RandK(ratio=0.1, min_numel=0)
+    parts = codec.encode(x)
+    assert set(parts) == {"seed", "val"} and parts["val"].numel() == 200
+    assert {k: TensorSpec.of(v) for k, v in parts.items()} == codec.parts(TensorSpec.of(x))
+    x_hat = codec.decode(parts, TensorSpec.of(x))
+    kept = x_hat != 0
+    assert int(kept.sum()) == 200 and torch.equal(x_hat[kept], x[kept])
+    assert ((x - x_hat).abs() <= codec.error_bound(x)).all()
+    assert not torch.equal(codec.encode(x)["seed"], parts["seed"])  # a fresh choice every call
+
+
+def test_randk_with_error_feedback_sent_plus_residual_equals_sum_of_true_updates() -> None:
+    from fedseg.codecs import RandK
+
+    torch.manual_seed(0)
+    chain = CodecChain((RandK(ratio=0.25, min_numel=0), Int8()))
+    residual = torch.zeros(64)
+    sent_total = torch.zeros(64)
+    true_total = torch.zeros(64)
+    for _ in range(6):
+        update = torch.randn(64)
+        true_total += update
+        target = update + residual
+        sent = chain.decode(chain.encode(target), TensorSpec.of(target))
+        residual = target - sent
+        sent_total += sent
+    torch.testing.assert_close(sent_total + residual, true_total, atol=1e-5, rtol=0)

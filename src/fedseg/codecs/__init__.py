@@ -1,4 +1,4 @@
-"""Codecs for model updates on the wire: fp16, int8/int16 (per tensor or channel), top-k.
+"""Codecs for model updates on the wire: fp16, int8/int16, 1-bit sign (per tensor or channel), top-k, random-k.
 
 Pure tensor math on :data:`~fedseg.types.Params`; the engine applies the configured chains to
 every algorithm's messages (``codec.up`` on client updates, ``codec.down`` on broadcasts), so
@@ -22,8 +22,8 @@ from fedseg.codecs.chain import (
     pack,
     unpack,
 )
-from fedseg.codecs.quantize import Float16, Int8, Int16, UniformQuantizer
-from fedseg.codecs.topk import TopK
+from fedseg.codecs.quantize import Float16, Int8, Int16, Sign, UniformQuantizer
+from fedseg.codecs.topk import RandK, TopK
 
 __all__ = [
     "CODECS",
@@ -45,5 +45,7 @@ __all__ = [
     "Int8",
     "Int16",
     "UniformQuantizer",
+    "Sign",
     "TopK",
+    "RandK",
 ]

@@ -303,11 +303,11 @@ class BroadcastCodec:
     chain: CodecChain = field(default_factory=CodecChain)
 
     def __post_init__(self) -> None:
-        if self.chain.sparse:
-            names = [s.name for s in self.chain.stages]
+        names = [s.name for s in self.chain.stages]
+        if self.chain.sparse or "sign" in names:
             raise CodecError(
                 f"codec.down got {names}: the broadcast carries absolute weights, which a sparsifier would "
-                "zero; allowed in codec.down: quantisers (fp16, int8, int16)"
+                "zero and sign would reduce to +-mean; allowed in codec.down: fp16, int8, int16"
             )
 
     @property

@@ -1,4 +1,4 @@
-"""Quantisers: fp16, and uniform 8/16-bit quantisation per tensor or per output channel."""
+"""Quantisers: fp16, uniform 8/16-bit quantisation and 1-bit scaled sign, per tensor or per output channel."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
+import numpy as np
 import torch
 
 from fedseg.codecs.base import CODECS, Codec, TensorSpec
 
-__all__ = ["Float16", "UniformQuantizer", "Int8", "Int16"]
+__all__ = ["Float16", "UniformQuantizer", "Int8", "Int16", "Sign"]
 
 _FP16_MAX = 65504.0
 _FP16_REL = 2.0**-11  # half an ulp of fp16, relative (10-bit mantissa)
@@ -142,3 +143,80 @@ class Int16(UniformQuantizer):
     name: ClassVar[str] = "int16"
     bits: ClassVar[int] = 16
     storage: ClassVar[torch.dtype] = torch.int16
+
+
+@CODECS.register("sign")
+@dataclass(frozen=True)
+class Sign(Codec):
+    """1-bit scaled-sign quantisation (ours; EF-signSGD, Karimireddy et al. 2019)::
+
+        s     = mean(|x|)                    per tensor, or per output channel with ``per_channel``
+        x_hat = s * sign(x)                  (sign(0) = +1)
+
+    ``s = mean|x|`` minimises ``||x - s sign(x)||_2`` over ``s``. After a sparsifier it sends the
+    kept values as ``+-s`` (ternary, as in sparse ternary compression, Sattler et al. 2019). Use it
+    with error feedback: the residual carries each coordinate's magnitude error to the next round.
+
+    Tensors with fewer than ``min_numel`` elements (biases, normalisation parameters and running
+    statistics) are quantised to 8 bits instead (ours): a sign code would move every channel's
+    running variance by the same +-s, which turns small variances negative and the model's
+    output into NaN in eval mode.
+
+    Parts (``n >= min_numel``): ``bits`` ``(ceil(n/8),)`` uint8 (1 = non-negative, numpy bit
+    order) and ``scale`` ``(G,)`` float32, ``G`` = 1 or the number of output channels: 1/8 byte
+    per value. (Smaller): the parts of :class:`Int8`.
+
+    Error bound: ``|x - x_hat| = ||x| - s|`` (plus float32 rounding of ``s``); Int8's for small tensors.
+    """
+
+    name: ClassVar[str] = "sign"
+    role: ClassVar[Literal["sparsifier", "quantizer"]] = "quantizer"
+
+    per_channel: bool = False
+    min_numel: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.min_numel < 0:
+            raise ValueError(f"sign.min_numel must be >= 0, got {self.min_numel}")
+
+    def _small(self, numel: int) -> bool:
+        return numel < self.min_numel
+
+    def _groups(self, shape: tuple[int, ...]) -> int:
+        return shape[0] if self.per_channel and len(shape) >= 2 else 1
+
+    def parts(self, spec: TensorSpec) -> dict[str, TensorSpec]:
+        if self._small(spec.numel):
+            return Int8(per_channel=self.per_channel).parts(spec)
+        return {"bits": TensorSpec(((spec.numel + 7) // 8,), torch.uint8),
+                "scale": TensorSpec((self._groups(spec.shape),), torch.float32)}
+
+    def _scale(self, x: torch.Tensor) -> torch.Tensor:
+        groups = self._groups(tuple(x.shape))
+        if x.numel() == 0:
+            return torch.zeros(groups, dtype=torch.float32)
+        return x.detach().to(torch.float32).abs().reshape(groups, -1).mean(dim=1)
+
+    def encode(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self._small(x.numel()):
+            return Int8(per_channel=self.per_channel).encode(x)
+        positive = (x.detach().reshape(-1) >= 0).cpu().numpy()
+        return {"bits": torch.from_numpy(np.packbits(positive)), "scale": self._scale(x)}
+
+    def decode(self, parts: Mapping[str, torch.Tensor], spec: TensorSpec) -> torch.Tensor:
+        if self._small(spec.numel):
+            return Int8(per_channel=self.per_channel).decode(parts, spec)
+        positive = np.unpackbits(parts["bits"].cpu().numpy(), count=spec.numel).astype(np.float32)
+        signs = torch.from_numpy(positive * 2.0 - 1.0)
+        scale = parts["scale"].to(torch.float32)
+        out = signs.reshape(scale.shape[0], -1) * scale[:, None]
+        return out.reshape(spec.shape).to(spec.dtype)
+
+    def error_bound(self, x: torch.Tensor) -> torch.Tensor:
+        if self._small(x.numel()):
+            return Int8(per_channel=self.per_channel).error_bound(x)
+        scale = self._scale(x)
+        groups = scale.shape[0]
+        s = scale[:, None].expand(groups, x.numel() // groups).reshape(x.shape).to(x.dtype)
+        eps = torch.finfo(torch.float32).eps
+        return (x.detach().abs() - s).abs() + 4 * eps * torch.maximum(x.detach().abs(), s)
