@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Generic, TypeVar
 
-__all__ = ["Registry", "UnknownNameError", "suggest"]
+from pydantic import TypeAdapter, ValidationError
+
+__all__ = ["Registry", "UnknownNameError", "suggest", "build_typed"]
 
 T = TypeVar("T")
 
@@ -22,6 +25,41 @@ def suggest(name: str, allowed: list[str]) -> str:
     """Return ' Did you mean X?' for the nearest allowed name, or ''."""
     close = difflib.get_close_matches(name, allowed, n=1)
     return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def build_typed(cls: type[T], params: Mapping[str, Any], *, kind: str, name: str, where: str,
+                error: type[Exception]) -> T:
+    """Instantiate the dataclass ``cls`` from config ``params`` (its hyperparameters).
+
+    Unknown keys raise ``error`` naming each as ``where.key`` with the allowed ones and a
+    did-you-mean; values are validated against the field types (pydantic), and a ``ValueError``
+    from ``__post_init__`` range checks is re-raised as ``error`` prefixed with ``where``.
+
+    Args:
+        kind, name: for the message, e.g. ``"codec"``, ``"topk"``.
+        where: the config path of ``params`` (``"algorithm"``, ``"codec.up[0]"``).
+    """
+    allowed = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    unknown = [k for k in params if k not in allowed]
+    if unknown:
+        hints = "".join(suggest(k, allowed) for k in unknown)
+        raise error(
+            f"unknown key(s) for {kind} {name!r}: {', '.join(f'{where}.{k}' for k in unknown)}; "
+            f"allowed: {', '.join(allowed) or '(none)'}.{hints}"
+        )
+    try:
+        built = TypeAdapter(cls).validate_python(dict(params))
+    except ValidationError as err:
+        msgs = [
+            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
+            if e["loc"]
+            else f"{where}: {e['msg']}"
+            for e in err.errors()
+        ]
+        raise error("; ".join(msgs)) from None
+    except ValueError as err:  # __post_init__ range checks
+        raise error(f"{where}: {err}") from None
+    return built if isinstance(built, cls) else cls(**params)
 
 
 class Registry(Generic[T]):

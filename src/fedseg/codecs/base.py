@@ -15,16 +15,13 @@ Every codec states
 
 from __future__ import annotations
 
-import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import TypeAdapter, ValidationError
-
-from fedseg.registry import Registry, suggest
+from fedseg.registry import Registry, build_typed, suggest
 
 __all__ = ["TensorSpec", "Codec", "CodecError", "CODECS", "build_codec"]
 
@@ -100,27 +97,4 @@ def build_codec(spec: Mapping[str, Any], where: str = "codec") -> Codec:
     if not isinstance(name, str) or name not in CODECS:
         hint = suggest(name, CODECS.names()) if isinstance(name, str) else ""
         raise CodecError(f"{where}.name: got {name!r}; allowed: {', '.join(CODECS.names())}.{hint}")
-    cls = CODECS.get(name)
-    allowed = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
-    unknown = [k for k in params if k not in allowed]
-    if unknown:
-        hints = "".join(suggest(k, allowed) for k in unknown)
-        raise CodecError(
-            f"unknown key(s) for codec {name!r}: {', '.join(f'{where}.{k}' for k in unknown)}; "
-            f"allowed: {', '.join(allowed) or '(none)'}.{hints}"
-        )
-    try:
-        codec = TypeAdapter(cls).validate_python(params)
-    except ValidationError as err:
-        msgs = [
-            f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']} (got {e.get('input')!r})"
-            if e["loc"]
-            else f"{where}: {e['msg']}"
-            for e in err.errors()
-        ]
-        raise CodecError("; ".join(msgs)) from None
-    except ValueError as err:  # __post_init__ range checks
-        raise CodecError(f"{where}: {err}") from None
-    if not isinstance(codec, cls):
-        codec = cls(**params)
-    return codec
+    return build_typed(CODECS.get(name), params, kind="codec", name=name, where=where, error=CodecError)
