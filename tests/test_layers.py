@@ -9,7 +9,7 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "fedseg"
 
 LAYERS: dict[str, int] = {
-    "types": 0, "registry": 0, "__init__": 0,
+    "types": 0, "registry": 0, "records": 0, "__init__": 0,
     "config": 1, "io": 1,
     "data": 2, "models": 2, "losses": 2, "metrics": 2, "codecs": 2,
     "algorithms": 3,

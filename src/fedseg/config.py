@@ -308,6 +308,10 @@ class ModelConfig(StrictModel):
     mlp_ratio: float = Field(2.0, gt=0, description="transunet: transformer MLP width / channels[-1]")
     pos_embed: Literal["learned", "sincos", "none"] = Field("learned", description="transunet: positional embedding")
     pos_grid: int = Field(8, ge=1, description="transunet: side of the learned position grid (resized to the bottleneck)")
+    init_checkpoint: str | None = Field(
+        None, description="initial weights from this file (a state dict, or a checkpoint holding one under "
+        "'state_dict'/'model'), loaded with weights_only=True before round 1"
+    )
 
     @model_validator(mode="after")
     def _strides_match(self) -> ModelConfig:
@@ -379,8 +383,10 @@ class TrainConfig(StrictModel):
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     momentum: float = Field(0.9, ge=0, lt=1)
-    optimizer_state: Literal["reset", "persist"] = Field(
-        "reset", description="reset the optimizer every round, or keep it in client state"
+    optimizer_state: Literal["auto", "reset", "persist"] = Field(
+        "auto",
+        description="reset the optimizer every round, or keep it in client state; auto: the algorithm's own "
+        "policy (ordinary training, i.e. persist, for local and centralized; reset for federated methods)",
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     deterministic: bool = True
@@ -437,6 +443,11 @@ class EvalConfig(StrictModel):
     every: int = Field(1, ge=1, description="validate every k rounds (and always at the last)")
     batch_size: int = Field(16, ge=1)
     personalized: bool = True
+    select: Literal["best_val", "last"] = Field(
+        "best_val",
+        description="checkpoint scored on test: the round with the best mean validation Dice (per client for "
+        "personalised models), or the last round",
+    )
     sliding_window: SlidingWindowConfig = Field(default_factory=SlidingWindowConfig)
 
 

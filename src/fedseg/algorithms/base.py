@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from fedseg.data.base import MissingMaskError
+from fedseg.records import ModelKind
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = [
@@ -271,6 +272,18 @@ class Algorithm:
     has_global_model: ClassVar[bool] = True
     weak_supervision: ClassVar[bool] = False
     """True: the method trains on box/image-supervised sites (no pixel masks), e.g. FedMix."""
+    judged_by: ClassVar[str] = ModelKind.GLOBAL
+    """The model this method is judged by on a site that trained: ``global`` (the aggregated model) or
+    ``personal`` (the client's own model, for methods that keep local state)."""
+    unseen_policy: ClassVar[str] = "the global model"
+    """What the method uses on a site that never trained (one line, shown in reports)."""
+    optimizer_state: ClassVar[str] = "reset"
+    """The optimizer policy ``train.optimizer_state: auto`` resolves to: ``reset`` (a fresh optimizer
+    every round, as most FL baselines) or ``persist`` (ordinary training: local-only, centralized)."""
+
+    def resolved_optimizer_state(self, configured: str) -> str:
+        """``train.optimizer_state`` with ``auto`` replaced by this method's own policy."""
+        return self.optimizer_state if configured == "auto" else configured
 
     # ------------------------------------------------------------------ client side
     def local_keys(self, model: nn.Module) -> set[str]:

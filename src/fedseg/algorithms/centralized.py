@@ -24,3 +24,4 @@ class Centralized(Algorithm):
     name: ClassVar[str] = "centralized"
     description: ClassVar[str] = "Centralized: one model on pooled data of all sites (upper reference, not FL)"
     pooled_data: ClassVar[bool] = True
+    optimizer_state: ClassVar[str] = "persist"  # ordinary training: Adam is not restarted every round

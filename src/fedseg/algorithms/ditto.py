@@ -11,6 +11,7 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.records import ModelKind
 from fedseg.types import ClientState, Params
 
 __all__ = ["Ditto"]
@@ -28,6 +29,8 @@ class Ditto(Algorithm):
 
     name: ClassVar[str] = "ditto"
     description: ClassVar[str] = "Ditto: FedAvg global model + personal model pulled toward it (lam)"
+    judged_by: ClassVar[str] = ModelKind.PERSONAL
+    unseen_policy: ClassVar[str] = "the global model"
     lam: float = 1.0
     personal_epochs: int | None = None
 

@@ -9,6 +9,7 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, norm_layer_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.records import ModelKind
 
 __all__ = ["FedBN"]
 
@@ -23,6 +24,8 @@ class FedBN(Algorithm):
 
     name: ClassVar[str] = "fedbn"
     description: ClassVar[str] = "FedBN: FedAvg with normalisation layers kept local (by module type)"
+    judged_by: ClassVar[str] = ModelKind.PERSONAL
+    unseen_policy: ClassVar[str] = "the global model with the sample-weighted mean of the clients' norm layers"
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return norm_layer_keys(model)

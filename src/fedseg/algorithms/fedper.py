@@ -9,6 +9,7 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, module_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.records import ModelKind
 
 __all__ = ["FedPer", "head_keys"]
 
@@ -33,6 +34,8 @@ class FedPer(Algorithm):
 
     name: ClassVar[str] = "fedper"
     description: ClassVar[str] = "FedPer: shared body (FedAvg), personal head kept on each client"
+    judged_by: ClassVar[str] = ModelKind.PERSONAL
+    unseen_policy: ClassVar[str] = "the global body with the sample-weighted mean of the clients' heads"
     head: list[str] = field(default_factory=list)
 
     def local_keys(self, model: nn.Module) -> set[str]:

@@ -10,6 +10,7 @@ from torch import nn
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
 from fedseg.algorithms.fedper import head_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.records import ModelKind
 
 __all__ = ["FedRep"]
 
@@ -23,6 +24,8 @@ class FedRep(Algorithm):
 
     name: ClassVar[str] = "fedrep"
     description: ClassVar[str] = "FedRep: train personal head, then shared body; aggregate the body"
+    judged_by: ClassVar[str] = ModelKind.PERSONAL
+    unseen_policy: ClassVar[str] = "the global body with the sample-weighted mean of the clients' heads"
     head: list[str] = field(default_factory=list)
     head_epochs: int = 5
     body_epochs: int | None = None

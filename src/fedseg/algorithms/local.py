@@ -9,6 +9,7 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.records import ModelKind
 from fedseg.types import Broadcast, Params, ServerState
 
 __all__ = ["LocalOnly"]
@@ -26,6 +27,9 @@ class LocalOnly(Algorithm):
     name: ClassVar[str] = "local"
     description: ClassVar[str] = "Local-only: every site trains alone, nothing is shared (lower reference)"
     has_global_model: ClassVar[bool] = False
+    judged_by: ClassVar[str] = ModelKind.PERSONAL
+    unseen_policy: ClassVar[str] = "the single-site model with the best validation Dice on its own site"
+    optimizer_state: ClassVar[str] = "persist"  # ordinary training: Adam is not restarted every round
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return set(model.state_dict())

@@ -145,10 +145,11 @@ class ClientRuntime:
         train = self.splits.get("train")
         if train is None:
             raise KeyError(f"{self.client_id} has no training split")
+        policy = self.algorithm.resolved_optimizer_state(self.cfg.train.optimizer_state)
         trainer = Trainer(
             train,
             self.loss_fn,
-            self.cfg.train,
+            self.cfg.train.model_copy(update={"optimizer_state": policy}),
             epochs=self.cfg.federation.local_epochs,
             device=self.device,
             seed=seed,

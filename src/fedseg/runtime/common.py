@@ -30,6 +30,7 @@ from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
 from fedseg.losses import build_loss
 from fedseg.models import build_model
+from fedseg.records import InfoKey
 from fedseg.types import Params
 
 __all__ = [
@@ -264,6 +265,9 @@ def write_run_info(
             "in_channels": spec.in_channels,
             "seed": cfg.seed,
             "device": str(device),
+            InfoKey.OPTIMIZER_STATE: algorithm.resolved_optimizer_state(cfg.train.optimizer_state),
+            InfoKey.JUDGED_BY: algorithm.judged_by,
+            InfoKey.UNSEEN_POLICY: algorithm.unseen_policy,
             **(extra or {}),
         },
     )

@@ -1,0 +1,98 @@
+"""Names shared by the engine (which writes run records) and the report (which reads them).
+
+Every key of a ``metrics.jsonl`` line, every ``kind`` and ``model`` value, and the top-level keys
+of ``summary.json`` and ``run_info.json`` that the report reads are defined here once, as
+``StrEnum`` members (MONAI's ``monai/fl/utils/constants.py`` pattern). ``StrEnum`` members are
+``str``, so they are written to JSON as plain strings and compare equal to them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = ["SERVER", "METRIC_KEYS", "Kind", "ModelKind", "Split", "Field", "Selection", "SummaryKey", "InfoKey"]
+
+SERVER = "__server__"
+"""The ``site`` of records that belong to the server (rounds, aggregation)."""
+
+
+class Kind(StrEnum):
+    """``metrics.jsonl``: what a line records."""
+
+    TRAIN = "train"  # one client's local training in a round
+    ROUND = "round"  # the server's view of a round (bytes, time)
+    EVAL = "eval"  # one client's metrics of one model on one split
+    WEIGHTS = "weights"  # one client's aggregation weight (and its factors) in a round
+    PERSONALIZE = "personalize"  # one client's post-federation local phase
+    AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
+
+
+class ModelKind(StrEnum):
+    """Which model an evaluation record scores."""
+
+    GLOBAL = "global"  # the aggregated model
+    PERSONAL = "personal"  # the client's own model (global + its local state)
+    UNSEEN = "unseen"  # the model a method uses on a site that never trained
+
+
+class Split(StrEnum):
+    TRAIN = "train"
+    VAL = "val"
+    TEST = "test"
+
+
+class Selection(StrEnum):
+    """``eval.select``: which checkpoint the test split is scored on."""
+
+    BEST_VAL = "best_val"  # the round with the best mean validation Dice (per client when personal)
+    LAST = "last"  # the last round
+
+
+class Field(StrEnum):
+    """Keys of ``metrics.jsonl`` lines."""
+
+    ROUND = "round"
+    SITE = "site"
+    KIND = "kind"
+    MODEL = "model"
+    SPLIT = "split"
+    SELECTION = "selection"  # test records: which checkpoint (a Selection value)
+    SELECTED_ROUND = "selected_round"  # test records: the round of the scored checkpoint
+    BYTES_UP = "bytes_up"
+    BYTES_DOWN = "bytes_down"
+    SECONDS = "seconds"
+    OVERHEAD_SECONDS = "overhead_seconds"
+    CLIENTS = "clients"
+    LOSS = "loss"
+    WEIGHT = "weight"
+    DICE = "dice"
+    IOU = "iou"
+    HD95 = "hd95"
+    PRECISION = "precision"
+    RECALL = "recall"
+    N = "n"
+
+
+METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
+"""The per-site evaluation metrics, in report order (``n`` = images/volumes scored)."""
+
+
+class SummaryKey(StrEnum):
+    """Top-level keys of ``summary.json``."""
+
+    ALGORITHM = "algorithm"
+    ROUNDS = "rounds"
+    JUDGED_BY = "judged_by"  # the ModelKind a method is judged by on participating sites
+    SELECTION = "selection"  # {"mode": Selection, "round": int | None, "per_client": {site: round}}
+    TEST = "test"  # {model kind: {site: metrics}} on the selected checkpoint
+    TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
+    MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
+    BYTES = "bytes"  # {"up": total, "down": total, "total": total, "up_fp32": .., "down_fp32": ..}
+
+
+class InfoKey(StrEnum):
+    """Keys of ``run_info.json`` the report and ``fedseg eval`` read."""
+
+    OPTIMIZER_STATE = "optimizer_state"  # the resolved policy: "reset" or "persist"
+    JUDGED_BY = "judged_by"
+    UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
