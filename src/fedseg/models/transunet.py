@@ -225,22 +225,10 @@ class TransUNet(nn.Module):
 
 
 @MODELS.register("transunet")
-def build_transunet(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    *,
-    channels: Sequence[int],
-    strides: Sequence[int],
-    num_res_units: int = 1,
-    norm: str = "batch",
-    dropout: float = 0.0,
-    heads: int = 4,
-    transformer_layers: int = 1,
-    mlp_ratio: float = 2.0,
-    pos_embed: str = "learned",
-    pos_grid: int = 8,
-) -> nn.Module:
+def build_transunet(spatial_dims: int, in_channels: int, out_channels: int, *, channels: Sequence[int],
+                    strides: Sequence[int], num_res_units: int = 1, norm: str = "batch", dropout: float = 0.0,
+                    heads: int = 4, transformer_layers: int = 1, mlp_ratio: float = 2.0, pos_embed: str = "learned",
+                    pos_grid: int = 8) -> nn.Module:
     """Build :class:`TransUNet` from plain arguments (typed config: ``fedseg.config.TransUNetConfig``).
 
     Args:

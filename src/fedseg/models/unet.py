@@ -47,17 +47,8 @@ def norm_spec(norm: str, group_channels: list[int]) -> tuple[str, dict[str, Any]
 
 
 @MODELS.register("unet")
-def build_unet(
-    spatial_dims: int,
-    in_channels: int,
-    out_channels: int,
-    *,
-    channels: Sequence[int],
-    strides: Sequence[int],
-    num_res_units: int = 1,
-    norm: str = "batch",
-    dropout: float = 0.0,
-) -> nn.Module:
+def build_unet(spatial_dims: int, in_channels: int, out_channels: int, *, channels: Sequence[int],
+               strides: Sequence[int], num_res_units: int = 1, norm: str = "batch", dropout: float = 0.0) -> nn.Module:
     """Build :class:`monai.networks.nets.UNet`.
 
     The network maps ``(B, in_channels, *spatial)`` float images to raw logits
