@@ -125,11 +125,11 @@ def markdown_table(results: dict[str, Any], reference: str = "fedavg_fp32") -> s
 
 def memory_estimate(size: int, batch: int = 2, device: str = "meta") -> dict[str, float]:
     """Activation bytes saved for backward by one forward pass (tensors counted once)."""
-    from fedseg.config import ModelConfig
+    from fedseg.config import TransUNetConfig
     from fedseg.models import build_model
 
-    cfg = ModelConfig(name="transunet", channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2], heads=8,
-                      transformer_layers=2, norm="instance")
+    cfg = TransUNetConfig(name="transunet", channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2], heads=8,
+                           transformer_layers=2, norm="instance")
     model = build_model(cfg, 3, 1, 4).to(device)
     saved: dict[Any, int] = {}
 

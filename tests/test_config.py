@@ -34,3 +34,70 @@ def test_missing_file_and_bad_override(tmp_path: Path) -> None:
 def test_split_must_sum_to_one() -> None:
     with pytest.raises(ConfigError, match="sum to 1"):
         config_from_dict({"data": {"split": {"train": 0.5, "val": 0.1, "test": 0.1}}})
+
+
+# ------------------------------------------------------------------------------------ typed model configs
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_transformer_field_on_unet_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.heads'; allowed here: channels, dropout, "
+                                          r"init_checkpoint, name, norm, num_res_units, strides\. 'heads' is a field "
+                                          r"of model 'transunet'"):
+        config_from_dict({"model": {"channels": [8, 16], "strides": [2], "heads": 2}})
+
+
+def test_unet_field_typo_suggests_the_nearest() -> None:
+    with pytest.raises(ConfigError, match=r"unknown key 'model\.num_res_unit'.*Did you mean 'num_res_units'\?"):
+        config_from_dict({"model": {"name": "unet", "num_res_unit": 0}})
+
+
+def test_unknown_model_name_lists_the_allowed_ones() -> None:
+    with pytest.raises(ConfigError, match=r"'model\.name': unknown model 'transunt'; allowed: transunet, unet\. "
+                                          r"Did you mean 'transunet'\?"):
+        config_from_dict({"model": {"name": "transunt"}})
+
+
+def test_model_name_selects_the_typed_config_and_its_arguments() -> None:
+    from fedseg.config import MODEL_CONFIGS, TransUNetConfig, UNetConfig
+    from fedseg.models import MODELS
+
+    assert MODEL_CONFIGS.names() == MODELS.names()
+    assert type(config_from_dict({}).model) is UNetConfig
+    cfg = config_from_dict({"model": {"name": "transunet", "heads": 2, "init_checkpoint": "w.pt"}}).model
+    assert type(cfg) is TransUNetConfig and cfg.heads == 2
+    assert cfg.arguments() == {"channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1,
+                               "norm": "batch", "dropout": 0.0, "heads": 2, "transformer_layers": 1,
+                               "mlp_ratio": 2.0, "pos_embed": "learned", "pos_grid": 8}
+    with pytest.raises(ConfigError, match=r"'model\.heads'.*greater than or equal to 1"):
+        config_from_dict({"model": {"name": "transunet", "heads": 0}})
+
+
+def test_dumped_config_reloads_with_the_same_model(tmp_path: Path) -> None:
+    """config.yaml of a run (``model_dump(mode="json")``) keeps the subclass fields and reloads."""
+    import yaml
+
+    cfg = config_from_dict({"model": {"name": "transunet", "heads": 2, "pos_embed": "none"}})
+    dumped = cfg.model_dump(mode="json")
+    assert dumped["model"]["heads"] == 2 and "heads" not in config_from_dict({}).model_dump()["model"]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dumped))
+    assert load_config(path) == cfg
+
+
+def test_legacy_full_dump_of_a_unet_still_loads() -> None:
+    """config.yaml files written before per-model configs hold every transformer field for a unet."""
+    legacy = {"name": "unet", "heads": 4, "transformer_layers": 1, "mlp_ratio": 2.0, "pos_embed": "learned",
+              "pos_grid": 8, "init_checkpoint": None}
+    assert config_from_dict({"model": legacy}).model == config_from_dict({}).model
+
+
+def test_defaults_of_recent_fields_are_kept() -> None:
+    cfg = config_from_dict({})
+    assert cfg.eval.select == "best_val" and cfg.train.optimizer_state == "auto"
+    assert cfg.model.init_checkpoint is None and cfg.model.name == "unet"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+def test_every_preset_loads(path: Path) -> None:
+    load_config(path)

@@ -59,3 +59,32 @@ def test_bad_spatial_dims(spatial_dims: int) -> None:
 def test_bad_channels() -> None:
     with pytest.raises(ValueError, match="in_channels"):
         build_model(ModelConfig(**SMALL), spatial_dims=2, in_channels=0, out_channels=2)
+
+
+def test_builders_take_plain_arguments() -> None:
+    """The registered builder equals build_model on the typed config: same argument names, same weights."""
+    from fedseg.config import UNetConfig
+
+    cfg = UNetConfig(norm="instance", **SMALL)
+    torch.manual_seed(0)
+    via_config = build_model(cfg, 2, 1, 2)
+    torch.manual_seed(0)
+    direct = MODELS.get("unet")(2, 1, 2, channels=[4, 8, 16], strides=[2, 2], num_res_units=1, norm="instance",
+                                dropout=0.0)
+    assert all(torch.equal(a, b) for a, b in zip(via_config.state_dict().values(), direct.state_dict().values(),
+                                                 strict=True))
+
+
+def test_models_and_losses_do_not_import_the_config() -> None:
+    """Schemas stay in fedseg.config; models and losses take plain arguments (MONAI style)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[2] / "src" / "fedseg"
+    offenders = []
+    for path in sorted(p for pkg in ("models", "losses") for p in (src / pkg).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(src)}: {n}" for n in names if n.startswith("fedseg.config")]
+    assert not offenders

@@ -18,18 +18,9 @@ Where weak labels come from (``data.weak_labels.source``):
   boxes (MONAI ``generate_spatial_bounding_box``, N-d) grown by a margin per side, fixed or drawn
   from ``[lo, hi]`` (inclusive) by a generator seeded per (seed, site); image labels are "class c
   is present".
-* ``files``: read from ``<root>/<site>/`` (``root`` = ``data.weak_labels.root`` or ``data.root``)
-  by :mod:`fedseg.data.folder`, which then never opens the site's training mask files:
-
-  - ``boxes.json``: ``{"<case id>": box | [box, ...]}`` with ``box = {"x_min": .., "y_min": ..,
-    "x_max": .., "y_max": ..}`` (3D: also ``z_min``, ``z_max``); or ``boxes.csv`` with columns
-    ``id,x_min,y_min,x_max,y_max`` (3D: ``+ z_min,z_max``), one row per box. Coordinates are 0-based
-    pixel/voxel indices on the image **file**'s grid, min and max inclusive; 2D ``x`` is the column
-    and ``y`` the row, 3D ``x, y, z`` are the NIfTI voxel axes i, j, k. Several boxes of one image
-    are merged into one box mask (their union). The box mask goes through the image's own
-    preprocessing (resampling nearest, crop/pad), so it lands on the training grid.
-  - ``labels.csv``: ``id`` plus either ``label`` (binary: 1 = the image contains foreground) or one
-    0/1 column per foreground class named as in ``data.label_names`` (default ``class1``...).
+* ``files``: read from ``<root>/<site>/`` (``boxes.json``/``boxes.csv``, ``labels.csv``) by
+  :mod:`fedseg.data.weak_label_files` for :mod:`fedseg.data.folder`, which then never opens the
+  site's training mask files.
 
 Every training image of a weak site needs an entry; a missing image, a box outside its image, an
 unknown site or kind is an error naming the file or key. In ``files`` mode a weak site's images
@@ -40,15 +31,10 @@ empty val/test splits and no evaluation metrics (:mod:`fedseg.data.layout`, :mod
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import json
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import StrEnum
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +42,6 @@ from monai.transforms.utils import generate_spatial_bounding_box
 
 from fedseg.config import ConfigError, DataConfig
 from fedseg.data.base import DataError, FederatedData, SegmentationSet
-from fedseg.io import Volume
 from fedseg.registry import suggest
 
 __all__ = [
@@ -70,10 +55,8 @@ __all__ = [
     "boxes_from_masks",
     "image_labels_from_masks",
     "weak_split",
+    "weak_training_split",
     "apply_supervision",
-    "WeakLabels",
-    "read_weak_labels",
-    "box_volume",
 ]
 
 
@@ -94,8 +77,6 @@ class WeakKey(StrEnum):
 
 
 SUPERVISION_CODES: dict[str, int] = {SupervisionKind.PIXEL: 0, SupervisionKind.BOX: 1, SupervisionKind.IMAGE: 2}
-
-_AXES = {2: ("y", "x"), 3: ("x", "y", "z")}  # coordinate name of each array axis (2D files are (H, W))
 
 
 def site_supervision(cfg: DataConfig, sites: Sequence[str], *, strict: bool = True) -> dict[str, SupervisionKind]:
@@ -188,6 +169,24 @@ def weak_split(split: SegmentationSet, kind: SupervisionKind, labels: Mapping[st
     return dataclasses.replace(split, masks=None, weak=weak, supervision=kind.value)
 
 
+def weak_training_split(images: torch.Tensor, spacing: torch.Tensor, ids: list[str], kind: SupervisionKind,
+                        labels: np.ndarray) -> SegmentationSet:
+    """A weak site's training split read from files (:mod:`fedseg.data.folder`).
+
+    Args:
+        images: ``(N, C, *spatial)`` float32, preprocessed.
+        spacing: ``(N, D)`` float64.
+        ids: case ids, one per image.
+        kind: box or image.
+        labels: box sites ``(N, *spatial)`` uint8 box masks on the training grid; image sites
+            ``(N, num_classes)`` float32 class vectors (background included).
+    """
+    weak = ({WeakKey.BOX_MASK.value: torch.from_numpy(labels)[:, None]} if kind == SupervisionKind.BOX
+            else {WeakKey.IMAGE_LABEL.value: torch.from_numpy(labels)})
+    split = SegmentationSet(images=images, masks=None, spacing=spacing, ids=ids)
+    return weak_split(split, kind, weak)
+
+
 def apply_supervision(data: FederatedData, cfg: DataConfig, seed: int) -> FederatedData:
     """Give every box/image site of ``data`` a weak training split (``data.supervision``).
 
@@ -229,149 +228,3 @@ def apply_supervision(data: FederatedData, cfg: DataConfig, seed: int) -> Federa
             site = dataclasses.replace(site, train=train)
         sites.append(site)
     return dataclasses.replace(data, sites=sites)
-
-
-# ---------------------------------------------------------------------------------------------- files
-@dataclass
-class WeakLabels:
-    """The weak labels of one site read from its label file.
-
-    Attributes:
-        kind: box or image.
-        path: the file read.
-        boxes: box sites: case id -> list of ``{axis name: (min, max)}`` (inclusive).
-        classes: image sites: case id -> foreground-class presence, one 0/1 per foreground class.
-    """
-
-    kind: SupervisionKind
-    path: Path
-    boxes: dict[str, list[dict[str, tuple[int, int]]]] = dataclasses.field(default_factory=dict)
-    classes: dict[str, list[float]] = dataclasses.field(default_factory=dict)
-
-    def vector(self, case_id: str) -> np.ndarray:
-        """``(num_classes,)`` float32 class vector of an image site's case (background = 1)."""
-        return np.asarray([1.0, *self.classes[case_id]], dtype=np.float32)
-
-
-def _int(value: Any, where: str) -> int:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise DataError(f"{where}: {value!r} is not a pixel index") from None
-    if number != int(number):
-        raise DataError(f"{where}: {value!r} is not a whole pixel index")
-    return int(number)
-
-
-def _parse_box(raw: Mapping[str, Any], dims: int, where: str) -> dict[str, tuple[int, int]]:
-    needed = [f"{a}_{m}" for a in _AXES[dims] for m in ("min", "max")]
-    missing = [k for k in needed if k not in raw]
-    if missing:
-        raise DataError(f"{where}: box misses {', '.join(missing)} (a {dims}D box needs {', '.join(needed)})")
-    box = {a: (_int(raw[f"{a}_min"], where), _int(raw[f"{a}_max"], where)) for a in _AXES[dims]}
-    bad = [a for a, (lo, hi) in box.items() if lo > hi]
-    if bad:
-        raise DataError(f"{where}: {', '.join(f'{a}_min > {a}_max' for a in bad)}")
-    return box
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            return list(reader.fieldnames or []), list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-
-
-def _read_boxes(site_dir: Path, dims: int) -> WeakLabels:
-    json_path, csv_path = site_dir / "boxes.json", site_dir / "boxes.csv"
-    if json_path.is_file():
-        try:
-            raw = json.loads(json_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(f"{json_path}: cannot read ({type(exc).__name__}: {exc})") from None
-        if not isinstance(raw, dict):
-            raise DataError(f"{json_path}: expected an object {{case id: box or [boxes]}}, got {type(raw).__name__}")
-        out = WeakLabels(SupervisionKind.BOX, json_path)
-        for case_id, entry in raw.items():
-            entries = entry if isinstance(entry, list) else [entry]
-            if not all(isinstance(e, dict) for e in entries):
-                raise DataError(f"{json_path}: {case_id}: a box is an object with x_min, y_min, ... keys")
-            out.boxes[str(case_id)] = [_parse_box(e, dims, f"{json_path}: {case_id}") for e in entries]
-        return out
-    if csv_path.is_file():
-        header, rows = _read_csv(csv_path)
-        if "id" not in header:
-            raise DataError(f"{csv_path}: needs an 'id' column (columns: {', '.join(header)})")
-        out = WeakLabels(SupervisionKind.BOX, csv_path)
-        for line, row in enumerate(rows, start=2):
-            out.boxes.setdefault(row["id"], []).append(_parse_box(row, dims, f"{csv_path}, line {line}"))
-        return out
-    raise DataError(f"{site_dir}: box-supervised site (data.supervision) without boxes.json or boxes.csv; see "
-                    "fedseg.data.supervision for the format, or use data.weak_labels.source: derive")
-
-
-def _read_classes(site_dir: Path, cfg: DataConfig) -> WeakLabels:
-    path = site_dir / "labels.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; an image-supervised site (data.supervision) needs labels.csv with 'id' "
-                        "and 'label' (binary) or one column per foreground class")
-    header, rows = _read_csv(path)
-    names = (list(cfg.label_names) if cfg.label_names else
-             ["background", "foreground"] if cfg.num_classes == 2 else
-             ["background"] + [f"class{k}" for k in range(1, cfg.num_classes)])[1:]
-    if "id" in header and cfg.num_classes == 2 and "label" in header:
-        columns = ["label"]
-    elif "id" in header and all(n in header for n in names):
-        columns = names
-    else:
-        raise DataError(f"{path}: needs columns 'id' and {'label or ' if cfg.num_classes == 2 else ''}"
-                        f"{', '.join(names)} (got {', '.join(header)})")
-    out = WeakLabels(SupervisionKind.IMAGE, path)
-    for line, row in enumerate(rows, start=2):
-        values = []
-        for c in columns:
-            text = (row.get(c) or "").strip()
-            if text not in ("0", "1"):
-                raise DataError(f"{path}, line {line}: column {c!r} must be 0 or 1, got {text!r}")
-            values.append(float(text))
-        out.classes[row["id"]] = values
-    return out
-
-
-def read_weak_labels(site_dir: Path, kind: SupervisionKind, cfg: DataConfig, dims: int) -> WeakLabels:
-    """Read a weak site's label file from ``site_dir`` (see the module docstring for the formats).
-
-    Raises:
-        DataError: a missing or unreadable file, or an entry that does not parse (file and line named).
-    """
-    if kind == SupervisionKind.BOX:
-        return _read_boxes(site_dir, dims)
-    if kind == SupervisionKind.IMAGE:
-        return _read_classes(site_dir, cfg)
-    raise ValueError(f"no label file for {kind!r} supervision")
-
-
-def box_volume(labels: WeakLabels, case_id: str, image: Volume) -> Volume:
-    """The box mask of ``case_id`` on ``image``'s file grid (0/1, same geometry as the image).
-
-    Raises:
-        DataError: no box for the case, or a box outside the image (file, case and shape named).
-    """
-    boxes = labels.boxes.get(case_id)
-    if not boxes:
-        raise DataError(f"{labels.path}: no box for training image {case_id!r} (every training image of a "
-                        "box-supervised site needs one)")
-    shape = image.spatial_shape
-    axes = _AXES[len(shape)]
-    out = np.zeros(shape, dtype=np.uint8)
-    for box in boxes:
-        outside = [f"{a} {box[a][0]}..{box[a][1]} not in 0..{n - 1}" for a, n in zip(axes, shape, strict=True)
-                   if box[a][0] < 0 or box[a][1] >= n]
-        if outside:
-            raise DataError(f"{labels.path}: box of {case_id!r} lies outside the image ({'; '.join(outside)}; "
-                            f"image {image.paths[0] if image.paths else ''} has shape {shape})")
-        out[tuple(slice(box[a][0], box[a][1] + 1) for a in axes)] = 1
-    return Volume(array=out, spacing=image.spacing, affine=image.affine, paths=(labels.path,), header=image.header)
-

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 from torch import nn
 
-from fedseg.config import LossConfig
 from fedseg.losses.dice_ce import DiceCE, build_dice_ce
 
-__all__ = ["DiceCE", "build_loss"]
+__all__ = ["DiceCE", "LossSpec", "build_loss"]
 
 
-def build_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
+class LossSpec(Protocol):
+    """What :func:`build_loss` needs of the loss config (``fedseg.config.LossConfig`` is one)."""
+
+    @property
+    def dice_weight(self) -> float: ...
+
+    @property
+    def ce_weight(self) -> float: ...
+
+
+def build_loss(cfg: LossSpec, num_classes: int) -> nn.Module:
     """Build the training loss ``cfg.dice_weight * Dice + cfg.ce_weight * CE``.
 
     Args:
@@ -24,4 +35,4 @@ def build_loss(cfg: LossConfig, num_classes: int) -> nn.Module:
     Raises:
         ValueError: ``num_classes < 2`` or both weights zero.
     """
-    return build_dice_ce(cfg, num_classes)
+    return build_dice_ce(num_classes, dice_weight=cfg.dice_weight, ce_weight=cfg.ce_weight)

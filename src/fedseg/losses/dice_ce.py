@@ -5,8 +5,6 @@ from __future__ import annotations
 from monai.losses import DiceCELoss
 from torch import Tensor, nn
 
-from fedseg.config import LossConfig
-
 __all__ = ["DiceCE", "build_dice_ce"]
 
 
@@ -70,6 +68,6 @@ class DiceCE(nn.Module):
         return out
 
 
-def build_dice_ce(cfg: LossConfig, num_classes: int) -> DiceCE:
-    """Build :class:`DiceCE` from the ``loss`` config section."""
-    return DiceCE(num_classes, dice_weight=cfg.dice_weight, ce_weight=cfg.ce_weight)
+def build_dice_ce(num_classes: int, *, dice_weight: float = 1.0, ce_weight: float = 1.0) -> DiceCE:
+    """Build :class:`DiceCE` from plain arguments (the fields of ``fedseg.config.LossConfig``)."""
+    return DiceCE(num_classes, dice_weight=dice_weight, ce_weight=ce_weight)

@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
 
 from fedseg.registry import Registry
 
-if TYPE_CHECKING:
-    from torch import nn
-
-    from fedseg.config import ModelConfig
-
 __all__ = ["MODELS", "ModelBuilder"]
 
+ModelBuilder = Callable[..., nn.Module]
+"""``builder(spatial_dims, in_channels, out_channels, **arguments)``: builds a segmentation network
+mapping ``(B, in_channels, *spatial)`` to logits ``(B, out_channels, *spatial)``. The keyword
+arguments are the plain fields of the model's typed config (``fedseg.config.MODEL_CONFIGS``,
+same name), MONAI style; builders never see a config object."""
 
-class ModelBuilder(Protocol):
-    """Builds a segmentation network that maps ``(B, in_channels, *spatial)`` to logits."""
-
-    def __call__(
-        self, cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int
-    ) -> nn.Module: ...
-
-
-MODELS: Registry[ModelBuilder] = Registry("model")
+MODELS: Registry[Callable[..., Any]] = Registry("model")

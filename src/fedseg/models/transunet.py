@@ -49,7 +49,6 @@ from monai.networks.blocks.pos_embed_utils import build_sincos_position_embeddin
 from monai.networks.layers.factories import Pool
 from torch import nn
 
-from fedseg.config import ModelConfig
 from fedseg.models.registry import MODELS
 from fedseg.models.unet import norm_spec
 
@@ -226,9 +225,17 @@ class TransUNet(nn.Module):
 
 
 @MODELS.register("transunet")
-def build_transunet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """Build :class:`TransUNet` from ``cfg`` (channels, strides, num_res_units, norm, dropout,
-    heads, transformer_layers, mlp_ratio, pos_embed, pos_grid).
+def build_transunet(spatial_dims: int, in_channels: int, out_channels: int, *, channels: Sequence[int],
+                    strides: Sequence[int], num_res_units: int = 1, norm: str = "batch", dropout: float = 0.0,
+                    heads: int = 4, transformer_layers: int = 1, mlp_ratio: float = 2.0, pos_embed: str = "learned",
+                    pos_grid: int = 8) -> nn.Module:
+    """Build :class:`TransUNet` from plain arguments (typed config: ``fedseg.config.TransUNetConfig``).
+
+    Args:
+        spatial_dims, in_channels, out_channels, channels, strides, dropout: as :class:`TransUNet`.
+        num_res_units: > 0 for residual conv blocks, 0 for plain ones.
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (see :func:`norm_spec`).
+        heads, transformer_layers, mlp_ratio, pos_embed, pos_grid: the bottleneck stage.
 
     Returns:
         The untrained network, mapping ``(B, in_channels, *S)`` to logits ``(B, out_channels, *S)``;
@@ -236,42 +243,42 @@ def build_transunet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_c
         convolution) for FedPer/FedRep.
 
     Raises:
-        ValueError: ``spatial_dims`` not 2 or 3, a channel count below 1, ``model.heads`` that does
+        ValueError: ``spatial_dims`` not 2 or 3, a channel count below 1, ``heads`` that does
             not divide ``channels[-1]``, or ``sincos`` with a width not divisible by 4 (2D) / 6 (3D).
     """
     if spatial_dims not in _SPATIAL_DIMS:
         raise ValueError(f"spatial_dims must be one of {_SPATIAL_DIMS}, got {spatial_dims!r}")
     if in_channels < 1 or out_channels < 1:
         raise ValueError(f"in_channels and out_channels must be >= 1, got {in_channels} and {out_channels}")
-    width = cfg.channels[-1]
-    if cfg.transformer_layers > 0 and width % cfg.heads:
+    width = channels[-1]
+    if transformer_layers > 0 and width % heads:
         divisors = [h for h in range(1, width + 1) if width % h == 0]
         raise ValueError(
-            f"model.heads={cfg.heads} must divide the bottleneck width model.channels[-1]={width}; "
+            f"model.heads={heads} must divide the bottleneck width model.channels[-1]={width}; "
             f"allowed: {divisors}"
         )
-    if cfg.transformer_layers > 0 and cfg.pos_embed == "sincos":
+    if transformer_layers > 0 and pos_embed == "sincos":
         need = 4 if spatial_dims == 2 else 6
         if width % need:
             raise ValueError(
                 f"model.pos_embed='sincos' in {spatial_dims}D needs model.channels[-1] divisible by {need}, "
                 f"got {width}; use pos_embed 'learned' or change channels[-1]"
             )
-    spec = norm_spec(cfg.norm, list(cfg.channels))
+    spec = norm_spec(norm, list(channels))
     net = TransUNet(
         spatial_dims,
         in_channels,
         out_channels,
-        cfg.channels,
-        cfg.strides,
-        heads=cfg.heads,
-        transformer_layers=cfg.transformer_layers,
-        mlp_ratio=cfg.mlp_ratio,
-        pos_embed=cfg.pos_embed,
-        pos_grid=cfg.pos_grid,
+        channels,
+        strides,
+        heads=heads,
+        transformer_layers=transformer_layers,
+        mlp_ratio=mlp_ratio,
+        pos_embed=pos_embed,
+        pos_grid=pos_grid,
         norm="" if spec is None else spec,  # MONAI: "" = no normalisation
-        res_block=cfg.num_res_units > 0,
-        dropout=cfg.dropout,
+        res_block=num_res_units > 0,
+        dropout=dropout,
     )
     net.head_module_names = ("decoder.0", "out")  # type: ignore[assignment]  # plain attribute on the module
     return net

@@ -1,14 +1,14 @@
-"""MONAI's residual UNet for 2D and 3D, configured from :class:`fedseg.config.ModelConfig`."""
+"""MONAI's residual UNet for 2D and 3D, built from plain arguments (typed config: ``fedseg.config.UNetConfig``)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from monai.networks.nets import UNet
 from torch import nn
 
-from fedseg.config import ModelConfig
 from fedseg.models.registry import MODELS
 
 __all__ = ["build_unet", "norm_spec"]
@@ -47,18 +47,23 @@ def norm_spec(norm: str, group_channels: list[int]) -> tuple[str, dict[str, Any]
 
 
 @MODELS.register("unet")
-def build_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channels: int) -> nn.Module:
-    """Build :class:`monai.networks.nets.UNet` from ``cfg``.
+def build_unet(spatial_dims: int, in_channels: int, out_channels: int, *, channels: Sequence[int],
+               strides: Sequence[int], num_res_units: int = 1, norm: str = "batch", dropout: float = 0.0) -> nn.Module:
+    """Build :class:`monai.networks.nets.UNet`.
 
     The network maps ``(B, in_channels, *spatial)`` float images to raw logits
     ``(B, out_channels, *spatial)`` (no softmax). Every spatial size must be divisible by the
-    product of ``cfg.strides``.
+    product of ``strides``.
 
     Args:
-        cfg: channels per level, strides, residual units, norm and dropout.
         spatial_dims: 2 or 3.
         in_channels: image channels, >= 1.
         out_channels: number of classes including background, >= 1.
+        channels: width of each level, e.g. ``(16, 32, 64, 128)``.
+        strides: downsampling factor between consecutive levels (``len(channels) - 1`` entries).
+        num_res_units: residual units per block (0: plain convolutions).
+        norm: ``"batch"``, ``"instance"``, ``"group"`` or ``"none"`` (see :func:`norm_spec`).
+        dropout: dropout rate.
 
     Returns:
         The untrained network.
@@ -74,16 +79,16 @@ def build_unet(cfg: ModelConfig, spatial_dims: int, in_channels: int, out_channe
         raise ValueError(f"out_channels must be >= 1, got {out_channels}")
     # With residual units MONAI also normalises the top transposed conv, whose width is
     # out_channels, so GroupNorm must divide it too.
-    normed = list(cfg.channels) + ([out_channels] if cfg.num_res_units > 0 else [])
+    normed = list(channels) + ([out_channels] if num_res_units > 0 else [])
     net = UNet(
         spatial_dims=spatial_dims,
         in_channels=in_channels,
         out_channels=out_channels,
-        channels=tuple(cfg.channels),
-        strides=tuple(cfg.strides),
-        num_res_units=cfg.num_res_units,
-        norm=norm_spec(cfg.norm, normed),  # type: ignore[arg-type]  # MONAI accepts None
-        dropout=cfg.dropout,
+        channels=tuple(channels),
+        strides=tuple(strides),
+        num_res_units=num_res_units,
+        norm=norm_spec(norm, normed),  # type: ignore[arg-type]  # MONAI accepts None
+        dropout=dropout,
     )
     # The "head" of personalised FL (FedPer/FedRep): MONAI builds the U-Net as
     # Sequential(down, SkipConnection(...), up); ``model.2`` is the last decoder block, i.e. the

@@ -1,0 +1,48 @@
+"""The ``flower`` section: the Flower engines, their timeouts and central differential privacy."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from fedseg.config.base import StrictModel
+
+__all__ = ["FlowerDPConfig", "FlowerConfig"]
+
+
+class FlowerDPConfig(StrictModel):
+    """Central differential privacy on Flower: clients clip their update with Flower's
+    ``fixedclipping_mod`` (train messages only), the server adds Gaussian noise to the aggregate
+    with ``DifferentialPrivacyClientSideFixedClipping`` (std = noise_multiplier * clipping_norm / m)."""
+
+    enabled: bool = False
+    noise_multiplier: float = Field(1.0, ge=0)
+    clipping_norm: float = Field(1.0, gt=0, description="L2 bound of each client's update (all shared tensors)")
+
+
+class FlowerConfig(StrictModel):
+    """The Flower engines (``--engine flower-sim`` and a SuperLink deployment); see docs/deployment.md."""
+
+    sites: list[str] | None = Field(
+        None, description="deployment: the site names the SuperNodes serve (default: data.sites, or synthetic names)"
+    )
+    connect_timeout: float = Field(300.0, gt=0, description="seconds to wait for every site's SuperNode")
+    reply_timeout: float = Field(3600.0, gt=0, description="seconds to wait for the replies of one message round")
+    poll_interval: float = Field(0.05, gt=0, le=5, description="seconds between the ServerApp's reply pulls")
+    pack_arrays: bool = Field(
+        True, description="one Flower Array per dtype (fast) instead of one per tensor (docs/deployment.md)"
+    )
+    sim_cpus_per_client: float = Field(1.0, gt=0, description="flower-sim: Ray CPUs per ClientApp")
+    sim_num_cpus: int | None = Field(None, ge=1, description="flower-sim: CPUs Ray may use (default: all)")
+    dp: FlowerDPConfig = Field(default_factory=FlowerDPConfig)
+    secure_aggregation: bool = Field(False, description="not available on Flower 1.41: see docs/deployment.md")
+
+    @field_validator("secure_aggregation")
+    @classmethod
+    def _no_secagg(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "flower.secure_aggregation: Flower 1.41 runs SecAgg+ only through its legacy API "
+                "(SecAggPlusWorkflow + secaggplus_mod on legacy fit messages, plain weighted averaging); "
+                "fedseg's Message-API apps cannot use it. Leave it false; see docs/deployment.md"
+            )
+        return value

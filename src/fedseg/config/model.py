@@ -1,0 +1,146 @@
+"""The ``model`` section: fields every model shares, plus one typed config per model.
+
+``model.name`` selects the model's own config class from :data:`MODEL_CONFIGS` (the registry
+holds the schemas, :data:`fedseg.models.MODELS` the builders under the same names), and the
+section is validated against that class: a key that model does not take (a transformer field
+on a plain ``unet``, a typo) is an error naming the key and the allowed ones, before anything
+runs. :meth:`ModelConfig.arguments` gives the builder its plain keyword arguments, so models
+never import this package.
+
+Adding a model: a config class here registered under its name, a builder in ``fedseg.models``
+registered under the same name.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from fedseg.config.base import StrictModel
+from fedseg.registry import Registry, UnknownNameError
+
+__all__ = [
+    "ModelConfig",
+    "UNetConfig",
+    "TransUNetConfig",
+    "MODEL_CONFIGS",
+    "DEFAULT_MODEL",
+    "model_config_class",
+    "owners_of",
+    "typed_model_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "unet"
+"""``model.name`` when the section does not set one."""
+
+_NOT_ARGUMENTS = frozenset({"name", "init_checkpoint"})
+"""Common fields that select or initialise the model; they are not constructor arguments."""
+
+_LEGACY_TRANSFORMER_KEYS = ("heads", "transformer_layers", "mlp_ratio", "pos_embed", "pos_grid")
+"""Before per-model configs, every run's config.yaml held these for every model (ignored by unet)."""
+
+
+class ModelConfig(StrictModel):
+    """Fields every model shares. A run's ``model`` is an instance of the class registered for
+    ``name`` in :data:`MODEL_CONFIGS` (e.g. :class:`UNetConfig`); this base is usable directly for
+    the fields it holds.
+    """
+
+    name: str = DEFAULT_MODEL
+    channels: list[int] = Field(default_factory=lambda: [16, 32, 64, 128])
+    strides: list[int] = Field(default_factory=lambda: [2, 2, 2])
+    num_res_units: int = Field(1, ge=0)
+    norm: Literal["batch", "instance", "group", "none"] = "batch"
+    dropout: float = Field(0.0, ge=0, lt=1)
+    init_checkpoint: str | None = Field(
+        None, description="initial weights from this file (a state dict, or a checkpoint holding one under "
+        "'state_dict'/'model'), loaded with weights_only=True before round 1"
+    )
+
+    @model_validator(mode="after")
+    def _strides_match(self) -> ModelConfig:
+        if len(self.strides) != len(self.channels) - 1:
+            raise ValueError(
+                f"model.strides needs len(channels)-1 = {len(self.channels) - 1} entries, got {len(self.strides)}"
+            )
+        return self
+
+    def arguments(self) -> dict[str, Any]:
+        """Keyword arguments of the model's builder: every field except ``name`` and ``init_checkpoint``."""
+        return {key: getattr(self, key) for key in type(self).model_fields if key not in _NOT_ARGUMENTS}
+
+
+MODEL_CONFIGS: Registry[type[ModelConfig]] = Registry("model")
+"""Model name -> its typed config class."""
+
+
+@MODEL_CONFIGS.register("unet")
+class UNetConfig(ModelConfig):
+    """MONAI's residual U-Net (:mod:`fedseg.models.unet`): the common fields only."""
+
+    name: Literal["unet"] = "unet"
+
+
+@MODEL_CONFIGS.register("transunet")
+class TransUNetConfig(ModelConfig):
+    """FedSegNet's U-Net with a transformer bottleneck (:mod:`fedseg.models.transunet`)."""
+
+    name: Literal["transunet"] = "transunet"
+    heads: int = Field(4, ge=1, description="attention heads; must divide channels[-1]")
+    transformer_layers: int = Field(1, ge=0, description="transformer blocks at the bottleneck (0: none)")
+    mlp_ratio: float = Field(2.0, gt=0, description="transformer MLP width / channels[-1]")
+    pos_embed: Literal["learned", "sincos", "none"] = Field("learned", description="positional embedding")
+    pos_grid: int = Field(8, ge=1, description="side of the learned position grid (resized to the bottleneck)")
+
+
+def model_config_class(raw: Any) -> type[ModelConfig]:
+    """The config class for a raw ``model`` mapping (by its ``name``; :data:`DEFAULT_MODEL` if absent).
+
+    Raises:
+        fedseg.registry.UnknownNameError: the name is not registered (lists the allowed ones).
+    """
+    name = raw.get("name", DEFAULT_MODEL) if isinstance(raw, Mapping) else DEFAULT_MODEL
+    return MODEL_CONFIGS.get(str(name))
+
+
+def owners_of(key: str) -> list[str]:
+    """Names of the registered models whose config has the field ``key``."""
+    return [name for name in MODEL_CONFIGS.names() if key in MODEL_CONFIGS.get(name).model_fields]
+
+
+def _without_legacy_keys(cls: type[ModelConfig], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` minus the transformer fields that config.yaml files written before the per-model
+    split carry for every model, when all of them are there and ``cls`` takes none (they were
+    ignored then); a hand-written subset stays and is refused."""
+    present = [k for k in _LEGACY_TRANSFORMER_KEYS if k in raw and k not in cls.model_fields]
+    if len(present) < len(_LEGACY_TRANSFORMER_KEYS):
+        return dict(raw)
+    log.warning("model %r ignores %s (a config.yaml written before per-model configs); dropped",
+                raw.get("name", DEFAULT_MODEL), ", ".join(present))
+    return {k: v for k, v in raw.items() if k not in present}
+
+
+def typed_model_config(value: Any) -> Any:
+    """Validate a raw ``model`` mapping against the config class its ``name`` selects.
+
+    Instances pass through unchanged; anything else is left to the caller's validation.
+
+    Raises:
+        pydantic.ValidationError: an unknown model name (at ``name``) or an invalid field (at
+            that field), so the caller's error report names ``model.<key>``.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        cls = model_config_class(value)
+    except UnknownNameError as err:
+        detail = InitErrorDetails(type=PydanticCustomError("unknown_model", str(err)), loc=("name",),
+                                  input=value.get("name"))
+        raise ValidationError.from_exception_data("ModelConfig", [detail]) from None
+    return cls.model_validate(_without_legacy_keys(cls, value))

@@ -1,0 +1,64 @@
+"""The whole run configuration: every section, plus the checks that span sections."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
+
+from fedseg.config.base import StrictModel
+from fedseg.config.codec import CodecConfig
+from fedseg.config.data import DataConfig
+from fedseg.config.eval import EvalConfig
+from fedseg.config.federation import FederationConfig
+from fedseg.config.flower import FlowerConfig
+from fedseg.config.loss import LossConfig
+from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
+from fedseg.config.train import TrainConfig
+
+__all__ = ["RunConfig"]
+
+
+class RunConfig(StrictModel):
+    name: str = "run"
+    seed: int = 0
+    engine: Literal["inprocess", "flower-sim", "flower"] = Field(
+        "inprocess", description="inprocess | flower-sim (Flower simulation) | flower (set by a deployed ServerApp)"
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: SerializeAsAny[ModelConfig] = Field(
+        default_factory=UNetConfig, description="model.name selects the typed config (MODEL_CONFIGS) its keys are "
+        "validated against"
+    )
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    federation: FederationConfig = Field(default_factory=FederationConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    flower: FlowerConfig = Field(default_factory=FlowerConfig)
+    algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if "name" not in value:
+            raise ValueError("algorithm needs a 'name' (see `fedseg algorithms`)")
+        return value
+
+    @field_validator("model", mode="wrap")
+    @classmethod
+    def _typed_model(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
+        checked: ModelConfig = handler(typed_model_config(value))
+        return checked
+
+    @model_validator(mode="after")
+    def _windows_fit_the_model(self) -> RunConfig:
+        step = 1
+        for s in self.model.strides:
+            step *= s
+        for key, size in (("train.patch_size", self.train.patch_size),
+                          ("eval.sliding_window.roi_size", self.eval.sliding_window.roi_size)):
+            if size is not None and any(n % step for n in size):
+                raise ValueError(f"{key} {size}: every entry must be a multiple of {step} (the product of "
+                                 f"model.strides {self.model.strides}), e.g. {[max(step, n // step * step) for n in size]}")
+        return self
