@@ -206,8 +206,8 @@ class Federation:
     splits: dict[str, dict[str, SegmentationSet]]
     sites: list[str]
     fit_clients: list[str]
-    built_server: FederationServer | None = None
-    _runtimes: dict[tuple[str, int], ClientRuntime] = field(default_factory=dict)
+    built_server: FederationServer | None = field(default=None, init=False)
+    _runtimes: dict[tuple[str, int], ClientRuntime] = field(default_factory=dict, init=False, repr=False)
 
     @property
     def server(self) -> FederationServer:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,24 +14,26 @@ from flower_testlib import DirectGrid, task_identity
 from fedseg.config import config_from_dict
 from fedseg.models import build_model
 from fedseg.records import InfoKey
-from fedseg.runtime.common import config_text
+from fedseg.runtime.common import RunError, config_text
 from fedseg.runtime.flower.client_app import clear_cache, make_client_app
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.runtime.flower.server_app import run_server
+from fedseg.runtime.flower.simulation import run_flower_simulation
 from fedseg.runtime.sim import run_inprocess
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(autouse=True)
-def _flower_process() -> Iterator[None]:
-    clear_cache()
-    with task_identity():
-        yield
-    clear_cache()
-
-
 def test_init_checkpoint_run_on_flower_equals_inprocess(tmp_path: Path) -> None:
+    clear_cache()  # a fresh ClientApp process
+    try:
+        with task_identity():
+            _compare(tmp_path)
+    finally:
+        clear_cache()
+
+
+def _compare(tmp_path: Path) -> None:
     base = tiny_config("fedbn", rounds=2, sites=2)
     torch.manual_seed(123)
     torch.save(build_model(config_from_dict(base).model, 2, 1, 2).state_dict(), tmp_path / "init.pt")
@@ -47,3 +48,11 @@ def test_init_checkpoint_run_on_flower_equals_inprocess(tmp_path: Path) -> None:
         assert torch.equal(value, flower.global_params[key]), key
     infos = [json.loads((tmp_path / name / "run_info.json").read_text()) for name in ("inproc", "flower")]
     assert infos[0][InfoKey.INIT_CHECKPOINT] == infos[1][InfoKey.INIT_CHECKPOINT]
+
+
+def test_a_bad_init_checkpoint_stops_flower_sim_before_ray_starts(tmp_path: Path) -> None:
+    (tmp_path / "bad.pt").write_bytes(b"not torch")
+    cfg = config_from_dict(tiny_config(rounds=1, model={"init_checkpoint": str(tmp_path / "bad.pt")}))
+    with pytest.raises(RunError, match=r"model.init_checkpoint: .*bad\.pt: not a readable torch checkpoint"):
+        run_flower_simulation(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "run_info.json").exists()
