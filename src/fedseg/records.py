@@ -96,3 +96,4 @@ class InfoKey(StrEnum):
     OPTIMIZER_STATE = "optimizer_state"  # the resolved policy: "reset" or "persist"
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
+    INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset

@@ -22,17 +22,8 @@ from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
-from fedseg.runtime.common import (
-    POOLED_CLIENT,
-    DataSpec,
-    RunError,
-    build_client_runtimes,
-    client_splits,
-    init_model,
-    load_training_data,
-    prepare_run_dir,
-    write_run_info,
-)
+from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation
+from fedseg.runtime.common import DataSpec, RunError, load_training_data, prepare_run_dir
 from fedseg.types import Params
 
 __all__ = ["run_inprocess", "RunResult", "RunError", "InProcessExecutor", "sample_clients", "POOLED_CLIENT"]
@@ -108,20 +99,13 @@ def run_inprocess(
     configure_determinism(cfg.train.deterministic)
     # opt-in label corruption, validation (every problem at once, before any training), splits.json
     data = load_training_data(cfg, run, data)
-    device = resolve_device(cfg.train.device)
-    algorithm = build_algorithm(cfg.algorithm)
-    spec = DataSpec.of(data)
-    model, init_params = init_model(cfg, spec, device)
-    splits = client_splits(data, algorithm)
-    fit_clients = [POOLED_CLIENT] if algorithm.pooled_data else [s.name for s in data.sites]
-    eval_clients = [s.name for s in data.sites]
-    runtimes = build_client_runtimes(cfg, algorithm, model, init_params, splits, spec, device)
+    # the algorithm is looked up here (not in the builder) so tests can inject one via sim.build_algorithm
+    federation = build_federation(cfg, DataSpec.of(data), resolve_device(cfg.train.device), engine=INPROCESS,
+                                  data=data.sites, run=run, resume=resume, progress=progress,
+                                  algorithm=build_algorithm(cfg.algorithm))
     store = ClientStateStore(run.client_states, int(cfg.federation.state_spill_mb * 2**20))
-    executor = InProcessExecutor(runtimes, store, progress)
-    server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients, eval_clients=eval_clients,
-                              progress=progress)
-    write_run_info(run, cfg, algorithm, engine="inprocess", sites=eval_clients, clients=fit_clients, spec=spec,
-                   device=device)
+    executor = InProcessExecutor(federation.clients, store, progress)
+    server = federation.server
     summary = server.run_all(executor, resume=resume)
     if write_report:
         from fedseg.report import write_report as _write_report

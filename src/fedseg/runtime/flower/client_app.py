@@ -27,7 +27,7 @@ import logging
 import os
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,7 @@ from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.mod import fixedclipping_mod
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
-from torch import nn
 
-from fedseg.algorithms import Algorithm, build_algorithm
 from fedseg.config import RunConfig, config_from_dict
 from fedseg.data.base import DataError, FederatedData, SiteData
 from fedseg.data.build import build_federated_data
@@ -48,14 +46,8 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
-from fedseg.runtime.common import (
-    DataSpec,
-    RunError,
-    build_client_runtimes,
-    init_model,
-    prepare_data,
-    site_split_digests,
-)
+from fedseg.runtime.build import Federation, build_federation
+from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
 from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey, state_file_name
 from fedseg.runtime.flower.records import (
     PACKED,
@@ -98,26 +90,16 @@ def load_run_config(run_config: Mapping[str, Any]) -> RunConfig:
 
 @dataclass
 class _Site:
-    """One site as served by this process: its data, model and runtimes (one per client index)."""
+    """One site as served by this process: its data and its federation (algorithm, model, runtimes)."""
 
-    cfg: RunConfig
     site: SiteData
     order: int
     spec: DataSpec
-    algorithm: Algorithm
-    model: nn.Module
-    init_params: dict[str, torch.Tensor]
-    device: torch.device
-    runtimes: dict[int, ClientRuntime] = field(default_factory=dict)
+    federation: Federation
 
     def runtime(self, index: int) -> ClientRuntime:
-        if index not in self.runtimes:
-            splits = {self.site.name: {"train": self.site.train, "val": self.site.val, "test": self.site.test}}
-            self.runtimes[index] = build_client_runtimes(
-                self.cfg, self.algorithm, self.model, self.init_params, splits, self.spec, self.device,
-                indices={self.site.name: index},
-            )[self.site.name]
-        return self.runtimes[index]
+        """The site's runtime at its federation index (the server assigns it; it seeds the rounds)."""
+        return self.federation.client(self.site.name, index)
 
 
 _LOCK = threading.Lock()
@@ -195,14 +177,9 @@ def _site(context: Context, defaults: Mapping[str, Any]) -> _Site:
             site, order, spec = _node_site(cfg, node)
         except DataError as exc:  # the pre-training data check failed: name the site to the server
             raise DataError(f"{_describe_node(node)}: {exc}", exc.problems) from exc
-        algorithm = build_algorithm(cfg.algorithm)
-        if algorithm.pooled_data:
-            raise ClientSetupError(f"algorithm {algorithm.name!r} pools all sites' data; it cannot run on Flower")
-        if len(site.train) == 0:
-            raise DataError(f"site {site.name!r} has an empty training split")
-        device = resolve_device(cfg.train.device)
-        model, init_params = init_model(cfg, spec, device)
-        entry = _Site(cfg, site, order, spec, algorithm, model, init_params, device)
+        # a ClientApp never knows whether it is simulated: any engine but in-process refuses pooling
+        federation = build_federation(cfg, spec, resolve_device(cfg.train.device), engine="flower", data=[site])
+        entry = _Site(site, order, spec, federation)
         _SITES[key] = entry
         logger.info("fedseg ClientApp: serving site %s (pid %d)", site.name, os.getpid())
         return entry

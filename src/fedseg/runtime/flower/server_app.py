@@ -20,12 +20,13 @@ import torch
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedseg.algorithms import build_algorithm
+from fedseg.algorithms import Algorithm, build_algorithm
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.engine.server import FederationServer, sample_clients
-from fedseg.runtime.common import DataSpec, RunError, init_model, prepare_run_dir, write_run_info
+from fedseg.engine.server import sample_clients
+from fedseg.runtime.build import build_federation, check_engine
+from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.dp import CentralDP, check_dp
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
@@ -59,18 +60,16 @@ def expected_sites(cfg: RunConfig) -> list[str] | None:
     return None
 
 
-def check_flower_config(cfg: RunConfig) -> None:
-    """Refuse what the Flower engines cannot run, before anything starts.
+def check_flower_config(cfg: RunConfig) -> Algorithm:
+    """Refuse what the Flower engines cannot run, before anything starts; the checked algorithm.
 
     Raises:
         RunError: the centralised reference (pooled data has no place in a federation).
+        fedseg.algorithms.AlgorithmConfigError: bad algorithm hyperparameters.
     """
     algorithm = build_algorithm(cfg.algorithm)
-    if algorithm.pooled_data:
-        raise RunError(
-            f"algorithm {algorithm.name!r} pools every site's training data in one place; it is the upper "
-            "reference of the in-process engine only. Run it with --engine inprocess"
-        )
+    check_engine(algorithm, "flower")
+    return algorithm
 
 
 def check_resumable(run: RunDir) -> None:
@@ -113,7 +112,7 @@ def run_server(
             (:class:`~fedseg.runtime.flower.executor.FlowerExecutor`); the checkpoint refers to it.
     """
     cfg = load_run_config(run_config).model_copy(update={"engine": engine})
-    check_flower_config(cfg)
+    algorithm = check_flower_config(cfg)  # before waiting for any site
     run_dir_value = run_config.get(RunKey.RUN_DIR.value)
     if not isinstance(run_dir_value, str) or not run_dir_value:
         raise RunError(f"the Flower run config has no {RunKey.RUN_DIR.value!r}; got keys {sorted(run_config)}")
@@ -122,7 +121,6 @@ def run_server(
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=str(command) if command else None)
     if resume:
         check_resumable(run)
-    algorithm = build_algorithm(cfg.algorithm)
     sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
                            expected_nodes=expected_nodes)
     specs = {info.spec for info in sites.values()}
@@ -136,8 +134,16 @@ def run_server(
     order = sorted(sites.values(), key=lambda i: (i.order < 0, i.order, _position(cfg, i.site), i.site))
     names = [info.site for info in order]
     indices = {name: i for i, name in enumerate(names)}
-    device = torch.device("cpu")
-    model, init_params = init_model(cfg, spec, device)
+    federation = build_federation(
+        cfg, spec, torch.device("cpu"), engine=engine, sites=names, run=run, resume=resume, progress=progress,
+        device_label="cpu (server)", algorithm=algorithm,
+        # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
+        # (the ids stay on the sites; a simulation also writes splits.json)
+        info={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
+                             "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False))}
+                         for s, i in sites.items()}},
+    )
+    model, server = federation.model, federation.server
     clip = None
     if cfg.flower.dp.enabled:
         check_dp(cfg, algorithm, model)
@@ -147,21 +153,11 @@ def run_server(
     if cfg.flower.dp.enabled:
         fed = cfg.federation
         sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
-        # instance attribute: FederationServer calls algorithm.aggregate; the noise wraps it
+        # instance attribute: the server calls algorithm.aggregate at each round; the noise wraps it
         setattr(algorithm, "aggregate", CentralDP(
             algorithm.aggregate, lambda: executor.last_fit_replies, noise_multiplier=cfg.flower.dp.noise_multiplier,
             clipping_norm=cfg.flower.dp.clipping_norm, num_sampled_clients=sampled,
         ))
-    server = FederationServer(cfg, algorithm, init_params, run, fit_clients=names, eval_clients=names,
-                              progress=progress)
-    write_run_info(
-        run, cfg, algorithm, engine=engine, sites=names, clients=names, spec=spec, device="cpu (server)",
-        # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
-        # (the ids stay on the sites; a simulation also writes splits.json)
-        extra={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
-                              "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False))}
-                          for s, i in sites.items()}},
-    )
     logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
     summary = server.run_all(executor, resume=resume)
     if write_report:

@@ -18,12 +18,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from flwr.simulation import run_simulation
 
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.trainer import resolve_device
-from fedseg.runtime.common import RunError, config_text, load_training_data, prepare_run_dir
+from fedseg.runtime.build import init_model
+from fedseg.runtime.common import DataSpec, RunError, config_text, load_training_data, prepare_run_dir
 from fedseg.runtime.flower.client_app import make_client_app
 from fedseg.runtime.flower.keys import ENV_DEFAULTS, RunKey
 from fedseg.runtime.flower.server_app import ServerResult, check_flower_config, check_resumable, make_server_app
@@ -70,6 +72,8 @@ def run_flower_simulation(
         check_resumable(run)
     data = load_training_data(cfg, run)  # every problem at once, before Ray starts; splits.json
     num_sites = len(data.sites)
+    if cfg.model.init_checkpoint:  # refuse a bad file here too, not inside the Ray actors
+        init_model(cfg, DataSpec.of(data), torch.device("cpu"))
     del data  # each ClientApp builds its own site
     apply_env_defaults()
     defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir),

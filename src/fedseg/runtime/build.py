@@ -1,0 +1,341 @@
+"""One builder for a federation's server and client runtimes, used by every engine.
+
+:func:`build_federation` is the only place that builds a run's algorithm, model and initial
+parameters (the seeded init, then ``model.init_checkpoint`` if set), the clients'
+:class:`~fedseg.engine.client.ClientRuntime` objects and the
+:class:`~fedseg.engine.server.FederationServer` (which writes ``run_info.json``). The in-process
+engine, the Flower ServerApp and the Flower ClientApp each make one call, with what their process
+holds:
+
+=================  =====================  ======================  ====================
+caller             ``data``               ``sites``               ``run``
+=================  =====================  ======================  ====================
+in-process         every site             (from ``data``)         the run directory
+ServerApp          none                   the discovered sites    the run directory
+ClientApp          its own site           (from ``data``)         none (no server)
+=================  =====================  ======================  ====================
+
+so a client built inside a Flower ClientApp is the same object, with the same initial weights and
+the same per-round seeds (its index in the federation), as the one the in-process engine builds.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedseg.algorithms import Algorithm, build_algorithm
+from fedseg.config import RunConfig
+from fedseg.data.base import DataError, SegmentationSet, SiteData
+from fedseg.engine.client import ClientRuntime
+from fedseg.engine.progress import ProgressSink
+from fedseg.engine.rundir import RunDir
+from fedseg.engine.seeding import seed_everything
+from fedseg.engine.server import FederationServer
+from fedseg.losses import build_loss
+from fedseg.models import build_model
+from fedseg.models.init import InitCheckpointError, load_init_checkpoint
+from fedseg.records import InfoKey
+from fedseg.runtime.common import DataSpec, RunError
+from fedseg.types import Params
+
+__all__ = [
+    "POOLED_CLIENT",
+    "INPROCESS",
+    "Federation",
+    "build_federation",
+    "check_engine",
+    "init_model",
+    "cpu_params",
+    "concat_sets",
+    "client_splits",
+    "write_run_info",
+]
+
+POOLED_CLIENT = "pooled"
+"""The centralised reference's one training client (every site's train + val, pooled)."""
+
+INPROCESS = "inprocess"
+"""The only engine that may pool data (``RunConfig.engine``)."""
+
+
+def cpu_params(model: nn.Module) -> Params:
+    """CPU copies of the model's whole state dict."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def concat_sets(sets: list[SegmentationSet]) -> SegmentationSet:
+    """One split made of several sites' splits (the centralised reference pools them)."""
+    shapes = {tuple(s.images.shape[1:]) for s in sets if len(s)}
+    if len(shapes) > 1:
+        raise DataError(
+            f"centralized training pools all sites, which needs one image shape; got {sorted(shapes)}. "
+            "Set data.image_size so every site is resized to the same shape."
+        )
+    return SegmentationSet(
+        images=torch.cat([s.images for s in sets]),
+        masks=torch.cat([s.pixel_masks() for s in sets]),  # weakly-supervised splits refuse pooling
+        spacing=torch.cat([s.spacing for s in sets]),
+        ids=[i for s in sets for i in s.ids],
+    )
+
+
+def client_splits(sites: Sequence[SiteData], algorithm: Algorithm) -> dict[str, dict[str, SegmentationSet]]:
+    """Each client's splits. The centralised reference adds a training-only "pooled" client
+    (pooled train + val) and keeps the sites for evaluation. Clients are indexed in this order.
+
+    Raises:
+        DataError: a site has an empty training split (it could not train).
+    """
+    empty = [s.name for s in sites if len(s.train) == 0]
+    if empty and not algorithm.pooled_data:
+        raise DataError(f"site(s) with an empty training split: {', '.join(empty)}")
+    splits: dict[str, dict[str, SegmentationSet]] = {}
+    if algorithm.pooled_data:
+        splits[POOLED_CLIENT] = {
+            "train": concat_sets([s.train for s in sites]),
+            "val": concat_sets([s.val for s in sites]),
+        }
+    for s in sites:
+        splits[s.name] = {"train": s.train, "val": s.val, "test": s.test}
+    return splits
+
+
+def check_engine(algorithm: Algorithm, engine: str) -> None:
+    """Refuse what ``engine`` cannot run.
+
+    Raises:
+        RunError: the centralised reference on a Flower engine (pooled data has no place in a
+            federation).
+    """
+    if algorithm.pooled_data and engine != INPROCESS:
+        raise RunError(
+            f"algorithm {algorithm.name!r} pools every site's training data in one place; it is the upper "
+            "reference of the in-process engine only. Run it with --engine inprocess"
+        )
+
+
+def init_model(cfg: RunConfig, spec: DataSpec, device: torch.device) -> tuple[nn.Module, Params, str | None]:
+    """The model on ``device``, its initial parameters (identical in every process) and the SHA-256
+    of ``model.init_checkpoint`` (None when unset).
+
+    The model is built under ``seed_everything(cfg.seed)``; with ``model.init_checkpoint`` its
+    weights are then replaced, strictly, by the file's (:func:`fedseg.models.init.load_init_checkpoint`).
+
+    Raises:
+        RunError: the init checkpoint is missing, unreadable, unsafe or does not fit the model; the
+            message names the file and the first offending keys.
+    """
+    seed_everything(cfg.seed)
+    model = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes).to(device)
+    digest = None
+    if cfg.model.init_checkpoint:
+        try:
+            digest = load_init_checkpoint(model, cfg.model.init_checkpoint)
+        except InitCheckpointError as exc:
+            raise RunError(f"model.init_checkpoint: {exc}") from exc
+    return model, cpu_params(model), digest
+
+
+def write_run_info(
+    run: RunDir,
+    cfg: RunConfig,
+    algorithm: Algorithm,
+    *,
+    engine: str,
+    sites: list[str],
+    clients: list[str],
+    spec: DataSpec,
+    device: torch.device | str,
+    extra: Mapping[str, Any] | None = None,
+) -> None:
+    """Write ``run_info.json``: what the report and ``fedseg eval`` need to know about the run."""
+    run.write_json(
+        run.info,
+        {
+            "name": cfg.name,
+            "engine": engine,
+            "algorithm": algorithm.name,
+            "algorithm_params": cfg.algorithm,
+            "has_global_model": algorithm.has_global_model,
+            "pooled_data": algorithm.pooled_data,
+            "sites": sites,
+            "clients": clients,
+            "spatial_dims": spec.spatial_dims,
+            "num_classes": spec.num_classes,
+            "in_channels": spec.in_channels,
+            "seed": cfg.seed,
+            "device": str(device),
+            InfoKey.OPTIMIZER_STATE: algorithm.resolved_optimizer_state(cfg.train.optimizer_state),
+            InfoKey.JUDGED_BY: algorithm.judged_by,
+            InfoKey.UNSEEN_POLICY: algorithm.unseen_policy,
+            **(extra or {}),
+        },
+    )
+
+
+@dataclass
+class Federation:
+    """What one process builds for a run, once: see :func:`build_federation`.
+
+    Attributes:
+        model: shared by every client runtime of this process (each resets it to ``init_params``
+            before use).
+        init_params: CPU copies of the initial weights: the server's first global model, every
+            client's reset point and both codecs' reference.
+        splits: the clients whose data this process holds, in federation order.
+        sites: every site of the federation (the evaluation clients), in order.
+        fit_clients: the clients that train (the pooled client for the centralised reference).
+        init_digest: SHA-256 of ``model.init_checkpoint`` (None when unset).
+    """
+
+    cfg: RunConfig
+    spec: DataSpec
+    device: torch.device
+    engine: str
+    algorithm: Algorithm
+    model: nn.Module
+    init_params: Params
+    init_digest: str | None
+    loss_fn: nn.Module
+    splits: dict[str, dict[str, SegmentationSet]]
+    sites: list[str]
+    fit_clients: list[str]
+    built_server: FederationServer | None = field(default=None, init=False)
+    _runtimes: dict[tuple[str, int], ClientRuntime] = field(default_factory=dict, init=False, repr=False)
+
+    @property
+    def server(self) -> FederationServer:
+        """The server (built when :func:`build_federation` got a run directory).
+
+        Raises:
+            RunError: this process built no server (a ClientApp).
+        """
+        if self.built_server is None:
+            raise RunError("this federation was built without a run directory, so it has no server")
+        return self.built_server
+
+    def client(self, name: str, index: int | None = None) -> ClientRuntime:
+        """The runtime of client ``name`` (built on first use, then cached).
+
+        Args:
+            index: the client's index in the federation, which seeds its rounds; default: its
+                position in :attr:`splits`. A ClientApp holding one site passes the index the
+                server assigned, so its seeds match the in-process engine's.
+
+        Raises:
+            KeyError: this process holds no data for ``name``.
+        """
+        if name not in self.splits:
+            raise KeyError(f"no data for client {name!r} in this process; clients here: {', '.join(self.splits)}")
+        position = list(self.splits).index(name) if index is None else index
+        key = (name, position)
+        if key not in self._runtimes:
+            self._runtimes[key] = ClientRuntime(
+                client_id=name,
+                client_index=position,
+                algorithm=self.algorithm,
+                model=self.model,
+                init_params=self.init_params,
+                loss_fn=self.loss_fn,
+                cfg=self.cfg,
+                splits=self.splits[name],
+                num_classes=self.spec.num_classes,
+                device=self.device,
+            )
+        return self._runtimes[key]
+
+    @property
+    def clients(self) -> dict[str, ClientRuntime]:
+        """Every client of :attr:`splits` at its position index (the in-process engine's clients)."""
+        return {name: self.client(name) for name in self.splits}
+
+
+def _init_record(cfg: RunConfig, digest: str | None) -> dict[str, Any]:
+    if digest is None:
+        return {}
+    return {InfoKey.INIT_CHECKPOINT: {"path": str(cfg.model.init_checkpoint), "sha256": digest}}
+
+
+def _check_same_init(run: RunDir, record: Mapping[str, Any]) -> None:
+    """On resume, refuse initial weights other than those the run started from: every client resets
+    to them each round, so another file would silently change the resumed rounds."""
+    if not run.info.is_file():
+        return
+    before = json.loads(run.info.read_text()).get(InfoKey.INIT_CHECKPOINT)
+    now = record.get(InfoKey.INIT_CHECKPOINT)
+    sha = (before or {}).get("sha256"), (now or {}).get("sha256")
+    if sha[0] != sha[1]:
+        raise RunError(
+            f"--resume: the initial weights differ from the run's start (model.init_checkpoint sha256 {sha[0]} in "
+            f"{run.info}, now {sha[1]}); restore that file or start a new run with another --out"
+        )
+
+
+def build_federation(
+    cfg: RunConfig,
+    spec: DataSpec,
+    device: torch.device,
+    *,
+    engine: str,
+    data: Sequence[SiteData] = (),
+    sites: Sequence[str] | None = None,
+    run: RunDir | None = None,
+    resume: bool = False,
+    progress: ProgressSink | None = None,
+    device_label: str | None = None,
+    info: Mapping[str, Any] | None = None,
+    algorithm: Algorithm | None = None,
+) -> Federation:
+    """Build a run's algorithm, model, initial parameters, client runtimes and (with ``run``) its server.
+
+    Args:
+        cfg: the validated run configuration.
+        spec: the data's dimensionality, channels and classes (fixes the model).
+        device: where the model lives.
+        engine: ``inprocess``, ``flower-sim`` or ``flower``; only ``inprocess`` takes the centralised
+            reference. Recorded in ``run_info.json``.
+        data: the sites whose data this process holds (already checked): every site in-process,
+            its own site in a ClientApp, none in a ServerApp.
+        sites: every site of the federation in order (default: the names in ``data``).
+        run: the run directory (already prepared); given, the server is built and
+            ``run_info.json`` written. None in a ClientApp.
+        resume: the run continues from its checkpoint: the initial weights must be the same file.
+        progress: receives the server's round events.
+        device_label: what ``run_info.json`` records as the device (default: ``device``).
+        info: extra ``run_info.json`` entries (the ServerApp's per-site reports).
+        algorithm: an already-built algorithm (the ServerApp checks it before it discovers its
+            sites; tests inject toy algorithms); default: built from ``cfg.algorithm``.
+
+    Raises:
+        RunError: the engine cannot run the algorithm, the init checkpoint is refused, or (on
+            resume) it is not the file the run started from.
+        fedseg.data.base.DataError: a held site has an empty training split.
+    """
+    algorithm = algorithm if algorithm is not None else build_algorithm(cfg.algorithm)
+    check_engine(algorithm, engine)
+    splits = client_splits(data, algorithm)
+    site_names = list(sites) if sites is not None else [s.name for s in data]
+    fit_clients = [POOLED_CLIENT] if algorithm.pooled_data else list(site_names)
+    model, init_params, digest = init_model(cfg, spec, device)
+    federation = Federation(
+        cfg=cfg, spec=spec, device=device, engine=engine, algorithm=algorithm, model=model, init_params=init_params,
+        init_digest=digest, loss_fn=build_loss(cfg.loss, spec.num_classes), splits=splits, sites=site_names,
+        fit_clients=fit_clients,
+    )
+    for name in splits:  # built now, so a client that cannot train (e.g. weak labels) is refused before the server
+        federation.client(name)
+    if run is not None:
+        record = _init_record(cfg, digest)
+        if resume:
+            _check_same_init(run, record)
+        federation.built_server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients,
+                                                   eval_clients=site_names, progress=progress)
+        write_run_info(run, cfg, algorithm, engine=engine, sites=site_names, clients=fit_clients, spec=spec,
+                       device=device_label or device, extra={**record, **(info or {})})
+    return federation
