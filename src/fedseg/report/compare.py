@@ -33,7 +33,7 @@ from fedseg.report.fmt import (
 )
 from fedseg.report.plots import plot_comparison
 from fedseg.report.runs import MetricTable, ReportError, RunRecords, load_runs
-from fedseg.report.single import model_words, optimizer_words, selection_words
+from fedseg.report.single import model_words, optimizer_words, selection_short
 from fedseg.report.traffic import run_traffic
 
 __all__ = ["IMAGE_MEAN", "SITE_MEAN", "comparison_rows", "comparison_table", "write_comparison"]
@@ -165,7 +165,7 @@ def _selected_rounds(run: RunRecords) -> int | dict[str, int] | None:
     return selection.round
 
 
-def comparison_rows(run_dirs: Sequence[Path], split: str = "test", metric: str = "dice") -> list[dict[str, Any]]:
+def comparison_rows(run_dirs: Sequence[Path], split: str = Split.TEST, metric: str = Field.DICE) -> list[dict[str, Any]]:
     """The numbers behind :func:`comparison_table`: one dict per method and site.
 
     Each method is scored with the model it is judged by (``judged_by`` of run_info.json or
@@ -206,7 +206,7 @@ def _render_table(groups: Sequence[_Group], sites: Sequence[str], metric: str) -
     return "\n".join(lines) + "\n"
 
 
-def comparison_table(run_dirs: Sequence[Path], split: str = "test", metric: str = "dice") -> str:
+def comparison_table(run_dirs: Sequence[Path], split: str = Split.TEST, metric: str = Field.DICE) -> str:
     """A markdown table of ``metric`` per site (rows) and method (columns) over several runs.
 
     Column headers name the model each method is judged by, e.g. ``fedavg (global)`` and
@@ -229,7 +229,7 @@ def _traffic_table(groups: Sequence[_Group]) -> list[str]:
         totals = [t.total for t in traffic]
         mb = [fmt_mb(mean_sd([getattr(t, key) for t in totals])[0]) for key in ("up", "down", "total")]
         ratios = [fmt_ratio(mean_sd([t.ratios()[i] for t in totals])[0]) for i in range(3)]
-        counted = "yes" if all(t.has_comm for t in traffic) else "no (older run: training only)"
+        counted = "yes" if all(t.has_comm for t in traffic) else "no: training only"
         lines.append(f"| {md_cell(g.header)} | " + " | ".join(mb + ratios) + f" | {counted} |")
     return lines + ["", "Per run (mean over seeds), training plus every recorded evaluation and personalize "
                     "exchange; ratio = uncompressed (float32) / sent, – where the run does not record it.", ""]
@@ -246,7 +246,7 @@ def _methods_table(groups: Sequence[_Group], folder: Path) -> list[str]:
             note = "" if own.is_file() else " (no report.md yet)"
             links.append(f"[{md_cell(run.root.name)}]({relpath(target, folder)}){note}")
         judged = model_words(g.judged_by) + ("" if all(r.judged_by_declared for r in g.runs) else " (inferred)")
-        selections = "; ".join(md_cell(f"{r.seed}: {selection_words(r)}") for r in g.runs)
+        selections = "; ".join(md_cell(selection_short(r)) for r in g.runs)
         seeds = ", ".join(str(r.seed if r.seed is not None else "?") for r in g.runs)
         lines.append(
             f"| {md_cell(g.label)} | {g.first.algorithm} | {md_cell(fmt_params(g.first.hyperparams)) or DASH} "
@@ -296,7 +296,8 @@ def write_comparison(run_dirs: Sequence[Path], out: Path) -> Path:
         _render_table(hd_groups, sites, Field.HD95),
         "## Dice of the last round's model (shown beside, never chosen on)",
         "",
-        _render_table(last_groups, sites, Field.DICE),
+        _render_table(last_groups, sites, Field.DICE) if any(r.test_last_table() is not None for r in runs)
+        else "Every run was tested on its last round's model (`eval.select: last`, or older runs): as above.\n",
         f"![Dice per site and method]({relpath(plot, folder)})",
         "",
         "## Communication",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from fedseg.engine.rundir import RunDir, atomic_write_text
-from fedseg.records import SERVER, Field, InfoKey, Kind, ModelKind, Selection
+from fedseg.records import SERVER, Field, InfoKey, Kind, ModelKind, Selection, Split
 from fedseg.report.fmt import (
     DASH,
     DECIMALS,
@@ -39,7 +39,7 @@ from fedseg.report.plots import PLOTS, write_run_plots
 from fedseg.report.runs import MODEL_ORDER, MetricTable, RunRecords, SelectionInfo, same_metrics
 from fedseg.report.traffic import Traffic, run_traffic
 
-__all__ = ["model_words", "optimizer_words", "selection_words", "write_report"]
+__all__ = ["model_words", "optimizer_words", "selection_short", "selection_words", "write_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,17 @@ def selection_words(run: RunRecords) -> str:
         return f"last round (`eval.select: last`), round {last if last is not None else '?'}{of}"
     rounds = _rounds_of(selection, run)
     return "best validation round (`eval.select: best_val`)" + (f": {rounds}" if rounds else "")
+
+
+def selection_short(run: RunRecords) -> str:
+    """Which checkpoint was tested, in a few words (for a table cell)."""
+    selection = run.selection
+    last = selection.last_round if selection.last_round is not None else "?"
+    if not selection.recorded:
+        return f"last round {last} (not recorded: older run)"
+    if selection.mode == Selection.LAST:
+        return f"last round {last}"
+    return f"best_val: {_rounds_of(selection, run) or '?'}"
 
 
 # ---------------------------------------------------------------------------------- sections
@@ -239,7 +250,7 @@ def _results_section(run: RunRecords) -> list[str]:
         out += _model_tables(run, table, "Test", finished=True)
         out += _selected_vs_last(run, table)
         unevaluated = [s for s in run.sites if not any(s in table.get(m, {}) for m in MODEL_ORDER)]
-        split = "test"
+        split = Split.TEST
     else:
         table, rnd = run.val_table(at_selection=False)
         if not table:
@@ -250,7 +261,7 @@ def _results_section(run: RunRecords) -> list[str]:
                "instead of test metrics.", ""]
         out += _model_tables(run, table, "Validation", finished=False)
         unevaluated = [s for s in run.sites if not any(s in table.get(m, {}) for m in MODEL_ORDER)]
-        split = "val"
+        split = Split.VAL
     if unevaluated:
         # e.g. a weakly-labelled site without any mask: it trains but has no val/test case
         out += [f"Not evaluated (no {split} case): {', '.join(md_cell(s) for s in unevaluated)}; left out of the "
