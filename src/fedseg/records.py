@@ -11,8 +11,18 @@ from __future__ import annotations
 from enum import StrEnum
 
 __all__ = [
-    "SERVER", "METRIC_KEYS", "Kind", "ModelKind", "Split", "Field", "Selection", "SelectionKey", "SummaryKey",
+    "SERVER",
+    "METRIC_KEYS",
+    "Kind",
+    "ModelKind",
+    "Split",
+    "Field",
+    "Phase",
+    "Selection",
+    "SelectionKey",
+    "SummaryKey",
     "InfoKey",
+    "BytesKey",
 ]
 
 SERVER = "__server__"
@@ -28,7 +38,7 @@ class Kind(StrEnum):
     WEIGHTS = "weights"  # one client's aggregation weight (and its factors) in a round
     PERSONALIZE = "personalize"  # one client's post-federation local phase
     AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
-    COMM = "comm"  # one non-training exchange (evaluation, personalize): bytes both ways
+    COMM = "comm"  # the server's view of a non-training exchange (evaluation, personalize): bytes
 
 
 class ModelKind(StrEnum):
@@ -43,6 +53,13 @@ class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
+
+
+class Phase(StrEnum):
+    """``comm`` records: the non-training exchange whose bytes a line counts."""
+
+    EVAL = "eval"  # an evaluation broadcast and the clients' metric replies
+    PERSONALIZE = "personalize"  # the post-federation broadcast and the clients' records
 
 
 class Selection(StrEnum):
@@ -62,11 +79,11 @@ class Field(StrEnum):
     SPLIT = "split"
     SELECTION = "selection"  # test records: which checkpoint (a Selection value)
     SELECTED_ROUND = "selected_round"  # test records: the round of the scored checkpoint
-    BYTES_UP = "bytes_up"
-    BYTES_DOWN = "bytes_down"
-    BYTES_UP_RAW = "bytes_up_raw"  # the same message serialized without any codec (float32)
+    BYTES_UP = "bytes_up"  # serialized length of the message(s) client -> server
+    BYTES_DOWN = "bytes_down"  # serialized length of the message(s) server -> client
+    BYTES_UP_RAW = "bytes_up_raw"  # the same messages serialized without any codec (float32)
     BYTES_DOWN_RAW = "bytes_down_raw"
-    PHASE = "phase"  # comm records: which exchange ("eval" or "personalize")
+    PHASE = "phase"  # comm records: which exchange (a Phase value)
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"
@@ -124,3 +141,14 @@ class InfoKey(StrEnum):
     OPTIMIZER_STATE = "optimizer_state"  # the resolved policy: "reset" or "persist"
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
+
+
+class BytesKey(StrEnum):
+    """Keys of ``summary.json``'s ``bytes``: totals over every ``round`` and ``comm`` line."""
+
+    UP = "up"
+    DOWN = "down"
+    TOTAL = "total"
+    UP_RAW = "up_raw"
+    DOWN_RAW = "down_raw"
+    TOTAL_RAW = "total_raw"

@@ -156,3 +156,21 @@ def test_no_last_round_table_when_every_run_tested_its_last_round(tmp_path: Path
     runs = [write_run(tmp_path / "old", old=True), write_run(tmp_path / "last", name="b", select=Selection.LAST)]
     text = write_comparison(runs, tmp_path / "cmp.md").read_text()
     assert "Every run was tested on its last round's model" in text
+
+
+def test_held_out_site_uses_the_unseen_model_and_stays_out_of_the_means(tmp_path: Path) -> None:
+    test = {ModelKind.GLOBAL: GLOBAL_INIT,
+            ModelKind.PERSONAL: {"hospital_a": metrics(0.9, 1.0, 4)},
+            ModelKind.UNSEEN: {"hospital_b": metrics(0.6, 2.0, 6)}}
+    run = write_run(tmp_path / "fedbn", name="fedbn", algorithm={"name": "fedbn"}, judged_by=ModelKind.PERSONAL,
+                    test=test, selected_round=2, per_client={"hospital_a": 2})
+
+    lines = comparison_table([run]).splitlines()
+
+    assert lines[2:6] == ["| hospital_a | 0.900 |", "| hospital_b † | 0.600 |", "| **mean (sites)** | 0.900 |",
+                          "| **mean (images)** | 0.900 |"]
+    assert "† never trained" in lines[-1]
+    text = write_report(run).read_text()
+    assert "### Test: unseen-site model" in text and "| hospital_b † | 2 | 6 | 0.200 |" in text
+    assert "| **mean (sites)** | | 4 | 0.100 |" in text  # global mean over the trained site only
+    assert "| hospital_b | 2 | 6 | 0.600 |" in text  # the unseen-site model's own table

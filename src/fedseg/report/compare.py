@@ -112,17 +112,17 @@ def _all_sites(runs: Sequence[RunRecords]) -> list[str]:
 
 def _judged_table(run: RunRecords, split: str, *, last: bool = False) -> dict[str, dict[str, Any]]:
     """Per-site metrics of the run's judged-by model on ``split`` (selected checkpoint, or the last
-    round's with ``last``); never another model in its place."""
-    model = run.judged_by
+    round's with ``last``; held-out sites: the unseen-site model); never another model in its place."""
     table: MetricTable | None
     if split == Split.TEST:
         table = (run.test_last_table() or run.test_table()) if last else run.test_table()
     else:
         table, _ = run.val_table(at_selection=not last)
-    if not (table or {}).get(model):
-        logger.warning("%s: no %s metrics of its %s (judged by %s; unfinished run, or personalised evaluation off?)",
-                       run.root, split, model_words(model), model)
-    return dict((table or {}).get(model, {}))
+    per_site = run.judged_metrics(table or {})
+    if not per_site:
+        logger.warning("%s: no %s metrics of its %s (unfinished run, or personalised evaluation off?)",
+                       run.root, split, model_words(run.judged_by))
+    return per_site
 
 
 def _compare(runs: Sequence[RunRecords], split: str, metric: str, *, last: bool = False) -> tuple[list[_Group], list[str]]:
@@ -137,9 +137,11 @@ def _compare(runs: Sequence[RunRecords], split: str, metric: str, *, last: bool 
         for run in g.runs:
             per_site = _judged_table(run, split, last=last)
             values = {s: mean_sd([per_site.get(s, {}).get(metric)])[0] for s in sites}
-            values[SITE_MEAN] = mean_sd([values[s] for s in sites])[0]
-            values[IMAGE_MEAN] = image_mean(per_site, metric)
+            trained = [s for s in sites if s not in run.held_out]
+            values[SITE_MEAN] = mean_sd([values[s] for s in trained])[0]
+            values[IMAGE_MEAN] = image_mean({s: m for s, m in per_site.items() if s in trained}, metric)
             per_run.append(values)
+        held_out = sorted({s for run in g.runs for s in run.held_out})
         for site in (*sites, SITE_MEAN, IMAGE_MEAN):
             values_at = [v[site] for v in per_run]
             mean, sd = mean_sd(values_at)
@@ -150,7 +152,7 @@ def _compare(runs: Sequence[RunRecords], split: str, metric: str, *, last: bool 
                 "selection": g.first.selection.mode,
                 "selected_rounds": [_selected_rounds(r) for r in g.runs],
                 "optimizer_state": g.first.optimizer_state, "split": split, "metric": metric, "site": site,
-                "mean": mean, "sd": sd, "values": values_at, "n_seeds": len(g.runs),
+                "mean": mean, "sd": sd, "values": values_at, "n_seeds": len(g.runs), "held_out": site in held_out,
                 "seeds": [r.seed for r in g.runs], "runs": [str(r.root) for r in g.runs],
             })  # fmt: skip
     return groups, sites
@@ -196,13 +198,18 @@ def comparison_rows(run_dirs: Sequence[Path], split: str = Split.TEST, metric: s
 def _render_table(groups: Sequence[_Group], sites: Sequence[str], metric: str) -> str:
     decimals = DECIMALS[metric]
     lines = ["| site | " + " | ".join(md_cell(g.header) for g in groups) + " |", "|---|" + "---:|" * len(groups)]
+    held_out = {r["site"] for g in groups for r in g.rows if r["held_out"]}
     for site in (*sites, SITE_MEAN, IMAGE_MEAN):
         cells = []
         for g in groups:
             row = next(r for r in g.rows if r["site"] == site)
             cells.append(fmt_mean_sd(row["mean"], row["sd"], decimals))
-        lines.append(f"| {_ROW_LABELS.get(site, md_cell(site))} | " + " | ".join(cells) + " |")
+        label = _ROW_LABELS.get(site, md_cell(site)) + (" †" if site in held_out else "")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines.append("| seeds (n) | " + " | ".join(str(len(g.runs)) for g in groups) + " |")
+    if held_out:
+        lines += ["", "† never trained (in at least one run): scored with the method's unseen-site model, "
+                  "left out of the means."]
     return "\n".join(lines) + "\n"
 
 

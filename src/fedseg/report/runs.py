@@ -47,7 +47,8 @@ MetricTable = dict[str, dict[str, dict[str, Any]]]
 MODEL_ORDER: tuple[str, ...] = (ModelKind.GLOBAL, ModelKind.PERSONAL, ModelKind.UNSEEN)
 
 # config.yaml sections and keys the report reads (config keys, not run-record keys)
-_FEDERATION, _ROUNDS, _TRAIN, _OPTIMIZER_STATE, _AUTO = "federation", "rounds", "train", "optimizer_state", "auto"
+_FEDERATION, _ROUNDS, _TRAIN_SITES = "federation", "rounds", "train_sites"
+_TRAIN, _OPTIMIZER_STATE, _AUTO = "train", "optimizer_state", "auto"
 
 
 class ReportError(ValueError):
@@ -240,6 +241,16 @@ class RunRecords:
                 sites.append(str(r.get(Field.SITE)))
         return sites
 
+    @property
+    def held_out(self) -> set[str]:
+        """Evaluated sites that never trained (``federation.train_sites`` leaves them out, or the
+        run scored them with its unseen-site model); they are left out of the means."""
+        train_sites = self._section(_FEDERATION).get(_TRAIN_SITES)
+        out = set()
+        if train_sites and not self.info.get(InfoKey.POOLED_DATA):
+            out = {s for s in self.sites if s not in {str(t) for t in train_sites}}
+        return out | {str(r.get(Field.SITE)) for r in self.evals(Split.TEST) if r.get(Field.MODEL) == ModelKind.UNSEEN}
+
     # ------------------------------------------------------------------ records
     def by_kind(self, kind: str) -> list[dict[str, Any]]:
         return [r for r in self.records if r.get(Field.KIND) == kind]
@@ -337,11 +348,23 @@ class RunRecords:
                 table.setdefault(model, {})[site] = dict(r)
         return table, latest
 
+    def judged_metrics(self, table: MetricTable) -> dict[str, dict[str, Any]]:
+        """Per-site metrics of the model this method is judged by, from ``table``: the judged-by
+        model on sites that trained, the unseen-site model (else the judged-by one) on held-out
+        sites. Never another model in place of a missing judged-by one."""
+        judged, unseen, held_out = table.get(self.judged_by, {}), table.get(ModelKind.UNSEEN, {}), self.held_out
+        out = {s: dict(m) for s, m in judged.items() if s not in held_out}
+        for site in held_out:
+            if site in unseen or site in judged:
+                out[site] = dict(unseen.get(site) or judged[site])
+        return out
+
     def val_dice_by_round(self, model: str) -> dict[int, dict[str, float | None]]:
-        """``{round: {site: validation Dice}}`` of ``model``."""
+        """``{round: {site: validation Dice}}`` of ``model`` on the sites that train."""
         out: dict[int, dict[str, float | None]] = {}
+        held_out = self.held_out
         for r in self.evals(Split.VAL):
-            if r.get(Field.MODEL) == model:
+            if r.get(Field.MODEL) == model and str(r.get(Field.SITE)) not in held_out:
                 out.setdefault(_as_int(r.get(Field.ROUND)) or 0, {})[str(r.get(Field.SITE))] = finite(r.get(Field.DICE))
         return dict(sorted(out.items()))
 

@@ -9,7 +9,7 @@ round instead, and say so.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
@@ -152,8 +152,9 @@ def _data_section(run: RunRecords) -> list[str]:
 
 
 def _site_table(sites: Sequence[str], per_site: Mapping[str, Mapping[str, Any]],
-                rounds: Mapping[str, int | None] | None = None) -> list[str]:
-    """Rows per site, then the site mean (± sd across sites) and the image mean (weighted by n)."""
+                rounds: Mapping[str, int | None] | None = None, held_out: Set[str] = frozenset()) -> list[str]:
+    """Rows per site, then the site mean (± sd across sites) and the image mean (weighted by n)
+    over the sites that trained (held-out sites are marked † and left out of the means)."""
     with_round = rounds is not None
     head = "| site | " + ("round | " if with_round else "") + "n | " + " | ".join(HEADERS[m] for m in METRICS) + " |"
     lines = [head, "|---|" + ("---:|" if with_round else "") + "---:|" + "---:|" * len(METRICS)]
@@ -162,14 +163,18 @@ def _site_table(sites: Sequence[str], per_site: Mapping[str, Mapping[str, Any]],
         m = per_site[site]
         rnd = f"{fmt_int((rounds or {}).get(site))} | " if with_round else ""
         cells = [fmt(m.get(k), DECIMALS[k]) for k in METRICS]
-        lines.append(f"| {md_cell(site)} | {rnd}{fmt_int(m.get(Field.N))} | " + " | ".join(cells) + " |")
-    ns = [finite(per_site[s].get(Field.N)) for s in shown]
+        mark = " †" if site in held_out else ""
+        lines.append(f"| {md_cell(site)}{mark} | {rnd}{fmt_int(m.get(Field.N))} | " + " | ".join(cells) + " |")
+    kept = {s: per_site[s] for s in shown if s not in held_out}
+    ns = [finite(m.get(Field.N)) for m in kept.values()]
     total_n = fmt_int(sum(n for n in ns if n is not None)) if ns and all(n is not None for n in ns) else DASH
     blank = "| " if with_round else ""
-    means = [fmt_mean_sd(*mean_sd([per_site[s].get(k) for s in shown]), DECIMALS[k]) for k in METRICS]
-    weighted = [fmt(image_mean({s: per_site[s] for s in shown}, k), DECIMALS[k]) for k in METRICS]
+    means = [fmt_mean_sd(*mean_sd([m.get(k) for m in kept.values()]), DECIMALS[k]) for k in METRICS]
+    weighted = [fmt(image_mean(kept, k), DECIMALS[k]) for k in METRICS]
     lines.append(f"| **mean (sites)** | {blank}{total_n} | " + " | ".join(means) + " |")
     lines.append(f"| **mean (images)** | {blank}{total_n} | " + " | ".join(weighted) + " |")
+    if any(s in held_out for s in shown):
+        lines += ["", "† never trained: left out of the means (see the unseen-site model)."]
     return lines
 
 
@@ -217,7 +222,8 @@ def _model_tables(run: RunRecords, table: MetricTable, title: str, finished: boo
         if model == ModelKind.UNSEEN and run.unseen_policy:
             out += [f"The model {run.algorithm} uses on a site that never trained: {md_cell(run.unseen_policy)}.", ""]
         rounds = {s: selection.round_for(model, s) for s in table[model]} if finished else None
-        out += _site_table(run.sites, table[model], rounds) + [""]
+        held_out = frozenset() if model == ModelKind.UNSEEN else run.held_out  # all held out: its own mean
+        out += _site_table(run.sites, table[model], rounds, held_out) + [""]
     return out
 
 
@@ -236,9 +242,15 @@ def _selected_vs_last(run: RunRecords, table: MetricTable) -> list[str]:
     for site in sites:
         cells = [f"{fmt(table[m].get(site, {}).get(Field.DICE), 3)} | {fmt(last.get(m, {}).get(site, {}).get(Field.DICE), 3)}"
                  for m in models]
-        lines.append(f"| {md_cell(site)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {md_cell(site)}{' †' if site in run.held_out else ''} | " + " | ".join(cells) + " |")
+    held_out = run.held_out
+
+    def trained(per_site: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        return {s: m for s, m in per_site.items() if s not in held_out}
+
     for label, mean in (("mean (sites)", site_mean), ("mean (images)", image_mean)):
-        cells = [f"{fmt(mean(table[m], Field.DICE), 3)} | {fmt(mean(last.get(m, {}), Field.DICE), 3)}" for m in models]
+        cells = [f"{fmt(mean(trained(table[m]), Field.DICE), 3)} | {fmt(mean(trained(last.get(m, {})), Field.DICE), 3)}"
+                 for m in models]
         lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
     return out + lines + ["", "The last round's model is shown beside the selected one, never chosen on.", ""]
 
