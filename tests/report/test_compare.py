@@ -101,6 +101,10 @@ def test_methods_are_separated_by_hyperparameters_and_optimizer_policy(tmp_path:
     assert comparison_table([a, b]).splitlines()[0] == "| site | fedprox [mu=0.01] (global) | fedprox [mu=0.1] (global) |"
     assert comparison_table([c1, c2]).splitlines()[0] == (
         "| site | centralized [optimizer=reset] (global) | centralized [optimizer=persist] (global) |")
+    new = _personal_run(tmp_path / "new", "fedbn", 0.9, 0.7)
+    old = _personal_run(tmp_path / "old", "fedbn", 0.9, 0.7, old=True)
+    assert comparison_table([new, old]).splitlines()[0] == (
+        "| site | fedbn [select=best_val] (personal) | fedbn [select=last (not recorded)] (personal) |")
 
 
 def test_write_comparison_report(tmp_path: Path, three_methods: list[Path]) -> None:
@@ -174,3 +178,4 @@ def test_held_out_site_uses_the_unseen_model_and_stays_out_of_the_means(tmp_path
     assert "### Test: unseen-site model" in text and "| hospital_b † | 2 | 6 | 0.200 |" in text
     assert "| **mean (sites)** | | 4 | 0.100 |" in text  # global mean over the trained site only
     assert "| hospital_b | 2 | 6 | 0.600 |" in text  # the unseen-site model's own table
+    assert "| **mean (sites)** | 0.900 | 0.900 | 0.100 | 0.100 | 0.600 | 0.600 |" in text  # selected vs last

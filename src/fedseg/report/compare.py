@@ -92,11 +92,14 @@ def _group_runs(runs: Sequence[RunRecords]) -> list[_Group]:
         g.label = r.name if r.name == r.algorithm else f"{r.name} ({r.algorithm})"
     # disambiguate equal labels by what differs: hyperparameters, optimizer policy, selection
     for extra in ("params", "optimizer", "select"):
-        labels = [g.label for g in ordered]
+        colliding: dict[str, list[_Group]] = {}
         for g in ordered:
-            text = _distinction(g.first, extra)
-            if labels.count(g.label) > 1 and text:
-                g.label += f" [{text}]"
+            colliding.setdefault(g.label, []).append(g)
+        for same in colliding.values():
+            texts = [_distinction(g.first, extra) for g in same]
+            if len(same) > 1 and len(set(texts)) > 1:  # only what tells them apart
+                for g, text in zip(same, texts):
+                    g.label += f" [{text}]" if text else ""
     labels = [g.label for g in ordered]
     seen: dict[str, int] = {}
     for g, label in zip(ordered, labels):

@@ -245,11 +245,12 @@ def _selected_vs_last(run: RunRecords, table: MetricTable) -> list[str]:
         lines.append(f"| {md_cell(site)}{' †' if site in run.held_out else ''} | " + " | ".join(cells) + " |")
     held_out = run.held_out
 
-    def trained(per_site: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        return {s: m for s, m in per_site.items() if s not in held_out}
+    def kept(model: str, per_site: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The sites a model's means cover: those that trained (all, for the unseen-site model)."""
+        return {s: m for s, m in per_site.items() if model == ModelKind.UNSEEN or s not in held_out}
 
     for label, mean in (("mean (sites)", site_mean), ("mean (images)", image_mean)):
-        cells = [f"{fmt(mean(trained(table[m]), Field.DICE), 3)} | {fmt(mean(trained(last.get(m, {})), Field.DICE), 3)}"
+        cells = [f"{fmt(mean(kept(m, table[m]), Field.DICE), 3)} | {fmt(mean(kept(m, last.get(m, {})), Field.DICE), 3)}"
                  for m in models]
         lines.append(f"| **{label}** | " + " | ".join(cells) + " |")
     return out + lines + ["", "The last round's model is shown beside the selected one, never chosen on.", ""]
