@@ -179,3 +179,12 @@ def test_held_out_site_uses_the_unseen_model_and_stays_out_of_the_means(tmp_path
     assert "| **mean (sites)** | | 4 | 0.100 |" in text  # global mean over the trained site only
     assert "| hospital_b | 2 | 6 | 0.600 |" in text  # the unseen-site model's own table
     assert "| **mean (sites)** | 0.900 | 0.900 | 0.100 | 0.100 | 0.600 | 0.600 |" in text  # selected vs last
+
+
+def test_validation_split_is_read_at_each_clients_selected_round(tmp_path: Path) -> None:
+    val = {ModelKind.PERSONAL: {"hospital_a": [0.5, 0.8, 0.6], "hospital_b": [0.4, 0.5, 0.7]}}
+    run = write_run(tmp_path / "local", name="local", algorithm={"name": "local"}, has_global=False,
+                    judged_by=ModelKind.PERSONAL, val=val, per_client={"hospital_a": 2, "hospital_b": 3})
+    rows = {r["site"]: r for r in comparison_rows([run], split="val")}
+    assert (rows["hospital_a"]["mean"], rows["hospital_b"]["mean"]) == (0.8, 0.7)
+    assert rows["mean"]["mean"] == pytest.approx(0.75)

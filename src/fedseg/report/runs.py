@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,7 @@ class SelectionInfo:
 
 @dataclass
 class RunRecords:
-    """Everything a report needs from one run directory."""
+    """Everything a report needs from one run directory (read once: derived values are cached)."""
 
     root: Path
     info: dict[str, Any]
@@ -203,7 +204,7 @@ class RunRecords:
                 return str(value)
         return None
 
-    @property
+    @cached_property
     def judged_by(self) -> str:
         """The :class:`~fedseg.records.ModelKind` this method is judged by on participating sites."""
         declared = self._declared_judged_by()
@@ -233,7 +234,7 @@ class RunRecords:
         value = self.info.get(InfoKey.UNSEEN_POLICY)
         return str(value) if value else None
 
-    @property
+    @cached_property
     def sites(self) -> list[str]:
         sites = [str(s) for s in self.info.get(InfoKey.SITES, [])]
         for r in self.by_kind(Kind.EVAL):
@@ -241,7 +242,7 @@ class RunRecords:
                 sites.append(str(r.get(Field.SITE)))
         return sites
 
-    @property
+    @cached_property
     def held_out(self) -> set[str]:
         """Evaluated sites that never trained (``federation.train_sites`` leaves them out, or the
         run scored them with its unseen-site model); they are left out of the means."""
@@ -258,7 +259,7 @@ class RunRecords:
     def evals(self, split: str) -> list[dict[str, Any]]:
         return [r for r in self.by_kind(Kind.EVAL) if r.get(Field.SPLIT) == split]
 
-    @property
+    @cached_property
     def last_round(self) -> int | None:
         rounds = [_as_int(r.get(Field.ROUND)) for r in self.by_kind(Kind.ROUND)]
         known = [r for r in rounds if r is not None]
@@ -271,7 +272,7 @@ class RunRecords:
         return self.summary is not None
 
     # ------------------------------------------------------------------ selection and test
-    @property
+    @cached_property
     def selection(self) -> SelectionInfo:
         raw = (self.summary or {}).get(SummaryKey.SELECTION)
         if isinstance(raw, Mapping) and raw.get(SelectionKey.MODE) in tuple(Selection):
