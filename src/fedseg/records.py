@@ -10,7 +10,20 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["SERVER", "METRIC_KEYS", "Kind", "ModelKind", "Split", "Field", "Selection", "SummaryKey", "InfoKey"]
+__all__ = [
+    "SERVER",
+    "METRIC_KEYS",
+    "Kind",
+    "ModelKind",
+    "Split",
+    "Field",
+    "Phase",
+    "Selection",
+    "SelectionKey",
+    "SummaryKey",
+    "InfoKey",
+    "BytesKey",
+]
 
 SERVER = "__server__"
 """The ``site`` of records that belong to the server (rounds, aggregation)."""
@@ -25,6 +38,7 @@ class Kind(StrEnum):
     WEIGHTS = "weights"  # one client's aggregation weight (and its factors) in a round
     PERSONALIZE = "personalize"  # one client's post-federation local phase
     AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
+    COMM = "comm"  # the server's view of a non-training exchange (evaluation, personalize): bytes
 
 
 class ModelKind(StrEnum):
@@ -39,6 +53,13 @@ class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
+
+
+class Phase(StrEnum):
+    """``comm`` records: the non-training exchange whose bytes a line counts."""
+
+    EVAL = "eval"  # an evaluation broadcast and the clients' metric replies
+    PERSONALIZE = "personalize"  # the post-federation broadcast and the clients' records
 
 
 class Selection(StrEnum):
@@ -58,13 +79,17 @@ class Field(StrEnum):
     SPLIT = "split"
     SELECTION = "selection"  # test records: which checkpoint (a Selection value)
     SELECTED_ROUND = "selected_round"  # test records: the round of the scored checkpoint
-    BYTES_UP = "bytes_up"
-    BYTES_DOWN = "bytes_down"
+    BYTES_UP = "bytes_up"  # serialized length of the message(s) client -> server
+    BYTES_DOWN = "bytes_down"  # serialized length of the message(s) server -> client
+    BYTES_UP_RAW = "bytes_up_raw"  # the same messages serialized without any codec (float32)
+    BYTES_DOWN_RAW = "bytes_down_raw"
+    PHASE = "phase"  # comm records: which exchange (a Phase value)
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"
     LOSS = "loss"
     WEIGHT = "weight"
+    FEDAVG_WEIGHT = "fedavg_weight"  # weights records: the FedAvg weight n_k/N beside the chosen one
     DICE = "dice"
     IOU = "iou"
     HD95 = "hd95"
@@ -77,6 +102,14 @@ METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISI
 """The per-site evaluation metrics, in report order (``n`` = images/volumes scored)."""
 
 
+class SelectionKey(StrEnum):
+    """Keys of ``summary.json["selection"]``."""
+
+    MODE = "mode"  # a Selection value
+    ROUND = "round"  # the global model's selected round (None without a global model)
+    PER_CLIENT = "per_client"  # {site: round} of the personalised models (personal methods only)
+
+
 class SummaryKey(StrEnum):
     """Top-level keys of ``summary.json``."""
 
@@ -87,13 +120,36 @@ class SummaryKey(StrEnum):
     TEST = "test"  # {model kind: {site: metrics}} on the selected checkpoint
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
-    BYTES = "bytes"  # {"up": total, "down": total, "total": total, "up_fp32": .., "down_fp32": ..}
+    BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
 
 
 class InfoKey(StrEnum):
     """Keys of ``run_info.json`` the report and ``fedseg eval`` read."""
 
+    NAME = "name"
+    ALGORITHM = "algorithm"
+    ALGORITHM_PARAMS = "algorithm_params"  # the algorithm section of the config (with "name")
+    HAS_GLOBAL_MODEL = "has_global_model"
+    POOLED_DATA = "pooled_data"
+    SITES = "sites"  # the evaluating sites
+    CLIENTS = "clients"  # the training clients
+    SPATIAL_DIMS = "spatial_dims"
+    NUM_CLASSES = "num_classes"
+    IN_CHANNELS = "in_channels"
+    SEED = "seed"
+    DEVICE = "device"
     OPTIMIZER_STATE = "optimizer_state"  # the resolved policy: "reset" or "persist"
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
     INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset
+
+
+class BytesKey(StrEnum):
+    """Keys of ``summary.json``'s ``bytes``: totals over every ``round`` and ``comm`` line."""
+
+    UP = "up"
+    DOWN = "down"
+    TOTAL = "total"
+    UP_RAW = "up_raw"
+    DOWN_RAW = "down_raw"
+    TOTAL_RAW = "total_raw"

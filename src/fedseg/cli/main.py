@@ -154,17 +154,24 @@ def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="one run directory, or several to compare")],
     out: Annotated[Path | None, typer.Option("--out", help="comparison report path (several runs)")] = None,
 ) -> None:
-    """(Re)write a run's report.md and plots, or compare several runs."""
-    from fedseg.report import comparison_table, write_comparison, write_report
+    """(Re)write a run's report.md and plots, or compare several runs (each method scored with the
+    model it is judged by, named in the column header)."""
+    from fedseg.report import ReportError, comparison_table, write_comparison, write_report
 
     for d in run_dirs:
         if not (d / "run_info.json").is_file():
             _fail(f"{d} is not a fedseg run directory (no run_info.json)")
-    if len(run_dirs) == 1:
-        path = write_report(run_dirs[0])
-    else:
-        path = write_comparison(run_dirs, out or Path("runs") / "comparison.md")
-        console.print(comparison_table(run_dirs))
+    try:
+        if len(run_dirs) == 1:
+            path = write_report(run_dirs[0])
+        else:
+            path = write_comparison(run_dirs, out or Path("runs") / "comparison.md")
+            console.print("Test Dice per site: each method's judged-by model (header), selected checkpoint")
+            # markdown as is: no rich markup ("[mu=0.1]"), no wrapping inside table rows
+            console.print(comparison_table(run_dirs), markup=False, highlight=False, soft_wrap=True)
+    except ReportError as exc:
+        _fail(str(exc))
+        raise AssertionError from None
     console.print(f"report: {path}")
 
 
