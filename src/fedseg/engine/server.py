@@ -21,6 +21,7 @@ from fedseg.engine.client import overrides_personalize
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.state_store import atomic_torch_save
+from fedseg.records import Field, Kind
 from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
@@ -186,9 +187,8 @@ class FederationServer:
             updates.append(update)
             records.append(record)
         t0 = time.perf_counter()
-        self.global_params, self.server_state = self.algorithm.aggregate(
-            rnd, updates, self.global_params, self.server_state
-        )
+        agg = self.algorithm.aggregate(rnd, updates, self.global_params, self.server_state)
+        self.global_params, self.server_state = agg.params, agg.server_state
         overhead += time.perf_counter() - t0
         records.append(
             {
@@ -202,11 +202,9 @@ class FederationServer:
                 "overhead_seconds": overhead,
             }
         )
-        # per-client aggregation weights (and their factors) an algorithm chose to log, e.g. AAM
-        records.extend(
-            {"round": rnd, "site": site, "kind": "weights", **row}
-            for site, row in self.server_state.pop("round_weights", {}).items()
-        )
+        # the round metrics aggregate returned: per-client weights (and their factors), other rows
+        for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
+            records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())
         if rnd % self.cfg.eval.every == 0 or rnd == fed.rounds:
             records.extend(self.evaluate(executor, rnd, "val"))
         self.run.append_metrics(records)
