@@ -61,13 +61,13 @@ def run_client_round(
         metrics = algorithm.local_train(model, ctx, trainer)
         update = algorithm.client_update(model, ctx, trainer.num_examples, metrics)
         algorithm.on_round_end(model, ctx)
+    check_frozen(algorithm, frozen, update, state)
     leaked = algorithm.local_keys(model) & set(update.params)
     if leaked:
         raise PrivacyError(
             f"{type(algorithm).__name__} put local keys in its update: {sorted(leaked)[:5]}"
             f"{' ...' if len(leaked) > 5 else ''}"
         )
-    check_frozen(algorithm, frozen, update, state)
     return update
 
 
