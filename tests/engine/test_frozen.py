@@ -145,3 +145,15 @@ def test_frozen_parameters_are_left_out_of_the_optimizer(tmp_path: Path, monkeyp
     with frozen_parameters(model, alg.frozen_keys(model)):
         assert {n for n, p in model.named_parameters() if not p.requires_grad} == alg.frozen_keys(model)
     assert all(p.requires_grad for p in model.parameters())
+
+
+def test_frozen_keys_work_with_codecs_both_ways(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fedseg.runtime.sim as sim
+
+    alg = FrozenEncoder()
+    monkeypatch.setattr(sim, "build_algorithm", lambda spec: alg)
+    codec = {"up": [{"name": "topk", "ratio": 0.5, "min_numel": 0}, {"name": "int8"}], "down": [{"name": "fp16"}]}
+    run_inprocess(config_from_dict(tiny_config(rounds=2, codec=codec)), tmp_path / "c", write_report=False)
+    assert len(set(alg.digests)) == 1
+    ckpt = torch.load(tmp_path / "c" / "checkpoints" / "last.pt", weights_only=False)
+    assert not alg.frozen_keys(load_trained_model(tmp_path / "c")[0]) & set(ckpt["global_params"])

@@ -10,9 +10,9 @@ from typing import Any
 from torch import nn
 
 from fedseg.algorithms.base import Algorithm
-from fedseg.types import ClientState, ClientUpdate, Params
+from fedseg.types import ClientState, ClientUpdate
 
-__all__ = ["FrozenKeyError", "frozen_parameters", "check_frozen", "without_frozen"]
+__all__ = ["FrozenKeyError", "frozen_parameters", "check_frozen"]
 
 
 class FrozenKeyError(RuntimeError):
@@ -69,9 +69,3 @@ def check_frozen(algorithm: Algorithm, frozen: set[str], update: ClientUpdate | 
             "(drop them from what you keep, e.g. with shared_params(model, algorithm.frozen_keys(model)))"
         )
 
-
-def without_frozen(algorithm: Algorithm, model: nn.Module, params: Params) -> Params:
-    """``params`` without the algorithm's frozen keys: the server's initial global parameters, so
-    that frozen keys are in no broadcast and no checkpoint."""
-    frozen = algorithm.frozen_keys(model)
-    return {k: v for k, v in params.items() if k not in frozen}

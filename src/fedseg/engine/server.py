@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -76,6 +76,8 @@ class FederationServer:
             ``federation.train_sites`` keeps only the sites it lists (the others never train but
             are still evaluated).
         eval_clients: the clients that evaluate (every site).
+        frozen: the algorithm's frozen keys (``Algorithm.frozen_keys``), left out of the global
+            parameters; ``init_params`` stays the codec template both sides know.
 
     Raises:
         ConfigError: ``federation.train_sites`` or ``data.supervision`` names a site that is not
@@ -92,6 +94,7 @@ class FederationServer:
         fit_clients: list[str],
         eval_clients: list[str],
         progress: ProgressSink | None = None,
+        frozen: Collection[str] = (),
     ) -> None:
         self.cfg = cfg
         self.algorithm = algorithm
@@ -99,7 +102,8 @@ class FederationServer:
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
-        self.global_params: Params = copy.deepcopy(init_params)
+        # the algorithm's frozen keys are never global: in no broadcast and no checkpoint
+        self.global_params: Params = copy.deepcopy({k: v for k, v in init_params.items() if k not in frozen})
         self.server_state: ServerState = algorithm.init_server_state(self.global_params)
         self.phase = "federated"
         self.codecs = build_wire_codecs(cfg.codec)

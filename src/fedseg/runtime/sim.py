@@ -17,7 +17,6 @@ from fedseg.algorithms import build_algorithm
 from fedseg.config import RunConfig
 from fedseg.data.base import FederatedData
 from fedseg.engine.client import ClientRuntime
-from fedseg.engine.frozen import without_frozen
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.server import FederationServer, sample_clients
@@ -119,8 +118,8 @@ def run_inprocess(
     runtimes = build_client_runtimes(cfg, algorithm, model, init_params, splits, spec, device)
     store = ClientStateStore(run.client_states, int(cfg.federation.state_spill_mb * 2**20))
     executor = InProcessExecutor(runtimes, store, progress)
-    server = FederationServer(cfg, algorithm, without_frozen(algorithm, model, init_params), run, fit_clients=fit_clients, eval_clients=eval_clients,
-                              progress=progress)
+    server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients, eval_clients=eval_clients,
+                              progress=progress, frozen=algorithm.frozen_keys(model))
     write_run_info(run, cfg, algorithm, engine="inprocess", sites=eval_clients, clients=fit_clients, spec=spec,
                    device=device)
     summary = server.run_all(executor, resume=resume)

@@ -22,7 +22,6 @@ from flwr.serverapp import Grid, ServerApp
 
 from fedseg.algorithms import build_algorithm
 from fedseg.config import RunConfig
-from fedseg.engine.frozen import without_frozen
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.server import FederationServer, sample_clients
@@ -153,8 +152,8 @@ def run_server(
             algorithm.aggregate, lambda: executor.last_fit_replies, noise_multiplier=cfg.flower.dp.noise_multiplier,
             clipping_norm=cfg.flower.dp.clipping_norm, num_sampled_clients=sampled,
         ))
-    server = FederationServer(cfg, algorithm, without_frozen(algorithm, model, init_params), run, fit_clients=names, eval_clients=names,
-                              progress=progress)
+    server = FederationServer(cfg, algorithm, init_params, run, fit_clients=names, eval_clients=names,
+                              progress=progress, frozen=algorithm.frozen_keys(model))
     write_run_info(
         run, cfg, algorithm, engine=engine, sites=names, clients=names, spec=spec, device="cpu (server)",
         # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
