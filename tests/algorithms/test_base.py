@@ -31,7 +31,7 @@ def test_fedavg_of_identical_clients_returns_the_same_weights() -> None:
     p = _params(0)
     updates = [ClientUpdate(client_id=f"c{i}", params={k: v.clone() for k, v in p.items()}, num_examples=n)
                for i, n in enumerate([5, 7, 11])]
-    new, _ = alg.aggregate(1, updates, _params(1), {})
+    new = alg.aggregate(1, updates, _params(1), {}).params
     for key, value in p.items():
         torch.testing.assert_close(new[key], value, rtol=0, atol=0)
 
@@ -41,7 +41,7 @@ def test_client_order_does_not_change_fedavg() -> None:
     updates = [ClientUpdate(client_id=f"c{i}", params=_params(i), num_examples=n) for i, n in enumerate([3, 8, 13])]
     results = []
     for perm in itertools.permutations(updates):
-        new, _ = alg.aggregate(1, list(perm), _params(9), {})
+        new = alg.aggregate(1, list(perm), _params(9), {}).params
         results.append(new)
     for other in results[1:]:
         for key in results[0]:
@@ -52,10 +52,12 @@ def test_fedavg_is_the_sample_weighted_mean() -> None:
     alg = build_algorithm({"name": "fedavg"})
     updates = [ClientUpdate(client_id="a", params={"w": torch.tensor([1.0])}, num_examples=1),
                ClientUpdate(client_id="b", params={"w": torch.tensor([4.0])}, num_examples=3)]
-    new, state = alg.aggregate(1, updates, {"w": torch.tensor([0.0]), "other": torch.tensor([7.0])}, {})
-    assert new["w"].item() == pytest.approx(3.25)
-    assert new["other"].item() == 7.0  # keys no client sent keep their global value
-    assert state["last_weights"] == {"a": 1.0, "b": 3.0}
+    agg = alg.aggregate(1, updates, {"w": torch.tensor([0.0]), "other": torch.tensor([7.0])}, {})
+    assert agg.params["w"].item() == pytest.approx(3.25)
+    assert agg.params["other"].item() == 7.0  # keys no client sent keep their global value
+    # the weights are returned for the round's log, never left in server state
+    assert agg.weights == {"a": {"weight": 0.25, "n": 1.0}, "b": {"weight": 0.75, "n": 3.0}}
+    assert agg.server_state == {} and agg.metrics == {}
 
 
 class _Net(nn.Module):

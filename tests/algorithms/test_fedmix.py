@@ -76,10 +76,14 @@ def test_one_weight_vector_for_both_nets() -> None:
                             extras={"net2.w": torch.tensor([g2])}, metrics={FedMixKey.LOSS.value: loss})
                for c, (g1, g2, n, loss) in reversed(nets.items())]
     state = alg.init_server_state({"w": torch.tensor([0.0])})
-    g1, state = alg.aggregate(1, updates, {"w": torch.tensor([0.0])}, state)
-    w, _ = fedmix_weights([4, 12, 0], [0.5, 0.1, 1.0], 10.0, 1.5)
-    logged = state[FedMixKey.ROUND_WEIGHTS.value]
+    agg = alg.aggregate(1, updates, {"w": torch.tensor([0.0])}, state)
+    g1, state = agg.params, agg.server_state
+    w, factors = fedmix_weights([4, 12, 0], [0.5, 0.1, 1.0], 10.0, 1.5)
+    logged = agg.weights
     assert [logged[c]["weight"] for c in "abc"] == pytest.approx(w) and sum(w) == pytest.approx(1.0)
+    assert [logged[c]["n"] for c in "abc"] == [4.0, 12.0, 0.0]
+    assert [logged[c]["loss_share"] for c in "abc"] == pytest.approx([f["loss_share"] for f in factors])
+    assert set(state) == {FedMixKey.NET2_STATE.value}  # nothing else stashed in server state
     assert g1["w"].item() == pytest.approx(sum(wk * x for wk, x in zip(w, [1.0, 2.0, 3.0])))
     g2 = state[FedMixKey.NET2_STATE.value]["w"].item()
     assert g2 == pytest.approx(10 * g1["w"].item())  # G2 = the same combination of the net-2 copies
@@ -220,7 +224,8 @@ def test_net1_trains_on_net2_pseudo_label_and_vice_versa() -> None:
     assert torch.equal(first["target"], expected2)  # net 1 learns net 2's pseudo-label
     assert torch.equal(second["target"], expected1)  # and net 2 learns net 1's
     assert cross_targets(expected1, expected2) == (expected2, expected1)
-    assert metrics[FedMixKey.SELECTED.value] == 2.0 and ctx.scratch["n_k"] == 2
+    assert metrics[FedMixKey.SELECTED.value] == 2.0
+    assert alg.client_update(net1, ctx, trainer.num_examples, metrics).num_examples == 2  # n_k = the kept samples
 
 
 def test_no_selected_sample_skips_the_round_without_touching_any_label() -> None:
@@ -320,14 +325,14 @@ def test_a_skipped_client_is_kept_with_its_loss_weight_or_dropped() -> None:
 
     start = {"w": torch.tensor([0.0])}
     keep = FedMix()
-    g1, state = keep.aggregate(1, updates(), start, keep.init_server_state(start))
+    g1 = keep.aggregate(1, updates(), start, keep.init_server_state(start)).params
     w, _ = fedmix_weights([4, 0], [0.5, 1.0], 10.0, 1.5)
     assert g1["w"].item() == pytest.approx(w[0]) and w[1] > 0.5  # the stale copy gets the larger weight
     drop = FedMix(skipped="drop")
-    g1, state = drop.aggregate(1, updates(), start, drop.init_server_state(start))
-    assert g1["w"].item() == 1.0 and state[FedMixKey.NET2_STATE.value]["w"].item() == 10.0
-    assert state[FedMixKey.ROUND_WEIGHTS.value]["b"]["weight"] == 0.0
-    assert state[FedMixKey.ROUND_WEIGHTS.value]["a"]["weight"] == pytest.approx(1.0)
+    agg = drop.aggregate(1, updates(), start, drop.init_server_state(start))
+    assert agg.params["w"].item() == 1.0 and agg.server_state[FedMixKey.NET2_STATE.value]["w"].item() == 10.0
+    assert agg.weights["b"]["weight"] == 0.0
+    assert agg.weights["a"]["weight"] == pytest.approx(1.0)
 
 
 @pytest.mark.slow

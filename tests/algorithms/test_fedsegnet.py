@@ -50,10 +50,11 @@ def test_only_data_size_with_linear_normalisation_is_fedavg() -> None:
     updates = [_update(c, {"w": torch.randn(4, 3, generator=gen)}, n, dice=d)
                for c, n, d in (("s1", 3, 0.1), ("s0", 5, 0.9), ("s2", 12, 0.5))]
     aam = build_algorithm({"name": "fedsegnet", **FEDAVG_ONLY})
-    got, state = aam.aggregate(1, updates, w, {})
-    ref, _ = Algorithm().aggregate(1, updates, w, {})
-    torch.testing.assert_close(got["w"], ref["w"], rtol=1e-6, atol=1e-7)
-    weights = state[AAMKey.ROUND_WEIGHTS.value]
+    agg = aam.aggregate(1, updates, w, {})
+    ref = Algorithm().aggregate(1, updates, w, {}).params
+    torch.testing.assert_close(agg.params["w"], ref["w"], rtol=1e-6, atol=1e-7)
+    assert agg.server_state == {}  # nothing stashed in server state
+    weights = agg.weights
     for cid, n in (("s0", 5), ("s1", 3), ("s2", 12)):
         assert weights[cid]["weight"] == pytest.approx(n / 20, abs=1e-12)
         assert weights[cid]["fedavg_weight"] == pytest.approx(n / 20, abs=1e-12)
@@ -77,11 +78,13 @@ def test_only_data_size_run_equals_fedavg_run(tmp_path: Path) -> None:
 def test_a_noisy_update_gets_less_weight_than_fedavg_gives_it() -> None:
     w, updates = _scenario(noise=5.0)
     aam = FedSegNet()  # methods.md defaults: a = b = c = d = e = 1/5, softmax, T = 1
-    new, state = aam.aggregate(1, updates, w, {})
-    weights = state[AAMKey.ROUND_WEIGHTS.value]
+    agg = aam.aggregate(1, updates, w, {})
+    new, weights = agg.params, agg.weights
     assert weights["c"]["fedavg_weight"] == pytest.approx(1 / 3)
     assert weights["c"]["weight"] < 1 / 3 < min(weights["a"]["weight"], weights["b"]["weight"])
-    fedavg, _ = Algorithm().aggregate(1, updates, w, {})
+    # the divergence is computed against the global parameters aggregation_weights receives
+    assert weights["c"]["divergence_l2"] == pytest.approx(float((updates[2].params["w"] - w["w"]).norm()), rel=1e-6)
+    fedavg = Algorithm().aggregate(1, updates, w, {}).params
     clean = (updates[0].params["w"] + updates[1].params["w"]) / 2
     assert (new["w"] - clean).norm() < (fedavg["w"] - clean).norm()
     assert torch.equal(new["n"], torch.tensor(4))  # integer buffers: max, as in FedAvg
@@ -89,8 +92,8 @@ def test_a_noisy_update_gets_less_weight_than_fedavg_gives_it() -> None:
 
 def test_a_lower_temperature_sharpens_the_weights() -> None:
     w, updates = _scenario(noise=5.0)
-    soft = FedSegNet(temperature=1.0).aggregate(1, updates, w, {})[1][AAMKey.ROUND_WEIGHTS.value]["c"]["weight"]
-    sharp = FedSegNet(temperature=0.05).aggregate(1, updates, w, {})[1][AAMKey.ROUND_WEIGHTS.value]["c"]["weight"]
+    soft = FedSegNet(temperature=1.0).aggregate(1, updates, w, {}).weights["c"]["weight"]
+    sharp = FedSegNet(temperature=0.05).aggregate(1, updates, w, {}).weights["c"]["weight"]
     assert sharp < soft < 1 / 3
 
 

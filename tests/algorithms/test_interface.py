@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from conftest import tiny_config
-from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer, norm_layer_keys
+from fedseg.algorithms.base import Aggregate, Algorithm, ClientContext, LocalTrainer, Weighting, norm_layer_keys
 from fedseg.config import config_from_dict
 from fedseg.engine.rundir import read_metrics
 from fedseg.runtime.sim import run_inprocess
@@ -45,11 +45,12 @@ class ScoreWeighted(Algorithm):
             bc.extras["global_proto"] = server_state["global_proto"]
         return bc
 
-    def aggregation_weights(self, updates: Sequence[ClientUpdate], server_state: ServerState) -> list[float]:
-        return [float(u.metrics["val_dice"]) + 1e-6 for u in updates]
+    def aggregation_weights(self, updates: Sequence[ClientUpdate], global_params: Params,
+                            server_state: ServerState) -> Weighting:
+        return Weighting([float(u.metrics["val_dice"]) + 1e-6 for u in updates])
 
     def aggregate(self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params,
-                  server_state: ServerState) -> tuple[Params, ServerState]:
+                  server_state: ServerState) -> Aggregate:
         server_state["global_proto"] = torch.stack([u.extras["prototype"] for u in updates]).mean(0)
         server_state["rounds_seen"] = server_state.get("rounds_seen", 0) + 1
         return super().aggregate(rnd, updates, global_params, server_state)
@@ -84,8 +85,8 @@ def _run_with(alg: Algorithm, tmp_path: Path, rounds: int = 2, **extra: object):
 def test_val_scores_extras_and_server_state_travel(tmp_path: Path) -> None:
     result = _run_with(ScoreWeighted(), tmp_path / "s")
     ckpt = torch.load(tmp_path / "s" / "checkpoints" / "last.pt", weights_only=False)
-    weights = ckpt["server_state"]["last_weights"]
-    assert set(weights) == {"site0", "site1"} and all(0 < w <= 1.000001 for w in weights.values())
+    weights = [r for r in read_metrics(tmp_path / "s" / "metrics.jsonl") if r["kind"] == "weights" and r["round"] == 2]
+    assert {r["site"] for r in weights} == {"site0", "site1"} and all(0 < r["weight"] <= 1 for r in weights)
     assert ckpt["server_state"]["rounds_seen"] == 2
     torch.testing.assert_close(ckpt["server_state"]["global_proto"], torch.full((2, 3), 5.0))
     # round 2's clients received round 1's global prototype

@@ -6,23 +6,33 @@ and Flower) call the hooks in this order for every sampled client in round ``t``
     server:  bc = alg.broadcast(t, global_params, server_state)           # -> every sampled client
     client:  alg.on_round_start(model, ctx)                                # load bc.params + local keys
              metrics = alg.local_train(model, ctx, trainer)               # default: trainer.fit(...)
-                 (trainer.fit calls alg.extra_loss(model, batch, logits, ctx) every step)
+                 (trainer.fit calls alg.on_epoch_start / on_epoch_end around every local epoch and
+                  alg.extra_loss(model, batch, logits, ctx) every step, with batch.aux holding the
+                  outputs named by alg.aux_outputs(model))
              update = alg.client_update(model, ctx, metrics)               # -> server
              alg.on_round_end(model, ctx)                                  # stash local keys in state
-    server:  global_params, server_state = alg.aggregate(t, updates, global_params, server_state)
+    server:  agg = alg.aggregate(t, updates, global_params, server_state)  # -> Aggregate
+                 (default: weights from alg.aggregation_weights(updates, global_params, server_state))
 
 What each family overrides:
 
-* shared vs local parameters: :meth:`local_keys` (FedBN: norm layers by module type; FedPer/FedRep:
-  the head by explicit module names; local-only: everything). Local keys never enter a message:
-  the engine checks every :class:`~fedseg.types.ClientUpdate`.
-* extra client loss terms (proximal, distillation, prototype, boundary): :meth:`extra_loss`.
+* shared vs local vs frozen parameters: :meth:`local_keys` (FedBN: norm layers by module type;
+  FedPer/FedRep: the head by explicit module names; local-only: everything) never leave the client;
+  :meth:`frozen_keys` (a pretrained encoder) are never trained, sent, or stored in client state or
+  checkpoints: every client rebuilds them from the initial model. The engine checks every
+  :class:`~fedseg.types.ClientUpdate` for both.
+* extra client loss terms (proximal, distillation, prototype, boundary): :meth:`extra_loss`, with
+  intermediate outputs from :meth:`aux_outputs` in ``batch.aux`` (no hand-made forward hooks).
+* per-epoch work inside local training (prototypes of the last local epoch only):
+  :meth:`on_epoch_start` / :meth:`on_epoch_end`, without restarting the optimizer.
 * tensors besides weights: ``ClientUpdate.extras`` / ``Broadcast.extras`` (prototypes, key/value
   banks, aggregation weights, a second global model under a key prefix) and scalar
   ``ClientUpdate.metrics`` (training loss, local validation scores).
 * per-client persistent state: ``ctx.state`` (personal parameters, optimizer state, codec residuals,
   a personal model as in Ditto); per-round scratch: ``ctx.scratch``; server state: ``server_state``.
-* aggregation with arbitrary weights: :meth:`aggregation_weights` or the whole :meth:`aggregate`.
+* aggregation with arbitrary weights: :meth:`aggregation_weights` (it sees the global parameters)
+  or the whole :meth:`aggregate`; both return what they want logged (:class:`Aggregate`), never
+  through server state.
 * a custom local procedure (FedRep's head-then-body, Ditto's two models, FedMix's two nets):
   :meth:`local_train`, using the engine's :class:`LocalTrainer` (which also evaluates on the
   client's own validation split, e.g. for FedSegNet's adaptive aggregation weights).
@@ -34,25 +44,38 @@ Hyperparameters are dataclass fields; state lives in ``ctx.state``/``server_stat
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from fedseg.data.base import MissingMaskError
-from fedseg.records import ModelKind
+from fedseg.algorithms.params import module_keys, norm_layer_keys, shared_params, weighted_average
+from fedseg.algorithms.training import (
+    Batch,
+    BatchLoss,
+    ClientContext,
+    EpochHook,
+    ExtraLoss,
+    LocalTrainer,
+    StateKey,
+)
+from fedseg.records import Field, ModelKind
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = [
+    "Aggregate",
     "Algorithm",
     "Batch",
     "ClientContext",
     "LocalTrainer",
     "ExtraLoss",
     "BatchLoss",
+    "EpochHook",
     "StateKey",
+    "Weighting",
+    "weight_rows",
     "shared_params",
     "weighted_average",
     "norm_layer_keys",
@@ -60,200 +83,48 @@ __all__ = [
 ]
 
 
-class Batch:
-    """One training batch on the training device.
+@dataclass
+class Weighting:
+    """What :meth:`Algorithm.aggregation_weights` returns.
 
     Attributes:
-        image: ``(B, C, *spatial)`` float32.
-        mask: ``(B, 1, *spatial)`` int64 class indices. A batch of a weakly-supervised site has
-            none: reading ``mask`` then raises :class:`~fedseg.data.base.MissingMaskError`
-            (check :attr:`has_mask`), so no code path can train on a mask that is not there.
-        extras: other per-sample tensors, first dimension B (weak labels: ``box_mask``,
-            ``image_label``, the ``supervision`` code; see :mod:`fedseg.data.supervision`).
+        weights: one per update, in the order given (need not sum to 1; the average normalises).
+        factors: optionally one dict per update of the scalars the weight was computed from
+            (AAM's Dice, divergence...), logged beside it.
     """
 
-    __slots__ = ("image", "_mask", "extras")
-
-    def __init__(
-        self, image: torch.Tensor, mask: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None
-    ) -> None:
-        self.image = image
-        self._mask = mask
-        self.extras: dict[str, torch.Tensor] = {} if extras is None else extras
-
-    @property
-    def has_mask(self) -> bool:
-        """Whether the batch carries pixel masks."""
-        return self._mask is not None
-
-    @property
-    def mask(self) -> torch.Tensor:
-        if self._mask is None:
-            raise MissingMaskError(
-                "this training batch comes from a weakly-supervised site (data.supervision) and carries no pixel "
-                "mask; an algorithm that needs pixel masks cannot train on it (use fedmix, or leave the site out "
-                "with federation.train_sites)"
-            )
-        return self._mask
-
-    def __repr__(self) -> str:
-        mask = None if self._mask is None else tuple(self._mask.shape)
-        return f"Batch(image={tuple(self.image.shape)}, mask={mask}, extras={sorted(self.extras)})"
+    weights: list[float]
+    factors: list[dict[str, float]] = field(default_factory=list)
 
 
-ExtraLoss = Callable[[nn.Module, Batch, torch.Tensor], "torch.Tensor | None"]
-"""``(model, batch, logits) -> extra loss or None``, added to the task loss each step."""
-
-BatchLoss = Callable[[nn.Module, Batch, torch.Tensor], torch.Tensor]
-"""``(model, batch, logits) -> loss``: replaces the task loss (e.g. a loss on pseudo-labels)."""
-
-
-class LocalTrainer(Protocol):
-    """What the engine offers an algorithm for local training (implemented in ``fedseg.engine``)."""
-
-    num_examples: int
-    epochs: int
-    device: torch.device
-    supervision: str
-    """Label kind of the training split: ``"pixel"``, ``"box"`` or ``"image"`` (data.supervision)."""
-
-    def fit(
-        self,
-        model: nn.Module,
-        *,
-        epochs: int | None = None,
-        extra_loss: ExtraLoss | None = None,
-        trainable: set[str] | None = None,
-        optimizer_key: str = "optimizer",
-        loss: BatchLoss | None = None,
-        extras: Mapping[str, torch.Tensor] | None = None,
-        subset: torch.Tensor | None = None,
-    ) -> dict[str, float]:
-        """Train ``model`` for ``epochs`` (default: the configured local epochs).
-
-        Args:
-            trainable: parameter names to optimise (default: all); others are frozen for the call.
-            optimizer_key: where the optimizer state lives in client state when it persists
-                across rounds, so a second model (Ditto, FedMix) keeps a separate optimizer.
-            loss: replaces the task loss (which needs pixel masks); ``extra_loss`` is still added.
-            extras: per-sample tensors of the training split (first dimension ``num_examples``,
-                e.g. pseudo-labels), added to every batch's ``extras`` for its samples.
-            subset: indices of the training samples to use (default: all), e.g. selected
-                pseudo-labels; epochs then run over the subset only.
-
-        Returns:
-            ``{"loss": mean total loss, "task_loss": mean task loss, "steps": n}``.
-        """
-        ...
-
-    def batches(self, *, shuffle: bool = False) -> Iterator[Batch]:
-        """One pass over the client's training data (for prototypes, banks, statistics), never
-        augmented; unshuffled batches follow the split's order. Each batch's ``extras`` holds
-        the samples' weak labels and ``index`` (their positions in the split)."""
-        ...
-
-    def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The configured segmentation loss (Dice + CE)."""
-        ...
-
-    def evaluate(self, model: nn.Module, split: str = "val") -> dict[str, float]:
-        """Metrics of ``model`` on the client's own ``split`` (val by default): Dice, IoU, HD95
-        (mm), precision, recall and ``n`` -- for aggregation weights such as FedSegNet's AAM."""
-        ...
-
-
-class StateKey:
-    """Keys the base class uses in client state."""
-
-    LOCAL_PARAMS = "local_params"
+def weight_rows(updates: Sequence[ClientUpdate], weighting: Weighting) -> dict[str, dict[str, float]]:
+    """``{client: {"weight": w_k / sum_j w_j, "n": n_k, **factors_k}}``: the ``kind: weights`` rows."""
+    total = sum(weighting.weights)
+    factors = weighting.factors or [{} for _ in updates]
+    return {
+        u.client_id: {Field.WEIGHT.value: w / total if total else 0.0, Field.N.value: float(u.num_examples), **f}
+        for u, w, f in zip(updates, weighting.weights, factors, strict=True)
+    }
 
 
 @dataclass
-class ClientContext:
-    """Everything a client hook may read or write in one round.
+class Aggregate:
+    """What :meth:`Algorithm.aggregate` returns: the new global parameters and server state, and
+    the round's metrics, which the engine writes to ``metrics.jsonl`` (never left in server state).
 
     Attributes:
-        client_id: the site name.
-        round: the round number (1-based).
-        broadcast: the server's message for this round.
-        state: persistent per-client state (CPU tensors; saved by the engine after the round).
-        scratch: per-round transient storage (device tensors allowed; discarded after the round).
-        device: the training device.
+        params: the new global parameters.
+        server_state: the server state for the next round (checkpointed with the parameters).
+        weights: per client, its normalised aggregation ``weight`` and any factors
+            (:func:`weight_rows`): ``kind: weights`` lines, one per client.
+        metrics: other round metrics by site (``fedseg.records.SERVER`` or a client id), e.g.
+            cluster counts: ``kind: aggregate`` lines, one per site.
     """
 
-    client_id: str
-    round: int
-    broadcast: Broadcast
-    state: ClientState
-    device: torch.device
-    scratch: dict[str, Any] = field(default_factory=dict)
-
-
-def norm_layer_keys(model: nn.Module) -> set[str]:
-    """State-dict keys (affine parameters and running statistics) of every normalisation layer,
-    selected by module type, never by name."""
-    norm_types = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-    keys: set[str] = set()
-    for mod_name, module in model.named_modules():
-        if isinstance(module, norm_types):
-            prefix = f"{mod_name}." if mod_name else ""
-            keys.update(prefix + k for k in module.state_dict(keep_vars=True))
-    return keys
-
-
-def module_keys(model: nn.Module, module_names: Sequence[str]) -> set[str]:
-    """State-dict keys of the named submodules (exact ``named_modules`` names, not substrings)."""
-    modules = dict(model.named_modules())
-    keys: set[str] = set()
-    for name in module_names:
-        if name not in modules:
-            from fedseg.registry import suggest
-
-            raise KeyError(
-                f"module {name!r} not found in the model; modules with parameters include "
-                f"{', '.join(n for n, m in list(modules.items())[-6:] if n)}.{suggest(name, list(modules))}"
-            )
-        prefix = f"{name}." if name else ""
-        keys.update(prefix + k for k in modules[name].state_dict(keep_vars=True))
-    return keys
-
-
-def shared_params(model: nn.Module, local: set[str]) -> Params:
-    """CPU copies of every state-dict entry that is not local."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in local}
-
-
-def weighted_average(updates: Sequence[Params], weights: Sequence[float]) -> Params:
-    """``sum_k w_k * params_k / sum_k w_k``, key by key, accumulated in float64.
-
-    Floating tensors are averaged; integer buffers (e.g. ``num_batches_tracked``) take the
-    maximum. Callers sort updates by client id first so that the result is bit-identical for any
-    arrival order. Keys missing from some updates are averaged over the updates that have them.
-    """
-    if len(updates) != len(weights):
-        raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
-    out: Params = {}
-    keys: list[str] = []
-    seen: set[str] = set()
-    for p in updates:
-        for k in p:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-    for key in keys:
-        items = [(p[key], float(w)) for p, w in zip(updates, weights, strict=True) if key in p]
-        first = items[0][0]
-        if first.is_floating_point():
-            total = sum(w for _, w in items)
-            if total <= 0:
-                raise ValueError(f"aggregation weights for {key!r} sum to {total}; they must be positive")
-            acc = torch.zeros(first.shape, dtype=torch.float64)
-            for tensor, w in items:
-                acc += tensor.to(torch.float64) * (w / total)
-            out[key] = acc.to(first.dtype)
-        else:
-            out[key] = torch.stack([t for t, _ in items]).amax(dim=0)
-    return out
+    params: Params
+    server_state: ServerState
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Scalar]] = field(default_factory=dict)
 
 
 @dataclass
@@ -290,6 +161,36 @@ class Algorithm:
         """State-dict keys that never leave the client."""
         return set()
 
+    def frozen_keys(self, model: nn.Module) -> set[str]:
+        """State-dict keys that are never trained, sent or stored (a pretrained encoder).
+
+        The engine turns ``requires_grad`` off for them during every client round (so no
+        optimizer sees them), refuses an update or client state that carries one, and keeps them
+        out of the global parameters and every checkpoint: each process rebuilds them from the
+        initial model (the seeded init or ``model.init_checkpoint``). Frozen wins over local: a
+        key in both is frozen. Buffers among them (running statistics) are not optimised either,
+        but a module in training mode still updates them within a round; they are reset from the
+        initial model every round.
+        """
+        return set()
+
+    def aux_outputs(self, model: nn.Module) -> Mapping[str, str]:
+        """Intermediate outputs the losses need, ``{name: exact named_modules path}`` (default: none).
+
+        The trainer captures them in every training forward pass of the default
+        :meth:`local_train` and hands them to :meth:`extra_loss` as ``batch.aux[name]`` (with
+        gradients); it installs and removes the hooks itself. A model may offer names for its
+        useful outputs (``fedseg.models.taps.offered_outputs``). Evaluation never captures them.
+        """
+        return {}
+
+    def on_epoch_start(self, model: nn.Module, ctx: ClientContext, epoch: int, epochs: int) -> None:
+        """Called by the default :meth:`local_train` before local epoch ``epoch`` (1-based) of ``epochs``."""
+
+    def on_epoch_end(self, model: nn.Module, ctx: ClientContext, epoch: int, epochs: int) -> None:
+        """Called by the default :meth:`local_train` after local epoch ``epoch`` (1-based) of ``epochs``
+        (the optimizer carries on into the next epoch)."""
+
     def on_round_start(self, model: nn.Module, ctx: ClientContext) -> None:
         """Load the broadcast parameters, then the client's own local parameters."""
         model.load_state_dict(ctx.broadcast.params, strict=False)
@@ -298,26 +199,34 @@ class Algorithm:
             model.load_state_dict(local, strict=False)
 
     def local_train(self, model: nn.Module, ctx: ClientContext, trainer: LocalTrainer) -> dict[str, float]:
-        """Default: the configured local epochs with :meth:`extra_loss` added to the task loss."""
+        """Default: the configured local epochs with :meth:`extra_loss` added to the task loss, the
+        outputs of :meth:`aux_outputs` in ``batch.aux`` and the per-epoch hooks."""
 
         def extra(m: nn.Module, batch: Batch, logits: torch.Tensor) -> torch.Tensor | None:
             return self.extra_loss(m, batch, logits, ctx)
 
-        return trainer.fit(model, extra_loss=extra)
+        return trainer.fit(
+            model,
+            extra_loss=extra,
+            aux_outputs=self.aux_outputs(model),
+            on_epoch_start=lambda m, epoch, epochs: self.on_epoch_start(m, ctx, epoch, epochs),
+            on_epoch_end=lambda m, epoch, epochs: self.on_epoch_end(m, ctx, epoch, epochs),
+        )
 
     def extra_loss(
         self, model: nn.Module, batch: Batch, logits: torch.Tensor, ctx: ClientContext
     ) -> torch.Tensor | None:
-        """An extra term added to the task loss (None: nothing)."""
+        """An extra term added to the task loss (None: nothing); ``batch.aux`` holds the
+        :meth:`aux_outputs` of this step's forward pass."""
         return None
 
     def client_update(
         self, model: nn.Module, ctx: ClientContext, num_examples: int, train_metrics: Mapping[str, float]
     ) -> ClientUpdate:
-        """The message to the server: shared parameters, n_k and training metrics."""
+        """The message to the server: shared parameters (neither local nor frozen), n_k and training metrics."""
         return ClientUpdate(
             client_id=ctx.client_id,
-            params=shared_params(model, self.local_keys(model)),
+            params=shared_params(model, self.local_keys(model) | self.frozen_keys(model)),
             num_examples=num_examples,
             metrics={k: float(v) for k, v in train_metrics.items()},
         )
@@ -332,8 +241,8 @@ class Algorithm:
         return None
 
     def on_round_end(self, model: nn.Module, ctx: ClientContext) -> None:
-        """Keep the local parameters in client state for the next round and for evaluation."""
-        local = self.local_keys(model)
+        """Keep the local (not frozen) parameters in client state for the next round and for evaluation."""
+        local = self.local_keys(model) - self.frozen_keys(model)
         if local:
             sd = model.state_dict()
             ctx.state[StateKey.LOCAL_PARAMS] = {k: sd[k].detach().to("cpu", copy=True) for k in local}
@@ -358,19 +267,22 @@ class Algorithm:
         """The server -> client message of round ``rnd``."""
         return Broadcast(params=global_params, config=self.round_config(rnd, server_state))
 
-    def aggregation_weights(self, updates: Sequence[ClientUpdate], server_state: ServerState) -> list[float]:
-        """One weight per update (need not sum to 1): default ``n_k``."""
-        return [float(u.num_examples) for u in updates]
+    def aggregation_weights(
+        self, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
+    ) -> Weighting:
+        """One weight per update (need not sum to 1), given the global parameters the clients
+        started from: default ``n_k``."""
+        return Weighting([float(u.num_examples) for u in updates])
 
     def aggregate(
         self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
-    ) -> tuple[Params, ServerState]:
-        """New global parameters: the weighted average of the updates, over the keys they carry."""
+    ) -> Aggregate:
+        """New global parameters: the weighted average of the updates, over the keys they carry;
+        the weights (normalised, with their factors) are returned for the round's log."""
         ordered = sorted(updates, key=lambda u: u.client_id)
         shared = [u for u in ordered if u.params]
         if not shared:
-            return global_params, server_state
-        weights = self.aggregation_weights(shared, server_state)
-        averaged = weighted_average([u.params for u in shared], weights)
-        server_state["last_weights"] = {u.client_id: float(w) for u, w in zip(shared, weights, strict=True)}
-        return {**global_params, **averaged}, server_state
+            return Aggregate(global_params, server_state)
+        weighting = self.aggregation_weights(shared, global_params, server_state)
+        averaged = weighted_average([u.params for u in shared], weighting.weights)
+        return Aggregate({**global_params, **averaged}, server_state, weights=weight_rows(shared, weighting))

@@ -21,9 +21,11 @@ import torch
 from monai.losses import DiceLoss
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, Batch, BatchLoss, ClientContext, LocalTrainer, weighted_average
+from fedseg.algorithms.base import (Aggregate, Algorithm, Batch, BatchLoss, ClientContext, LocalTrainer, Weighting,
+                                   weight_rows, weighted_average)
 from fedseg.algorithms.registry import ALGORITHMS
 from fedseg.data.supervision import SupervisionKind, WeakKey
+from fedseg.records import Field
 from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
 
 __all__ = [
@@ -51,7 +53,6 @@ class FedMixKey(StrEnum):
     SELECTED = "fedmix_selected"  # metric: pseudo-labelled samples kept this round
     SKIPPED = "fedmix_skipped"  # metric: 1.0 when a weak client kept no sample and did not train
     TARGET = "fedmix_target"  # batch extras: the pseudo-label a net trains on
-    ROUND_WEIGHTS = "round_weights"  # server state: per-client weights, logged by the engine
 
 
 def soft_dice_loss(eps: float = 1e-4) -> DiceLoss:
@@ -351,7 +352,6 @@ class FedMix(Algorithm):
             if kept == 0:
                 # no agreeing pseudo-label: skip the round (never fall back to the true mask)
                 previous = float(ctx.state.get(FedMixKey.LOSS.value, 1.0))
-                ctx.scratch["n_k"] = 0
                 return {"loss": previous, FedMixKey.LOSS.value: previous, FedMixKey.SELECTED.value: 0.0,
                         FedMixKey.SKIPPED.value: 1.0, "steps": 0.0}
             target1, target2 = cross_targets(t1, t2)
@@ -363,15 +363,17 @@ class FedMix(Algorithm):
             n_k = kept
         ell = float(m1["task_loss"])
         ctx.state[FedMixKey.LOSS.value] = ell
-        ctx.scratch["n_k"] = n_k
         return {**m1, FedMixKey.LOSS.value: ell, "net2_loss": float(m2["task_loss"]),
                 FedMixKey.SELECTED.value: float(kept)}
 
     def client_update(
         self, model: nn.Module, ctx: ClientContext, num_examples: int, train_metrics: Mapping[str, float]
     ) -> ClientUpdate:
-        """Net 1 as params, net 2 in extras under ``net2.``, ``n_k`` and ``l_k`` (metric ``fedmix_loss``)."""
-        update = super().client_update(model, ctx, int(ctx.scratch.get("n_k", num_examples)), train_metrics)
+        """Net 1 as params, net 2 in extras under ``net2.``, ``n_k`` = the samples trained on (metric
+        ``fedmix_selected``: all of a pixel site, the kept pseudo-labels of a weak one) and ``l_k``
+        (metric ``fedmix_loss``)."""
+        n_k = int(train_metrics.get(FedMixKey.SELECTED.value, num_examples))
+        update = super().client_update(model, ctx, n_k, train_metrics)
         net2: nn.Module = ctx.scratch[FedMixKey.NET2_STATE.value]
         update.extras = _prefixed({k: v.detach().to("cpu", copy=True) for k, v in net2.state_dict().items()})
         return update
@@ -385,32 +387,33 @@ class FedMix(Algorithm):
         out.extras = _prefixed(server_state[FedMixKey.NET2_STATE.value])
         return out
 
-    def aggregation_weights(self, updates: Sequence[ClientUpdate], server_state: ServerState) -> list[float]:
-        """:func:`fedmix_weights` from ``n_k`` and ``l_k``; leaves ``server_state["round_weights"]``."""
+    def aggregation_weights(
+        self, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
+    ) -> Weighting:
+        """:func:`fedmix_weights` from ``n_k`` and ``l_k``, with each client's factors."""
 
         def loss_of(u: ClientUpdate) -> float:
             value = u.metrics.get(FedMixKey.LOSS.value, 1.0)
             return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 1.0
 
-        n = [float(u.num_examples) for u in updates]
-        weights, factors = fedmix_weights(n, [loss_of(u) for u in updates], self.lam, self.beta)
-        logged = server_state.setdefault(FedMixKey.ROUND_WEIGHTS.value, {})
-        logged.update({u.client_id: {"weight": weights[i], "n": n[i], **factors[i]} for i, u in enumerate(updates)})
-        return weights
+        weights, factors = fedmix_weights([float(u.num_examples) for u in updates], [loss_of(u) for u in updates],
+                                          self.lam, self.beta)
+        return Weighting(weights, factors)
 
     def aggregate(
         self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
-    ) -> tuple[Params, ServerState]:
-        """G1 and G2 with the same weight vector (over the updates sorted by client id)."""
+    ) -> Aggregate:
+        """G1 and G2 with the same weight vector (over the updates sorted by client id); a dropped
+        client is logged with weight 0."""
         ordered = sorted(updates, key=lambda u: u.client_id)
         dropped = [u.client_id for u in ordered if self.skipped == "drop" and u.metrics.get(FedMixKey.SKIPPED.value)]
         ordered = [u for u in ordered if u.client_id not in dropped]
-        server_state[FedMixKey.ROUND_WEIGHTS.value] = {c: {"weight": 0.0, "n": 0.0} for c in dropped}
+        logged: dict[str, dict[str, float]] = {c: {Field.WEIGHT.value: 0.0, Field.N.value: 0.0} for c in dropped}
         if not ordered:
-            return global_params, server_state
-        weights = self.aggregation_weights(ordered, server_state)
-        g1 = weighted_average([u.params for u in ordered], weights)
-        g2 = weighted_average([_unprefixed(u.extras) for u in ordered], weights)
+            return Aggregate(global_params, server_state, weights=logged)
+        weighting = self.aggregation_weights(ordered, global_params, server_state)
+        g1 = weighted_average([u.params for u in ordered], weighting.weights)
+        g2 = weighted_average([_unprefixed(u.extras) for u in ordered], weighting.weights)
         server_state[FedMixKey.NET2_STATE.value] = {**server_state[FedMixKey.NET2_STATE.value], **g2}
-        server_state["last_weights"] = {u.client_id: float(w) for u, w in zip(ordered, weights, strict=True)}
-        return {**global_params, **g1}, server_state
+        logged.update(weight_rows(ordered, weighting))
+        return Aggregate({**global_params, **g1}, server_state, weights=logged)

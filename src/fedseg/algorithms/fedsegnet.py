@@ -9,7 +9,7 @@ and methods.md leave open is marked *ours*.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar, Literal
@@ -17,7 +17,7 @@ from typing import ClassVar, Literal
 import torch
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
+from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer, Weighting
 from fedseg.algorithms.registry import ALGORITHMS
 from fedseg.types import ClientUpdate, Params, ServerState
 
@@ -26,13 +26,11 @@ __all__ = ["FedSegNet", "AAMKey", "aam_weights", "update_distance", "histogram_e
 
 
 class AAMKey(StrEnum):
-    """Scalar metrics a FedSegNet client sends, and server-state keys."""
+    """Scalar metrics a FedSegNet client sends."""
 
     VAL_DICE = "aam_val_dice"
     VAL_HD95 = "aam_val_hd95"
     DIVERSITY = "aam_diversity"
-    DIVERGENCE = "aam_divergence"  # server state, this round: {client: ||w_k - w||_2}
-    ROUND_WEIGHTS = "round_weights"  # server state: per-client weights + factors, logged by the engine
 
 
 def update_distance(params: Params, reference: Params) -> float:
@@ -168,9 +166,9 @@ class FedSegNet(Algorithm):
         alpha_k = softmax(s_k / T)   or   max(s_k, 0) / sum_j max(s_j, 0)
 
     Nothing stays local. With ``a = b = c = e = 0``, ``d = 1`` and ``normalisation = "linear"``,
-    ``alpha_k = n_k / N``: FedAvg (methods.md check 1); with every factor off, also FedAvg. Weights and factors of every client are left in
-    ``server_state["round_weights"]``; the engine logs them (``kind: "weights"`` lines in
-    metrics.jsonl) and the report plots them.
+    ``alpha_k = n_k / N``: FedAvg (methods.md check 1); with every factor off, also FedAvg. Weights and
+    factors of every client are returned with the aggregate (:class:`~fedseg.algorithms.base.Weighting`);
+    the engine logs them (``kind: "weights"`` lines in metrics.jsonl) and the report plots them.
 
     Sparsification and quantisation of the updates are not part of the algorithm: they are the
     engine's codecs (``codec.up: [{name: topk, ...}, {name: int8}]``) and work with any method.
@@ -231,20 +229,12 @@ class FedSegNet(Algorithm):
         return metrics
 
     # ------------------------------------------------------------------ server side
-    def aggregate(
-        self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
-    ) -> tuple[Params, ServerState]:
-        server_state[AAMKey.DIVERGENCE.value] = {
-            u.client_id: update_distance(u.params, global_params) for u in updates if u.params
-        }
-        try:
-            return super().aggregate(rnd, updates, global_params, server_state)
-        finally:
-            server_state.pop(AAMKey.DIVERGENCE.value, None)
-
-    def aggregation_weights(self, updates: Sequence[ClientUpdate], server_state: ServerState) -> list[float]:
-        """``alpha_k`` of :func:`aam_weights`; also leaves ``server_state["round_weights"]``."""
-        distances: Mapping[str, float] = server_state.get(AAMKey.DIVERGENCE.value, {})
+    def aggregation_weights(
+        self, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
+    ) -> Weighting:
+        """``alpha_k`` of :func:`aam_weights`, with every client's factors, its FedAvg weight, its
+        divergence ``||w_k - w||_2`` from the global parameters it started from and its HD95."""
+        distances = [update_distance(u.params, global_params) for u in updates]
 
         def metric(u: ClientUpdate, key: AAMKey) -> float | None:
             value = u.metrics.get(key.value)
@@ -253,7 +243,7 @@ class FedSegNet(Algorithm):
         alpha, factors = aam_weights(
             dice=[metric(u, AAMKey.VAL_DICE) for u in updates],
             hd95=[metric(u, AAMKey.VAL_HD95) for u in updates],
-            divergence=[float(distances.get(u.client_id, 0.0)) for u in updates],
+            divergence=distances,
             n=[float(u.num_examples) for u in updates],
             diversity=[metric(u, AAMKey.DIVERSITY) for u in updates],
             a=self.a, b=self.b, c=self.c, d=self.d, e=self.e,
@@ -262,14 +252,13 @@ class FedSegNet(Algorithm):
             hd_max=self.hd_max,
         )
         total_n = sum(u.num_examples for u in updates)
-        server_state[AAMKey.ROUND_WEIGHTS.value] = {
-            u.client_id: {
-                "weight": alpha[i],
+        logged = [
+            {
                 "fedavg_weight": u.num_examples / total_n if total_n else 1.0 / len(updates),
-                "divergence_l2": float(distances.get(u.client_id, 0.0)),
+                "divergence_l2": distances[i],
                 **({"hd95": h} if (h := metric(u, AAMKey.VAL_HD95)) is not None else {}),
                 **factors[i],
             }
             for i, u in enumerate(updates)
-        }
-        return alpha
+        ]
+        return Weighting(alpha, logged)

@@ -15,6 +15,7 @@ from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
 from fedseg.engine.evaluate import evaluate, sliding_window_for
+from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
@@ -26,6 +27,7 @@ __all__ = [
     "run_client_personalization",
     "overrides_personalize",
     "PrivacyError",
+    "FrozenKeyError",
 ]
 
 
@@ -45,14 +47,21 @@ def run_client_round(
 ) -> ClientUpdate:
     """Run the client hooks for one round and return the message for the server.
 
-    ``state`` is updated in place (the caller persists it). Raises :class:`PrivacyError` if the
-    update carries any of the algorithm's local keys.
+    ``state`` is updated in place (the caller persists it). The algorithm's frozen keys have
+    ``requires_grad`` off for the whole round.
+
+    Raises:
+        PrivacyError: the update carries one of the algorithm's local keys.
+        FrozenKeyError: the update or the client state carries one of its frozen keys.
     """
     ctx = ClientContext(client_id=client_id, round=rnd, broadcast=broadcast, state=state, device=trainer.device)
-    algorithm.on_round_start(model, ctx)
-    metrics = algorithm.local_train(model, ctx, trainer)
-    update = algorithm.client_update(model, ctx, trainer.num_examples, metrics)
-    algorithm.on_round_end(model, ctx)
+    frozen = algorithm.frozen_keys(model)
+    with frozen_parameters(model, frozen):
+        algorithm.on_round_start(model, ctx)
+        metrics = algorithm.local_train(model, ctx, trainer)
+        update = algorithm.client_update(model, ctx, trainer.num_examples, metrics)
+        algorithm.on_round_end(model, ctx)
+    check_frozen(algorithm, frozen, update, state)
     leaked = algorithm.local_keys(model) & set(update.params)
     if leaked:
         raise PrivacyError(
@@ -79,9 +88,12 @@ def run_client_personalization(
 ) -> dict[str, float]:
     """The local phase after the last round: load the final model, ``personalize``, keep local keys."""
     ctx = ClientContext(client_id=client_id, round=rnd, broadcast=broadcast, state=state, device=trainer.device)
-    algorithm.on_round_start(model, ctx)
-    metrics = algorithm.personalize(model, ctx, trainer) or {}
-    algorithm.on_round_end(model, ctx)
+    frozen = algorithm.frozen_keys(model)
+    with frozen_parameters(model, frozen):
+        algorithm.on_round_start(model, ctx)
+        metrics = algorithm.personalize(model, ctx, trainer) or {}
+        algorithm.on_round_end(model, ctx)
+    check_frozen(algorithm, frozen, None, state)
     return metrics
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -21,6 +21,7 @@ from fedseg.engine.client import overrides_personalize
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.state_store import atomic_torch_save
+from fedseg.records import Field, Kind
 from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
@@ -75,6 +76,8 @@ class FederationServer:
             ``federation.train_sites`` keeps only the sites it lists (the others never train but
             are still evaluated).
         eval_clients: the clients that evaluate (every site).
+        frozen: the algorithm's frozen keys (``Algorithm.frozen_keys``), left out of the global
+            parameters; ``init_params`` stays the codec template both sides know.
 
     Raises:
         ConfigError: ``federation.train_sites`` or ``data.supervision`` names a site that is not
@@ -91,6 +94,7 @@ class FederationServer:
         fit_clients: list[str],
         eval_clients: list[str],
         progress: ProgressSink | None = None,
+        frozen: Collection[str] = (),
     ) -> None:
         self.cfg = cfg
         self.algorithm = algorithm
@@ -98,7 +102,8 @@ class FederationServer:
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
-        self.global_params: Params = copy.deepcopy(init_params)
+        # the algorithm's frozen keys are never global: in no broadcast and no checkpoint
+        self.global_params: Params = copy.deepcopy({k: v for k, v in init_params.items() if k not in frozen})
         self.server_state: ServerState = algorithm.init_server_state(self.global_params)
         self.phase = "federated"
         self.codecs = build_wire_codecs(cfg.codec)
@@ -186,9 +191,8 @@ class FederationServer:
             updates.append(update)
             records.append(record)
         t0 = time.perf_counter()
-        self.global_params, self.server_state = self.algorithm.aggregate(
-            rnd, updates, self.global_params, self.server_state
-        )
+        agg = self.algorithm.aggregate(rnd, updates, self.global_params, self.server_state)
+        self.global_params, self.server_state = agg.params, agg.server_state
         overhead += time.perf_counter() - t0
         records.append(
             {
@@ -202,11 +206,9 @@ class FederationServer:
                 "overhead_seconds": overhead,
             }
         )
-        # per-client aggregation weights (and their factors) an algorithm chose to log, e.g. AAM
-        records.extend(
-            {"round": rnd, "site": site, "kind": "weights", **row}
-            for site, row in self.server_state.pop("round_weights", {}).items()
-        )
+        # the round metrics aggregate returned: per-client weights (and their factors), other rows
+        for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
+            records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())
         if rnd % self.cfg.eval.every == 0 or rnd == fed.rounds:
             records.extend(self.evaluate(executor, rnd, "val"))
         self.run.append_metrics(records)

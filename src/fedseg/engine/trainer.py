@@ -8,13 +8,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedseg.algorithms.base import Batch, BatchLoss, ExtraLoss
+from fedseg.algorithms.base import Batch, BatchLoss, EpochHook, ExtraLoss
 from fedseg.config import TrainConfig
 from fedseg.data.augment import BatchAugmenter
 from fedseg.data.base import SegmentationSet
 from fedseg.data.patches import PatchSampler, pad_to_size
 from fedseg.engine.evaluate import SlidingWindow, evaluate
 from fedseg.engine.seeding import derive_seed
+from fedseg.models.taps import capture_outputs, check_captured
 from fedseg.types import ClientState
 
 __all__ = ["Trainer", "make_optimizer", "resolve_device", "EpochCallback"]
@@ -223,44 +224,58 @@ class Trainer:
         loss: BatchLoss | None = None,
         extras: Mapping[str, torch.Tensor] | None = None,
         subset: torch.Tensor | None = None,
+        aux_outputs: Mapping[str, str] | None = None,
+        on_epoch_start: EpochHook | None = None,
+        on_epoch_end: EpochHook | None = None,
     ) -> dict[str, float]:
         epochs = self.epochs if epochs is None else epochs
         named = list(model.named_parameters())
         frozen = [p for n, p in named if trainable is not None and n not in trainable and p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
+        # parameters already off (an algorithm's frozen keys) are never optimised
         params = [p for _, p in named if p.requires_grad]
         optimizer = make_optimizer(params, self.cfg)
         persist = self.cfg.optimizer_state == "persist"
         if persist and optimizer_key in self.state:
             optimizer.load_state_dict(self.state[optimizer_key])
+        outputs = dict(aux_outputs or {})
         model.train()
         total = task_total = 0.0
         steps = 0
         try:
-            for epoch in range(epochs):
-                epoch_loss = 0.0
-                epoch_steps = 0
-                for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset):
-                    optimizer.zero_grad(set_to_none=True)
-                    logits = model(batch.image)
-                    # batch.mask raises MissingMaskError on a weakly-supervised site's batch
-                    task = self.loss_fn(logits, batch.mask) if loss is None else loss(model, batch, logits)
-                    step_loss = task
-                    if extra_loss is not None:
-                        extra = extra_loss(model, batch, logits)
-                        if extra is not None:
-                            step_loss = step_loss + extra
-                    step_loss.backward()
-                    optimizer.step()
-                    value = float(step_loss.detach())
-                    epoch_loss += value
-                    total += value
-                    task_total += float(task.detach())
-                    epoch_steps += 1
-                    steps += 1
-                if self.on_epoch is not None:
-                    self.on_epoch(epoch + 1, epochs, epoch_loss / max(epoch_steps, 1))
+            with capture_outputs(model, outputs) as captured:
+                for epoch in range(1, epochs + 1):
+                    if on_epoch_start is not None:
+                        on_epoch_start(model, epoch, epochs)
+                    epoch_loss = 0.0
+                    epoch_steps = 0
+                    for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset):
+                        optimizer.zero_grad(set_to_none=True)
+                        logits = model(batch.image)
+                        if outputs:
+                            check_captured(captured, outputs)
+                            batch.aux = dict(captured)
+                            captured.clear()
+                        # batch.mask raises MissingMaskError on a weakly-supervised site's batch
+                        task = self.loss_fn(logits, batch.mask) if loss is None else loss(model, batch, logits)
+                        step_loss = task
+                        if extra_loss is not None:
+                            extra = extra_loss(model, batch, logits)
+                            if extra is not None:
+                                step_loss = step_loss + extra
+                        step_loss.backward()
+                        optimizer.step()
+                        value = float(step_loss.detach())
+                        epoch_loss += value
+                        total += value
+                        task_total += float(task.detach())
+                        epoch_steps += 1
+                        steps += 1
+                    if on_epoch_end is not None:
+                        on_epoch_end(model, epoch, epochs)
+                    if self.on_epoch is not None:
+                        self.on_epoch(epoch, epochs, epoch_loss / max(epoch_steps, 1))
         finally:
             for p in frozen:
                 p.requires_grad_(True)

@@ -31,7 +31,8 @@ from fedseg.engine.rundir import RunDir
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
-from fedseg.models import build_model
+from fedseg.runtime.build import init_model
+from fedseg.runtime.common import DataSpec
 from fedseg.types import Params
 
 __all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "predict_file", "channel_files",
@@ -88,8 +89,10 @@ def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Mod
             f"{info['algorithm']} has no global model; pass --client with one of: {', '.join(info['clients'])}"
         )
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model, info["spatial_dims"], info["in_channels"], info["num_classes"]).to(device)
-    model.load_state_dict(params)
+    spec = DataSpec(spatial_dims=info["spatial_dims"], in_channels=info["in_channels"], num_classes=info["num_classes"])
+    # the initial model supplies the keys checkpoints never hold (an algorithm's frozen keys)
+    model, initial, _ = init_model(cfg, spec, device)
+    model.load_state_dict({**initial, **params})
     model.eval()
     return model, cfg, info
 

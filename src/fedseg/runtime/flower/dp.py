@@ -17,6 +17,7 @@ No privacy accountant is attached: Flower's accountant requires its own FedAvg a
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -25,6 +26,7 @@ from flwr.serverapp.strategy import DifferentialPrivacyClientSideFixedClipping, 
 from torch import nn
 
 from fedseg.algorithms import Algorithm
+from fedseg.algorithms.base import Aggregate
 from fedseg.config import RunConfig
 from fedseg.runtime.common import RunError
 from fedseg.runtime.flower.records import record_to_tensors, tensors_to_record
@@ -90,7 +92,7 @@ class CentralDP:
 
     def __init__(
         self,
-        aggregate: Callable[[int, Sequence[ClientUpdate], Params, ServerState], tuple[Params, ServerState]],
+        aggregate: Callable[[int, Sequence[ClientUpdate], Params, ServerState], Aggregate],
         replies: Callable[[], list[Message]],
         *,
         noise_multiplier: float,
@@ -106,8 +108,9 @@ class CentralDP:
 
     def __call__(
         self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
-    ) -> tuple[Params, ServerState]:
-        new_params, server_state = self._aggregate(rnd, updates, global_params, server_state)
+    ) -> Aggregate:
+        agg = self._aggregate(rnd, updates, global_params, server_state)
+        new_params = agg.params
         sent = {k for u in updates for k in u.params}
         noisy_keys = [k for k, v in new_params.items() if k in sent and v.is_floating_point()]
         self._inner.arrays = tensors_to_record({k: new_params[k] for k in noisy_keys}, where="aggregate")
@@ -118,4 +121,4 @@ class CentralDP:
         out: dict[str, Any] = dict(new_params)
         for key, value in noised.items():
             out[key] = value.to(new_params[key].dtype)
-        return out, server_state
+        return replace(agg, params=out)
