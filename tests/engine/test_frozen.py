@@ -17,7 +17,8 @@ from fedseg.algorithms.base import Algorithm, ClientContext, module_keys, norm_l
 from fedseg.config import config_from_dict
 from fedseg.engine import wire
 from fedseg.engine.frozen import FrozenKeyError, frozen_parameters
-from fedseg.runtime.common import DataSpec, init_model
+from fedseg.runtime.build import init_model
+from fedseg.runtime.common import DataSpec
 from fedseg.runtime.inference import load_trained_model
 from fedseg.runtime.sim import run_inprocess
 from fedseg.types import Broadcast, ClientUpdate
@@ -82,7 +83,7 @@ def test_frozen_weights_are_never_trained_sent_stored_or_checkpointed(tmp_path: 
     run_dir = tmp_path / "run"
     sent = _run(alg, run_dir, monkeypatch)
     cfg = config_from_dict(tiny_config(rounds=2))
-    model, init = init_model(cfg, DataSpec(spatial_dims=2, in_channels=1, num_classes=2), torch.device("cpu"))
+    model, init, _ = init_model(cfg, DataSpec(spatial_dims=2, in_channels=1, num_classes=2), torch.device("cpu"))
     frozen = alg.frozen_keys(model)
     assert frozen == {f"{_FROZEN_MODULE}.weight", f"{_FROZEN_MODULE}.bias"}
 
@@ -138,7 +139,7 @@ def test_frozen_parameters_are_left_out_of_the_optimizer(tmp_path: Path, monkeyp
     cfg = config_from_dict(tiny_config(rounds=1, train={"optimizer_state": "persist"}))
     run_inprocess(cfg, tmp_path / "p", write_report=False)
     ckpt = torch.load(tmp_path / "p" / "checkpoints" / "last.pt", weights_only=False)
-    model, _ = init_model(cfg, DataSpec(spatial_dims=2, in_channels=1, num_classes=2), torch.device("cpu"))
+    model, _, _ = init_model(cfg, DataSpec(spatial_dims=2, in_channels=1, num_classes=2), torch.device("cpu"))
     state = ckpt["client_states"]["memory"]["site0"]["optimizer"]
     assert len(state["param_groups"][0]["params"]) == len(list(model.parameters())) - 2
     # requires_grad is off only for the round, and only for the frozen parameters
