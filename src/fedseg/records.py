@@ -25,6 +25,7 @@ class Kind(StrEnum):
     WEIGHTS = "weights"  # one client's aggregation weight (and its factors) in a round
     PERSONALIZE = "personalize"  # one client's post-federation local phase
     AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
+    COMM = "comm"  # one non-training exchange (evaluation, personalize): its bytes
 
 
 class ModelKind(StrEnum):
@@ -60,6 +61,9 @@ class Field(StrEnum):
     SELECTED_ROUND = "selected_round"  # test records: the round of the scored checkpoint
     BYTES_UP = "bytes_up"
     BYTES_DOWN = "bytes_down"
+    BYTES_UP_RAW = "bytes_up_raw"  # the same message serialised with no codec (float32)
+    BYTES_DOWN_RAW = "bytes_down_raw"
+    PHASE = "phase"  # comm records: "eval" | "personalize"
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from fedseg.data.base import MissingMaskError
-from fedseg.records import ModelKind
+from fedseg.records import ModelKind, Selection
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = [
@@ -166,6 +166,8 @@ class StateKey:
     """Keys the base class uses in client state."""
 
     LOCAL_PARAMS = "local_params"
+    BEST_VAL = "best_val"  # engine: personal model at the best val round {"round", "dice", "params"}
+    LAST_VAL = "last_val"  # engine: the personal model's latest val score {"round", "dice"}
 
 
 @dataclass
@@ -374,3 +376,40 @@ class Algorithm:
         averaged = weighted_average([u.params for u in shared], weights)
         server_state["last_weights"] = {u.client_id: float(w) for u, w in zip(shared, weights, strict=True)}
         return {**global_params, **averaged}, server_state
+
+    # ---- evaluation side
+    def prepare_eval_model(self, model: nn.Module, extras: Mapping[str, torch.Tensor], state: ClientState) -> None:
+        """Make ``model`` ready for evaluation once its parameters are loaded.
+
+        Every evaluation path calls it (in-run evaluation, ``fedseg eval``, ``fedseg predict``,
+        Flower), with the extras of the broadcast the evaluated model came from and the state of
+        the client that evaluates (``{}`` where none is held, e.g. a new site). Non-parameter
+        state the server sends, such as a key/value bank, goes into the model here. Default:
+        nothing.
+        """
+
+    def personal_model(self, global_params: Params, state: ClientState, selection: str = Selection.LAST
+                       ) -> Params | None:
+        """The client's personalised model under ``selection``: with ``best_val`` the snapshot the
+        engine kept at the client's best validation round (:attr:`StateKey.BEST_VAL`), otherwise
+        (or when there is none) :meth:`personal_params` of ``global_params``. None: the method has
+        no personalised model besides the global one."""
+        best = state.get(StateKey.BEST_VAL) if selection == Selection.BEST_VAL else None
+        if best is not None:
+            params: Params = best["params"]
+            return params
+        return self.personal_params(global_params, state)
+
+    def unseen_params(
+        self,
+        global_params: Params,
+        client_states: Mapping[str, ClientState],
+        num_examples: Mapping[str, int],
+        selection: str = Selection.LAST,
+    ) -> Params | None:
+        """The model used on a site that never trained (:attr:`unseen_policy`), from the (selected)
+        global model and the trained clients' states and sample counts; ``selection`` says which
+        personalised models to combine (:meth:`personal_model`). The server calls it at the end of
+        a run where it holds the states and stores it in the checkpoint. None: the method has none.
+        Default: the global model."""
+        return global_params if self.has_global_model else None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,7 +10,9 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, norm_layer_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.records import ModelKind
+from fedseg.algorithms.unseen import mean_local_params
+from fedseg.records import ModelKind, Selection
+from fedseg.types import ClientState, Params
 
 __all__ = ["FedBN"]
 
@@ -29,3 +32,13 @@ class FedBN(Algorithm):
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return norm_layer_keys(model)
+
+    def unseen_params(
+        self,
+        global_params: Params,
+        client_states: Mapping[str, ClientState],
+        num_examples: Mapping[str, int],
+        selection: str = Selection.LAST,
+    ) -> Params | None:
+        """The global model with the sample-weighted mean of the clients' norm layers, running statistics included (:func:`mean_local_params`)."""
+        return mean_local_params(self, global_params, client_states, num_examples, selection)

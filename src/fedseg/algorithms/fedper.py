@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -9,7 +10,9 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm, module_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.records import ModelKind
+from fedseg.algorithms.unseen import mean_local_params
+from fedseg.records import ModelKind, Selection
+from fedseg.types import ClientState, Params
 
 __all__ = ["FedPer", "head_keys"]
 
@@ -40,3 +43,13 @@ class FedPer(Algorithm):
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return head_keys(model, self.head)
+
+    def unseen_params(
+        self,
+        global_params: Params,
+        client_states: Mapping[str, ClientState],
+        num_examples: Mapping[str, int],
+        selection: str = Selection.LAST,
+    ) -> Params | None:
+        """The global model with the sample-weighted mean of the clients' heads (:func:`mean_local_params`)."""
+        return mean_local_params(self, global_params, client_states, num_examples, selection)

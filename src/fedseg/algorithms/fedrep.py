@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -10,7 +11,9 @@ from torch import nn
 from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
 from fedseg.algorithms.fedper import head_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.records import ModelKind
+from fedseg.algorithms.unseen import mean_local_params
+from fedseg.records import ModelKind, Selection
+from fedseg.types import ClientState, Params
 
 __all__ = ["FedRep"]
 
@@ -41,3 +44,13 @@ class FedRep(Algorithm):
         body_metrics = trainer.fit(model, epochs=self.body_epochs, trainable=params - head,
                                    optimizer_key="body_optimizer")
         return {**body_metrics, "head_loss": head_metrics["loss"]}
+
+    def unseen_params(
+        self,
+        global_params: Params,
+        client_states: Mapping[str, ClientState],
+        num_examples: Mapping[str, int],
+        selection: str = Selection.LAST,
+    ) -> Params | None:
+        """The global model with the sample-weighted mean of the clients' heads (:func:`mean_local_params`)."""
+        return mean_local_params(self, global_params, client_states, num_examples, selection)
