@@ -91,7 +91,7 @@ class SummaryKey(StrEnum):
     TEST = "test"  # {model kind: {site: metrics}} on the selected checkpoint
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
-    BYTES = "bytes"  # {"up": total, "down": total, "total": total, "up_fp32": .., "down_fp32": ..}
+    BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: sums over round + comm lines
 
 
 class InfoKey(StrEnum):

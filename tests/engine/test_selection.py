@@ -99,7 +99,7 @@ class SpySet(SegmentationSet):
 def test_the_test_split_is_not_read_before_training_ends(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     SpySet.reads.clear()
     SpySet.training_over[0] = False
-    original_load, original_test = sim.load_training_data, FederationServer.test
+    original_load, original_test = sim.load_training_data, FederationServer.score_test
 
     def load(*args: Any, **kwargs: Any) -> FederatedData:
         data = original_load(*args, **kwargs)  # the pre-training data check reads every split
@@ -109,12 +109,12 @@ def test_the_test_split_is_not_read_before_training_ends(tmp_path: Path, monkeyp
         SpySet.reads.clear()
         return data
 
-    def test(self: FederationServer, executor: Any) -> list[dict[str, Any]]:
+    def score_test(self: FederationServer, executor: Any) -> list[dict[str, Any]]:
         SpySet.training_over[0] = True
         return original_test(self, executor)
 
     monkeypatch.setattr(sim, "load_training_data", load)
-    monkeypatch.setattr(FederationServer, "test", test)
+    monkeypatch.setattr(FederationServer, "score_test", score_test)
     run_inprocess(config_from_dict(tiny_config("fedbn", rounds=2)), tmp_path / "r", write_report=False)
     assert SpySet.reads and all(SpySet.reads), "the test split was read before the end of training"
 

@@ -25,7 +25,8 @@ from fedseg.engine.messages import encode_broadcast
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
-from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Selection, Split, SummaryKey
+from fedseg.engine.summary import summarize
+from fedseg.records import METRIC_KEYS, SERVER, Field, ModelKind, Selection, Split
 from fedseg.types import ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
@@ -284,7 +285,7 @@ class FederationServer:
             for rnd in range(start, rounds + 1):
                 self.run_round(executor, rnd)
             self.personalize(executor)
-            records = self.test(executor)
+            records = self.score_test(executor)
         finally:
             self.progress.stop()
         self.run.append_metrics(records)
@@ -316,7 +317,7 @@ class FederationServer:
         store.restore(snapshot)
         return {c: store.load(c) for c in self.fit_clients}
 
-    def test(self, executor: ClientExecutor) -> list[dict[str, Any]]:
+    def score_test(self, executor: ClientExecutor) -> list[dict[str, Any]]:
         """Score the test split once per selected model (see :meth:`_selected`), after training.
 
         Sites that train are scored with the global model and their personalised model (the
@@ -356,54 +357,7 @@ class FederationServer:
         return records
 
     def _summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """``summary.json`` (keys: :class:`~fedseg.records.SummaryKey`) from the final test records."""
-        mode = self.cfg.eval.select
-        tables: dict[str, dict[str, dict[str, dict[str, Any]]]] = {mode: {}, Selection.LAST.value: {}}
-        per_client: dict[str, int] = {}
-        for r in records:
-            selection = str(r.get(Field.SELECTION, Selection.LAST.value))
-            metrics = {k: r[k] for k in METRIC_KEYS if k in r}
-            tables.setdefault(selection, {}).setdefault(r[Field.MODEL], {})[r[Field.SITE]] = metrics
-            if selection == mode and r[Field.MODEL] == ModelKind.PERSONAL and Field.SELECTED_ROUND in r:
-                per_client[r[Field.SITE]] = int(r[Field.SELECTED_ROUND])
-        judged_personal = self.algorithm.judged_by == ModelKind.PERSONAL
-        global_round = None
-        if self.algorithm.has_global_model:
-            global_round = int(self.best[Field.ROUND]) if mode == Selection.BEST_VAL.value and self.best else \
-                self.cfg.federation.rounds
-        summary: dict[str, Any] = {
-            SummaryKey.ALGORITHM: self.algorithm.name,
-            SummaryKey.ROUNDS: self.cfg.federation.rounds,
-            SummaryKey.JUDGED_BY: str(self.algorithm.judged_by),
-            SummaryKey.SELECTION: {"mode": mode, "round": global_round,
-                                   "per_client": per_client if judged_personal else {}},
-            SummaryKey.TEST: tables[mode],
-            SummaryKey.TEST_LAST: tables[Selection.LAST.value],
-            SummaryKey.MEAN: {kind: _means(sites) for kind, sites in tables[mode].items()},
-            SummaryKey.BYTES: self._bytes(),
-        }
-        summary = {str(k): v for k, v in summary.items()}
+        """Write ``summary.json`` from the final test records (:func:`~fedseg.engine.summary.summarize`)."""
+        summary = summarize(records, self.algorithm, self.cfg, self.best, read_metrics(self.run.metrics))
         self.run.write_json(self.run.summary, summary)
         return summary
-
-    def _bytes(self) -> dict[str, int]:
-        """Traffic of the run: the sums over ``round`` and ``comm`` records of metrics.jsonl."""
-        lines = [r for r in read_metrics(self.run.metrics) if r.get(Field.KIND) in (Kind.ROUND, Kind.COMM)]
-
-        def total(key: str) -> int:
-            return sum(int(r.get(key, 0)) for r in lines)
-
-        up, down = total(Field.BYTES_UP), total(Field.BYTES_DOWN)
-        up_raw, down_raw = total(Field.BYTES_UP_RAW), total(Field.BYTES_DOWN_RAW)
-        return {"up": up, "down": down, "total": up + down, "up_raw": up_raw, "down_raw": down_raw,
-                "total_raw": up_raw + down_raw}
-
-
-def _means(sites: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
-    """``dice``: the mean over sites; ``dice_image``: the mean over images (site Dice weighted by
-    its ``n``); sites without a finite Dice are left out of both."""
-    rows = [(float(m[Field.DICE]), float(m.get(Field.N, 0))) for m in sites.values()
-            if Field.DICE in m and not math.isnan(float(m[Field.DICE]))]
-    weight = sum(n for _, n in rows)
-    return {"dice": float(np.mean([d for d, _ in rows])) if rows else float("nan"),
-            "dice_image": sum(d * n for d, n in rows) / weight if weight > 0 else float("nan")}
