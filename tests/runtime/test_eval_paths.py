@@ -159,3 +159,30 @@ def test_checkpoint_best_needs_a_best_val_run(tmp_path: Path) -> None:
     with pytest.raises(EvalError, match="eval.select: last"):
         evaluate_run(run_dir, checkpoint="best")
     assert {r[Field.SELECTION] for r in evaluate_run(run_dir)} == {Selection.LAST}
+
+
+def test_eval_on_a_new_site_folder_uses_the_unseen_model(tmp_path: Path) -> None:
+    cfg = tiny_config("fedbn", rounds=1)
+    run_dir = tmp_path / "bn"
+    run_inprocess(config_from_dict(cfg), run_dir, write_report=False)
+    site = tmp_path / "newsite"
+    (site / "images").mkdir(parents=True)
+    (site / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        mask = np.zeros((20, 20), dtype=np.uint8)
+        mask[5:12, 6:14] = 1
+        Image.fromarray(rng.integers(0, 255, size=(20, 20), dtype=np.uint8)).save(site / "images" / f"c{i}.png")
+        Image.fromarray(mask).save(site / "masks" / f"c{i}.png")
+    row, = evaluate_run(run_dir, data=site)
+    assert row[Field.SITE] == "newsite" and row[Field.MODEL] == ModelKind.UNSEEN
+    from fedseg.engine.evaluate import evaluate
+    from fedseg.models import build_model
+    from fedseg.runtime.inference import _sites_at
+
+    run_cfg = config_from_dict(cfg)
+    model = build_model(run_cfg.model, 2, 1, 2)
+    model.load_state_dict(torch.load(run_dir / "checkpoints" / "best.pt", weights_only=False)["unseen_params"])
+    info = {"in_channels": 1, "num_classes": 2, "spatial_dims": 2}
+    want = evaluate(model, _sites_at(site, run_cfg, info)[0].test, num_classes=2, device=torch.device("cpu"))
+    assert {k: row[k] for k in want} == want
