@@ -400,13 +400,8 @@ class Algorithm:
             return params
         return self.personal_params(global_params, state)
 
-    def unseen_params(
-        self,
-        global_params: Params,
-        client_states: Mapping[str, ClientState],
-        num_examples: Mapping[str, int],
-        selection: str = Selection.LAST,
-    ) -> Params | None:
+    def unseen_params(self, global_params: Params, client_states: Mapping[str, ClientState],
+                      num_examples: Mapping[str, int], selection: str = Selection.LAST) -> Params | None:
         """The model used on a site that never trained (:attr:`unseen_policy`), from the (selected)
         global model and the trained clients' states and sample counts; ``selection`` says which
         personalised models to combine (:meth:`personal_model`). The server calls it at the end of

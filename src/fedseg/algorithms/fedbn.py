@@ -2,24 +2,22 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, norm_layer_keys
+from fedseg.algorithms.base import norm_layer_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.algorithms.unseen import mean_local_params
-from fedseg.records import ModelKind, Selection
-from fedseg.types import ClientState, Params
+from fedseg.algorithms.unseen import MeanOfLocalParts
+from fedseg.records import ModelKind
 
 __all__ = ["FedBN"]
 
 
 @ALGORITHMS.register("fedbn")
 @dataclass
-class FedBN(Algorithm):
+class FedBN(MeanOfLocalParts):
     """FedBN: FedAvg except that every normalisation layer (affine parameters and running
     statistics), selected by module type, stays on the client. A model without normalisation
     layers makes this FedAvg. Evaluate the personalised models: the global model's norm layers
@@ -32,13 +30,3 @@ class FedBN(Algorithm):
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return norm_layer_keys(model)
-
-    def unseen_params(
-        self,
-        global_params: Params,
-        client_states: Mapping[str, ClientState],
-        num_examples: Mapping[str, int],
-        selection: str = Selection.LAST,
-    ) -> Params | None:
-        """The global model with the sample-weighted mean of the clients' norm layers, running statistics included (:func:`mean_local_params`)."""
-        return mean_local_params(self, global_params, client_states, num_examples, selection)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, module_keys
+from fedseg.algorithms.base import module_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.algorithms.unseen import mean_local_params
-from fedseg.records import ModelKind, Selection
-from fedseg.types import ClientState, Params
+from fedseg.algorithms.unseen import MeanOfLocalParts
+from fedseg.records import ModelKind
 
 __all__ = ["FedPer", "head_keys"]
 
@@ -30,7 +28,7 @@ def head_keys(model: nn.Module, head: list[str]) -> set[str]:
 
 @ALGORITHMS.register("fedper")
 @dataclass
-class FedPer(Algorithm):
+class FedPer(MeanOfLocalParts):
     """FedPer: the whole model trains jointly each round; the body is FedAvg'ed and the head
     (``head`` module names; default the model's last decoder block + 1x1 classifier, our
     assumption for U-Nets) never leaves the client. Evaluate the personalised models."""
@@ -43,13 +41,3 @@ class FedPer(Algorithm):
 
     def local_keys(self, model: nn.Module) -> set[str]:
         return head_keys(model, self.head)
-
-    def unseen_params(
-        self,
-        global_params: Params,
-        client_states: Mapping[str, ClientState],
-        num_examples: Mapping[str, int],
-        selection: str = Selection.LAST,
-    ) -> Params | None:
-        """The global model with the sample-weighted mean of the clients' heads (:func:`mean_local_params`)."""
-        return mean_local_params(self, global_params, client_states, num_examples, selection)

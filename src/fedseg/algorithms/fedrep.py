@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
+from fedseg.algorithms.base import ClientContext, LocalTrainer
 from fedseg.algorithms.fedper import head_keys
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.algorithms.unseen import mean_local_params
-from fedseg.records import ModelKind, Selection
-from fedseg.types import ClientState, Params
+from fedseg.algorithms.unseen import MeanOfLocalParts
+from fedseg.records import ModelKind
 
 __all__ = ["FedRep"]
 
 
 @ALGORITHMS.register("fedrep")
 @dataclass
-class FedRep(Algorithm):
+class FedRep(MeanOfLocalParts):
     """FedRep: same body/head split as FedPer, but each round first trains only the local head for
     ``head_epochs`` epochs, then only the shared body for ``body_epochs`` (default: the configured
     local epochs). The body is FedAvg'ed; the head never leaves the client."""
@@ -44,13 +42,3 @@ class FedRep(Algorithm):
         body_metrics = trainer.fit(model, epochs=self.body_epochs, trainable=params - head,
                                    optimizer_key="body_optimizer")
         return {**body_metrics, "head_loss": head_metrics["loss"]}
-
-    def unseen_params(
-        self,
-        global_params: Params,
-        client_states: Mapping[str, ClientState],
-        num_examples: Mapping[str, int],
-        selection: str = Selection.LAST,
-    ) -> Params | None:
-        """The global model with the sample-weighted mean of the clients' heads (:func:`mean_local_params`)."""
-        return mean_local_params(self, global_params, client_states, num_examples, selection)

@@ -40,13 +40,9 @@ class LocalOnly(Algorithm):
         # Every client starts from the same seeded initial model and then keeps its own.
         return Broadcast(params={}, config=self.round_config(rnd, server_state))
 
-    def unseen_params(
-        self,
-        global_params: Params,
-        client_states: Mapping[str, ClientState],
-        num_examples: Mapping[str, int],
-        selection: str = Selection.LAST,
-    ) -> Params | None:
-        """The single-site model with the best validation Dice on its own site (:func:`best_single_site`): the
-        only model of this method trained at all, chosen on validation data only."""
+    def unseen_params(self, global_params: Params, client_states: Mapping[str, ClientState],
+                      num_examples: Mapping[str, int], selection: str = Selection.LAST) -> Params | None:
+        """The single-site model with the best validation Dice on its own site
+        (:func:`best_single_site`): the only kind of model this method trains, chosen on
+        validation data only."""
         return best_single_site(self, global_params, client_states, selection)

@@ -15,7 +15,7 @@ from fedseg.algorithms.base import Algorithm, StateKey, weighted_average
 from fedseg.records import Selection
 from fedseg.types import ClientState, Params
 
-__all__ = ["mean_local_params", "best_single_site", "selected_val_dice"]
+__all__ = ["MeanOfLocalParts", "mean_local_params", "best_single_site", "selected_val_dice"]
 
 
 def mean_local_params(
@@ -68,3 +68,13 @@ def best_single_site(
         if best is None or dice > best[0]:
             best = (dice, personal)
     return None if best is None else best[1]
+
+
+class MeanOfLocalParts(Algorithm):
+    """Base of the methods whose unseen-site model is the global model with the sample-weighted
+    mean of the clients' local parts (FedBN: norm layers, FedPer/FedRep: heads)."""
+
+    def unseen_params(self, global_params: Params, client_states: Mapping[str, ClientState],
+                      num_examples: Mapping[str, int], selection: str = Selection.LAST) -> Params | None:
+        """:func:`mean_local_params`."""
+        return mean_local_params(self, global_params, client_states, num_examples, selection)
