@@ -103,9 +103,12 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    selection = summary.get("selection") or {}
+    chosen = f"{selection.get('mode', 'last')}" + (f", round {selection['round']}" if selection.get("round") else "")
     for model_kind, sites in summary.get("test", {}).items():
         rows = [{"site": s, **m} for s, m in sites.items()]
-        console.print(_metrics_table(f"{summary['algorithm']} — test, {model_kind} model", rows))
+        judged = " (judged by)" if model_kind == summary.get("judged_by") else ""
+        console.print(_metrics_table(f"{summary['algorithm']} — test, {model_kind} model{judged}, {chosen}", rows))
     console.print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})")
 
 
