@@ -72,6 +72,8 @@ def test_a_site_that_never_trained_gets_the_unseen_model_everywhere(tmp_path: Pa
     assert [rows[s][Field.MODEL] for s in ("site0", "site1", "site2")] == ["personal", "personal", "unseen"]
     assert rows["site2"]["dice"] == in_run[("site2", ModelKind.UNSEEN)]["dice"]
     assert result.summary["test"]["unseen"].keys() == {"site2"}
+    with pytest.raises(EvalError, match="never trained"):
+        evaluate_run(run_dir, client="site2")
 
 
 def test_local_only_unseen_model_is_the_best_validated_site(tmp_path: Path) -> None:

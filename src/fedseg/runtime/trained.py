@@ -119,6 +119,9 @@ class TrainedRun:
         """
         if client is not None and client not in self.info["clients"]:
             raise EvalError(f"--client {client!r}: not a client of this run; clients: {', '.join(self.info['clients'])}")
+        if client is not None and client not in self.trained_sites() and not self.info.get("pooled_data"):
+            raise EvalError(f"--client {client!r} never trained (federation.train_sites), so it has no personalised "
+                            f"model; omit --client to score it with the unseen-site model")
         owner = client if client is not None else site
         if client is None and (site is None or site not in self.trained_sites()):
             kind = ModelKind.UNSEEN.value
