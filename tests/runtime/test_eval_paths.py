@@ -87,6 +87,10 @@ def test_local_only_unseen_model_is_the_best_validated_site(tmp_path: Path) -> N
     assert all(torch.equal(ckpt["unseen_params"][k], v) for k, v in want.items())
     rows = {r[Field.SITE]: r[Field.MODEL] for r in evaluate_run(run_dir, checkpoint="last")}
     assert rows == {"site0": "personal", "site1": "personal", "site2": "unseen"}
+    for checkpoint, selection in (("best", Selection.BEST_VAL), ("last", Selection.LAST)):
+        in_run = _test_records(run_dir, selection)
+        for row in evaluate_run(run_dir, checkpoint=checkpoint):
+            assert row["dice"] == in_run[(row[Field.SITE], row[Field.MODEL])]["dice"], (checkpoint, row)
 
 
 @dataclass

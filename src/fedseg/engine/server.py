@@ -341,8 +341,10 @@ class FederationServer:
             unseen = self.algorithm.unseen_params(params, states or {}, self.num_examples, selection)
             if selection == Selection.LAST.value:
                 self.unseen = unseen
-            elif self.run.best_checkpoint.is_file():
-                best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False)
+            else:  # best.pt is the selected checkpoint, also when no round beat another (or no global model)
+                best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False) \
+                    if self.best is not None and self.run.best_checkpoint.is_file() else \
+                    {"round": chosen, "global_params": params, "server_state": server_state, "val_dice": float("nan")}
                 atomic_torch_save({**best, "unseen_params": unseen}, self.run.best_checkpoint)
             if not unseen_sites:
                 continue
