@@ -11,10 +11,11 @@ from torch import nn
 
 from conftest import tiny_config
 from fedseg.algorithms import build_algorithm
-from fedseg.algorithms.base import Algorithm
+from fedseg.algorithms.base import Algorithm, StateKey
 from fedseg.config import config_from_dict
 from fedseg.engine.client import PrivacyError
 from fedseg.models import build_model
+from fedseg.records import Selection
 from fedseg.runtime.sim import run_inprocess
 from fedseg.types import ClientUpdate
 
@@ -80,3 +81,50 @@ def test_engine_refuses_an_update_that_leaks_a_local_key(tmp_path: Path) -> None
             run_inprocess(config_from_dict(tiny_config(rounds=1)), tmp_path / "leak", write_report=False)
     finally:
         sim.build_algorithm = original
+
+
+# ---------------------------------------------------------------- models for sites that never trained
+def _state(local: dict[str, torch.Tensor], best: dict[str, torch.Tensor] | None = None, best_dice: float = 0.5,
+           last_dice: float = 0.1) -> dict[str, object]:
+    state: dict[str, object] = {StateKey.LOCAL_PARAMS: local, StateKey.LAST_VAL: {"round": 3, "dice": last_dice}}
+    if best is not None:
+        state[StateKey.BEST_VAL] = {"round": 2, "dice": best_dice, "params": best}
+    return state
+
+
+@pytest.mark.parametrize("name", ["fedbn", "fedper", "fedrep"])
+def test_unseen_model_is_the_sample_weighted_mean_of_the_local_parts(name: str) -> None:
+    alg = build_algorithm({"name": name})
+    g = {"body": torch.tensor([1.0, 1.0]), "norm": torch.tensor([0.0, 0.0]), "steps": torch.tensor(0)}
+    a = {"norm": torch.tensor([3.0, 0.0]), "steps": torch.tensor(4)}
+    b = {"norm": torch.tensor([0.0, 6.0]), "steps": torch.tensor(9)}
+    states = {"A": _state(a), "B": _state(b)}
+    got = alg.unseen_params(g, states, {"A": 1, "B": 2}, Selection.LAST)
+    assert got is not None
+    torch.testing.assert_close(got["norm"], torch.tensor([1.0, 4.0]))  # (a + 2b) / 3
+    assert torch.equal(got["body"], g["body"]) and int(got["steps"]) == 9  # integer buffers: the maximum
+    # best_val combines each client's selected snapshot, not its last local layers
+    states["A"] = _state(a, best={**g, "norm": torch.tensor([6.0, 6.0]), "steps": torch.tensor(1)})
+    got = alg.unseen_params(g, states, {"A": 1, "B": 2}, Selection.BEST_VAL)
+    assert got is not None
+    torch.testing.assert_close(got["norm"], torch.tensor([2.0, 6.0]))
+    assert alg.unseen_params(g, {}, {}, Selection.LAST) is None  # a deployment: no client states
+
+
+def test_local_only_unseen_model_is_the_best_validated_single_site_model() -> None:
+    alg = build_algorithm({"name": "local"})
+    g = {"w": torch.zeros(1)}
+    states = {"A": _state({"w": torch.tensor([1.0])}, best={"w": torch.tensor([10.0])}, best_dice=0.9, last_dice=0.2),
+              "B": _state({"w": torch.tensor([2.0])}, best={"w": torch.tensor([20.0])}, best_dice=0.8, last_dice=0.3)}
+    assert torch.equal(alg.unseen_params(g, states, {}, Selection.BEST_VAL)["w"], torch.tensor([10.0]))  # type: ignore[index]
+    assert torch.equal(alg.unseen_params(g, states, {}, Selection.LAST)["w"], torch.tensor([2.0]))  # type: ignore[index]
+    states["B"][StateKey.LAST_VAL] = {"round": 3, "dice": 0.2}  # a tie goes to the first site by name
+    assert torch.equal(alg.unseen_params(g, states, {}, Selection.LAST)["w"], torch.tensor([1.0]))  # type: ignore[index]
+    assert alg.unseen_params(g, {"A": {}}, {}, Selection.LAST) is None  # never validated: none
+
+
+@pytest.mark.parametrize("name", ["fedavg", "ditto", "centralized"])
+def test_methods_without_local_layers_use_the_global_model_on_unseen_sites(name: str) -> None:
+    g = {"w": torch.ones(2)}
+    assert build_algorithm({"name": name}).unseen_params(g, {"A": {"personal_model": {"w": torch.zeros(2)}}},
+                                                         {"A": 3}) is g

@@ -66,6 +66,8 @@ def test_predict_nifti_writes_a_mask_with_the_input_affine_and_shape(
     labels = np.asarray(written.dataobj)
     assert labels.dtype == np.uint8 and set(np.unique(labels).tolist()) <= {0, 1}
     assert sum(result.voxels.values()) == 21 * 18 * 11 and result.overlay_path is None
+    # FedBN on new data: the mean of the clients' norm layers, never the untrained global ones
+    assert result.model == ("personal" if client else "unseen") and result.selected_round == 1
 
 
 def test_predict_png_writes_a_mask_of_the_input_size_and_an_overlay(run_2d: Path, tmp_path: Path) -> None:

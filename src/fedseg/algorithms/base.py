@@ -61,7 +61,7 @@ from fedseg.algorithms.training import (
     LocalTrainer,
     StateKey,
 )
-from fedseg.records import Field, ModelKind
+from fedseg.records import Field, ModelKind, Selection
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = [
@@ -286,3 +286,35 @@ class Algorithm:
         weighting = self.aggregation_weights(shared, global_params, server_state)
         averaged = weighted_average([u.params for u in shared], weighting.weights)
         return Aggregate({**global_params, **averaged}, server_state, weights=weight_rows(shared, weighting))
+
+    # ---- evaluation side
+    def prepare_eval_model(self, model: nn.Module, extras: Mapping[str, torch.Tensor], state: ClientState) -> None:
+        """Make ``model`` ready for evaluation once its parameters are loaded.
+
+        Every evaluation path calls it (in-run evaluation, ``fedseg eval``, ``fedseg predict``,
+        Flower), with the extras of the broadcast the evaluated model came from and the state of
+        the client that evaluates (``{}`` where none is held, e.g. a new site). Non-parameter
+        state the server sends, such as a key/value bank, goes into the model here. Default:
+        nothing.
+        """
+
+    def personal_model(self, global_params: Params, state: ClientState, selection: str = Selection.LAST
+                       ) -> Params | None:
+        """The client's personalised model under ``selection``: with ``best_val`` the snapshot the
+        engine kept at the client's best validation round (:attr:`StateKey.BEST_VAL`), otherwise
+        (or when there is none) :meth:`personal_params` of ``global_params``. None: the method has
+        no personalised model besides the global one."""
+        best = state.get(StateKey.BEST_VAL) if selection == Selection.BEST_VAL else None
+        if best is not None:  # the snapshot holds no frozen keys: they come with global_params
+            params: Params = {**global_params, **best["params"]}
+            return params
+        return self.personal_params(global_params, state)
+
+    def unseen_params(self, global_params: Params, client_states: Mapping[str, ClientState],
+                      num_examples: Mapping[str, int], selection: str = Selection.LAST) -> Params | None:
+        """The model used on a site that never trained (:attr:`unseen_policy`), from the (selected)
+        global model and the trained clients' states and sample counts; ``selection`` says which
+        personalised models to combine (:meth:`personal_model`). The server calls it at the end of
+        a run where it holds the states and stores it in the checkpoint. None: the method has none.
+        Default: the global model."""
+        return global_params if self.has_global_model else None

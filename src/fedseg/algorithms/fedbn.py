@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, norm_layer_keys
+from fedseg.algorithms.base import norm_layer_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.algorithms.unseen import MeanOfLocalParts
 from fedseg.records import ModelKind
 
 __all__ = ["FedBN"]
@@ -16,7 +17,7 @@ __all__ = ["FedBN"]
 
 @ALGORITHMS.register("fedbn")
 @dataclass
-class FedBN(Algorithm):
+class FedBN(MeanOfLocalParts):
     """FedBN: FedAvg except that every normalisation layer (affine parameters and running
     statistics), selected by module type, stays on the client. A model without normalisation
     layers makes this FedAvg. Evaluate the personalised models: the global model's norm layers

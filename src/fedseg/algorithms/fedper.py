@@ -7,8 +7,9 @@ from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, module_keys
+from fedseg.algorithms.base import module_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.algorithms.unseen import MeanOfLocalParts
 from fedseg.records import ModelKind
 
 __all__ = ["FedPer", "head_keys"]
@@ -27,7 +28,7 @@ def head_keys(model: nn.Module, head: list[str]) -> set[str]:
 
 @ALGORITHMS.register("fedper")
 @dataclass
-class FedPer(Algorithm):
+class FedPer(MeanOfLocalParts):
     """FedPer: the whole model trains jointly each round; the body is FedAvg'ed and the head
     (``head`` module names; default the model's last decoder block + 1x1 classifier, our
     assumption for U-Nets) never leaves the client. Evaluate the personalised models."""

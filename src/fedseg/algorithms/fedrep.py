@@ -7,9 +7,10 @@ from typing import ClassVar
 
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
+from fedseg.algorithms.base import ClientContext, LocalTrainer
 from fedseg.algorithms.fedper import head_keys
 from fedseg.algorithms.registry import ALGORITHMS
+from fedseg.algorithms.unseen import MeanOfLocalParts
 from fedseg.records import ModelKind
 
 __all__ = ["FedRep"]
@@ -17,7 +18,7 @@ __all__ = ["FedRep"]
 
 @ALGORITHMS.register("fedrep")
 @dataclass
-class FedRep(Algorithm):
+class FedRep(MeanOfLocalParts):
     """FedRep: same body/head split as FedPer, but each round first trains only the local head for
     ``head_epochs`` epochs, then only the shared body for ``body_epochs`` (default: the configured
     local epochs). The body is FedAvg'ed; the head never leaves the client."""

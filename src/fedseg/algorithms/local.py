@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -9,8 +10,9 @@ from torch import nn
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.algorithms.registry import ALGORITHMS
-from fedseg.records import ModelKind
-from fedseg.types import Broadcast, Params, ServerState
+from fedseg.algorithms.unseen import best_single_site
+from fedseg.records import ModelKind, Selection
+from fedseg.types import Broadcast, ClientState, Params, ServerState
 
 __all__ = ["LocalOnly"]
 
@@ -37,3 +39,10 @@ class LocalOnly(Algorithm):
     def broadcast(self, rnd: int, global_params: Params, server_state: ServerState) -> Broadcast:
         # Every client starts from the same seeded initial model and then keeps its own.
         return Broadcast(params={}, config=self.round_config(rnd, server_state))
+
+    def unseen_params(self, global_params: Params, client_states: Mapping[str, ClientState],
+                      num_examples: Mapping[str, int], selection: str = Selection.LAST) -> Params | None:
+        """The single-site model with the best validation Dice on its own site
+        (:func:`best_single_site`): the only kind of model this method trains, chosen on
+        validation data only."""
+        return best_single_site(self, global_params, client_states, selection)

@@ -141,6 +141,8 @@ class StateKey:
     """Keys the base class uses in client state."""
 
     LOCAL_PARAMS = "local_params"
+    BEST_VAL = "best_val"  # engine: personal model at the best val round {"round", "dice", "params"}
+    LAST_VAL = "last_val"  # engine: the personal model's latest val score {"round", "dice"}
 
 
 @dataclass

@@ -32,7 +32,8 @@ def _command_line(*args: str | Path | None) -> str:
 
 def _metrics_table(title: str, rows: list[dict[str, Any]], first: str = "site") -> Table:
     table = Table(title=title)
-    cols = [first, "n", "dice", "iou", "hd95", "precision", "recall"]
+    cols = [first, *[c for c in ("model", "selected_round") if any(c in r for r in rows)],
+            "n", "dice", "iou", "hd95", "precision", "recall"]
     for c in cols:
         table.add_column("HD95 (mm)" if c == "hd95" else c, justify="left" if c == first else "right")
     for r in rows:
@@ -102,9 +103,12 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
+    selection = summary.get("selection") or {}
+    chosen = f"{selection.get('mode', 'last')}" + (f", round {selection['round']}" if selection.get("round") else "")
     for model_kind, sites in summary.get("test", {}).items():
         rows = [{"site": s, **m} for s, m in sites.items()]
-        console.print(_metrics_table(f"{summary['algorithm']} — test, {model_kind} model", rows))
+        judged = " (judged by)" if model_kind == summary.get("judged_by") else ""
+        console.print(_metrics_table(f"{summary['algorithm']} — test, {model_kind} model{judged}, {chosen}", rows))
     console.print(f"run directory: {run_dir}  (report: {run_dir / 'report.md'})")
 
 
@@ -135,18 +139,25 @@ def eval_(
     data: Annotated[Path | None, typer.Option("--data", help="a site folder <site>/{images,masks} or a dataset root")] = None,
     client: Annotated[str | None, typer.Option("--client", help="use this client's personalised model")] = None,
     split: Annotated[str, typer.Option(help="split of the run's own data when --data is not given")] = "test",
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", help="best | last (default: the run's eval.select)")] = None,
 ) -> None:
-    """Evaluate a trained run on its own test splits or on any site folder."""
+    """Evaluate a trained run on its own splits or on any site folder.
+
+    Each site is scored with the model its method is judged by (its personalised model, or the
+    global one); a site that never trained and --data folders with the method's unseen model;
+    --client: that client's personalised model everywhere."""
     from fedseg.data.base import DataError
     from fedseg.runtime.inference import EvalError, evaluate_run
 
     try:
-        rows = evaluate_run(run_dir, data=data, client=client, split=split)
+        rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint)
     except (EvalError, DataError) as exc:
         _fail(str(exc))
         raise AssertionError from None
-    label = f"personalised ({client})" if client else "global"
-    console.print(_metrics_table(f"{run_dir.name}: {label} model on {data or split}", rows))
+    label = f"personalised ({client})" if client else "judged-by"
+    selection = rows[0]["selection"] if rows else "-"
+    console.print(_metrics_table(f"{run_dir.name}: {label} model ({selection}) on {data or split}", rows))
 
 
 @app.command()

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
+from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer, StateKey
 from fedseg.codecs import build_wire_codecs
 from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
-from fedseg.engine.evaluate import evaluate, sliding_window_for
+from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
+from fedseg.engine.messages import decode_broadcast
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
+from fedseg.records import Field, Kind, ModelKind, Selection, Split
 from fedseg.types import Broadcast, ClientState, ClientUpdate, Params
 
 __all__ = [
@@ -131,8 +134,10 @@ class ClientRuntime:
         self.device = device
         self.codecs = build_wire_codecs(cfg.codec)
         train = self.splits.get("train")
-        trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
-        if train is not None and train.masks is None and trains and not algorithm.weak_supervision:
+        self.trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
+        """Whether this client trains (``federation.train_sites``); one that never does has no
+        personalised model and is scored with the method's unseen model."""
+        if train is not None and train.masks is None and self.trains and not algorithm.weak_supervision:
             raise ConfigError(
                 f"site {client_id} is {train.supervision}-supervised (data.supervision); algorithm {algorithm.name} "
                 "needs pixel masks; use fedmix or leave the site out of training with federation.train_sites"
@@ -140,11 +145,7 @@ class ClientRuntime:
 
     def _broadcast(self, payload: bytes) -> Broadcast:
         """Decode the server's payload (wire format, then the down codec against the model's init)."""
-        broadcast = wire.decode(payload)
-        if not isinstance(broadcast, Broadcast):
-            raise TypeError(f"{self.client_id}: the server payload did not decode to a Broadcast")
-        broadcast.params = self.codecs.down.decode(broadcast.params, self.init_params)
-        return broadcast
+        return decode_broadcast(payload, self.codecs.down, self.init_params, self.client_id)
 
     def _prepare(
         self, rnd: int, payload: bytes, state: ClientState, progress: ProgressSink
@@ -209,31 +210,84 @@ class ClientRuntime:
             self.algorithm, self.model, client_id=self.client_id, rnd=rnd, broadcast=broadcast, state=state,
             trainer=trainer,
         )
+        # the post-federation phase's model is the one tested: a best-validation snapshot from the
+        # federated rounds would otherwise replace it
+        state.pop(StateKey.BEST_VAL, None)
         return {"round": rnd - 1, "site": self.client_id, "kind": "personalize", **metrics}
 
     def evaluate(self, rnd: int, payload: bytes, state: ClientState, split: str) -> list[dict[str, Any]]:
-        """Metrics of the global model (if the method has one) and of this client's personalised
-        model on its own ``split``; one record each (personal = global when nothing is local)."""
+        """Metrics on this client's own ``split`` of every model it is scored with, one record each
+        (``model``: global, personal, or unseen when the broadcast says so).
+
+        * global: the decoded broadcast (methods with a global model);
+        * personal (a site that trains, ``eval.personalized``): the algorithm's personalised model
+          (:meth:`~fedseg.algorithms.base.Algorithm.personal_model`; the global one's figures when
+          it has none); under ``selection: best_val`` the snapshot of its best validation round;
+        * unseen: the broadcast is the model for a site that never trained.
+
+        A validation pass also updates the client's selection state in place (its latest and, with
+        ``eval.select: best_val``, its best personalised model): the caller saves the state after a
+        ``val`` evaluation. Test records carry ``selection`` and ``selected_round``.
+        """
         data = self.splits.get(split)
         if data is None or len(data) == 0:
             return []
         broadcast = self._broadcast(payload)
-        base = {"round": rnd, "site": self.client_id, "kind": "eval", "split": split}
-        records: list[dict[str, Any]] = []
+        config = broadcast.config
+        base: dict[str, Any] = {Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.EVAL, Field.SPLIT: split}
+        selection = config.get(Field.SELECTION)
+        chosen = int(config.get(Field.SELECTED_ROUND, rnd))
+        if selection is not None:
+            base[Field.SELECTION] = str(selection)
         global_params = {**self.init_params, **broadcast.params}
+        if config.get(Field.MODEL) == ModelKind.UNSEEN:
+            metrics = self._evaluate(global_params, data, broadcast.extras, state)
+            return self._plain([{**base, Field.MODEL: ModelKind.UNSEEN, **self._chosen(selection, chosen), **metrics}])
+        records: list[dict[str, Any]] = []
         global_metrics = None
         if self.algorithm.has_global_model:
-            global_metrics = self._evaluate(global_params, data)
-            records.append({**base, "model": "global", **global_metrics})
-        if self.cfg.eval.personalized and not self.algorithm.pooled_data:
-            personal = self.algorithm.personal_params(global_params, state)
-            if personal is not None:
-                records.append({**base, "model": "personal", **self._evaluate(personal, data)})
-            elif global_metrics is not None:
-                records.append({**base, "model": "personal", **global_metrics})
-        return records
+            global_metrics = self._evaluate(global_params, data, broadcast.extras, state)
+            records.append({**base, Field.MODEL: ModelKind.GLOBAL, **self._chosen(selection, chosen), **global_metrics})
+        if not (self.cfg.eval.personalized and self.trains and not self.algorithm.pooled_data):
+            return self._plain(records)
+        personal = self.algorithm.personal_model(global_params, state, str(selection or Selection.LAST))
+        if personal is not None:
+            metrics = self._evaluate(personal, data, broadcast.extras, state)
+            best = state.get(StateKey.BEST_VAL) if selection == Selection.BEST_VAL else None
+            personal_round = int(best[Field.ROUND]) if best is not None else rnd
+        elif global_metrics is not None:
+            metrics, personal_round = global_metrics, chosen
+        else:
+            return self._plain(records)
+        records.append({**base, Field.MODEL: ModelKind.PERSONAL, **self._chosen(selection, personal_round), **metrics})
+        if split == Split.VAL and selection is None and personal is not None:
+            self._track(rnd, float(metrics.get(Field.DICE, float("nan"))), personal, state)
+        return self._plain(records)
 
-    def _evaluate(self, params: Params, data: SegmentationSet) -> dict[str, float]:
-        self.model.load_state_dict(params)
+    @staticmethod
+    def _plain(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Records with plain ``str`` keys and values (not enum members), for every transport."""
+        return [{str(k): (str(v) if isinstance(v, StrEnum) else v) for k, v in r.items()} for r in records]
+
+    @staticmethod
+    def _chosen(selection: Any, selected_round: int) -> dict[str, Any]:
+        return {} if selection is None else {Field.SELECTED_ROUND: selected_round}
+
+    def _track(self, rnd: int, dice: float, personal: Params, state: ClientState) -> None:
+        """Keep the personalised model's latest validation score and, with ``eval.select:
+        best_val``, a snapshot of it when it beats the client's best (its own validation Dice)."""
+        state[StateKey.LAST_VAL] = {Field.ROUND.value: rnd, Field.DICE.value: dice}
+        if self.cfg.eval.select != Selection.BEST_VAL.value:
+            return
+        best = state.get(StateKey.BEST_VAL)
+        if improves(dice, None if best is None else float(best[Field.DICE])):
+            frozen = self.algorithm.frozen_keys(self.model)  # never stored per client (rebuilt from the init)
+            state[StateKey.BEST_VAL] = {Field.ROUND.value: rnd, Field.DICE.value: dice,
+                                        "params": {k: v.detach().to("cpu", copy=True) for k, v in personal.items()
+                                                   if k not in frozen}}
+
+    def _evaluate(self, params: Params, data: SegmentationSet, extras: Mapping[str, torch.Tensor],
+                  state: ClientState) -> dict[str, float]:
+        load_eval_model(self.algorithm, self.model, params, extras, state)
         return evaluate(self.model, data, num_classes=self.num_classes, device=self.device,
                         batch_size=self.cfg.eval.batch_size, window=sliding_window_for(self.cfg))

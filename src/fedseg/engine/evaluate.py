@@ -8,18 +8,22 @@ each case's own voxel spacing, so HD95 is in millimetres.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.metrics import MetricAccumulator
+from fedseg.types import ClientState, Params
 
-__all__ = ["SlidingWindow", "sliding_window_for", "predict_logits", "evaluate", "predict_labels"]
+__all__ = ["SlidingWindow", "sliding_window_for", "predict_logits", "evaluate", "predict_labels", "load_eval_model",
+           "improves"]
 
 
 @dataclass(frozen=True)
@@ -122,3 +126,22 @@ def evaluate(
     pred = predict_labels(model, data.images, device, batch_size, window)
     acc.add(pred, data.pixel_masks()[:, 0], data.spacing)
     return acc.summary()
+
+
+def load_eval_model(
+    algorithm: Algorithm, model: nn.Module, params: Params, extras: Mapping[str, torch.Tensor], state: ClientState
+) -> None:
+    """Load ``params`` into ``model`` and let the algorithm prepare it
+    (:meth:`~fedseg.algorithms.base.Algorithm.prepare_eval_model`): the one way every evaluation
+    path (in-run, ``fedseg eval``, ``fedseg predict``, Flower) readies a model."""
+    model.load_state_dict(params)
+    algorithm.prepare_eval_model(model, extras, state)
+    model.eval()
+
+
+def improves(dice: float, best: float | None) -> bool:
+    """Whether a validation Dice beats the best so far: strictly higher (the earlier round wins a
+    tie); NaN never does."""
+    if math.isnan(dice):
+        return False
+    return best is None or dice > best

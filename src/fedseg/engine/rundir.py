@@ -7,6 +7,7 @@ Layout::
     RUN_DIR/run_info.json      algorithm, sites, flags the report needs
     RUN_DIR/metrics.jsonl      one JSON object per line (see below)
     RUN_DIR/checkpoints/last.pt + last.json    atomic, every round
+    RUN_DIR/checkpoints/best.pt    eval.select best_val: the round with the best mean val Dice
     RUN_DIR/client_states/     spilled client states (large states only)
     RUN_DIR/summary.json       final test metrics per site, global and personalised
     RUN_DIR/report.md, plots/*.png
@@ -17,8 +18,11 @@ Layout::
   ``bytes_up``, ``bytes_down``, ``seconds``;
 * ``kind=round``: one per round (``site="__server__"``): ``clients``, ``bytes_up``, ``bytes_down``
   (sums), ``seconds`` (round wall time), ``overhead_seconds`` (serialise + aggregate + broadcast);
-* ``kind=eval``: ``split`` (val|test), ``model`` (global|personal), ``dice``, ``iou``, ``hd95``,
-  ``precision``, ``recall``, ``n``.
+* ``kind=eval``: ``split`` (val|test), ``model`` (global|personal|unseen), ``dice``, ``iou``,
+  ``hd95``, ``precision``, ``recall``, ``n``; test lines also ``selection`` (best_val|last) and
+  ``selected_round`` (the round of the scored model).
+
+Key names are :class:`fedseg.records.Field` members.
 """
 
 from __future__ import annotations
@@ -69,6 +73,7 @@ class RunDir:
         self.metrics = root / "metrics.jsonl"
         self.checkpoint = root / "checkpoints" / "last.pt"
         self.checkpoint_meta = root / "checkpoints" / "last.json"
+        self.best_checkpoint = root / "checkpoints" / "best.pt"
         self.client_states = root / "client_states"
         self.summary = root / "summary.json"
         self.report = root / "report.md"

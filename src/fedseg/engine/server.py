@@ -6,8 +6,10 @@ sends messages to SuperNodes."""
 from __future__ import annotations
 
 import copy
+import logging
+import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -18,16 +20,18 @@ from fedseg.config import ConfigError, RunConfig
 from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
+from fedseg.engine.evaluate import improves
+from fedseg.engine.messages import encode_broadcast
 from fedseg.engine.progress import ProgressSink
-from fedseg.engine.rundir import RunDir
-from fedseg.engine.state_store import atomic_torch_save
-from fedseg.records import Field, Kind
-from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
+from fedseg.engine.rundir import RunDir, read_metrics
+from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
+from fedseg.engine.summary import summarize
+from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Selection, Split
+from fedseg.types import ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
 
-SERVER = "__server__"
-METRIC_KEYS = ("dice", "iou", "hd95", "precision", "recall", "n")
+logger = logging.getLogger(__name__)
 
 
 def sample_clients(clients: Sequence[str], fraction: float, min_clients: int, seed: int, rnd: int) -> list[str]:
@@ -108,6 +112,9 @@ class FederationServer:
         self.phase = "federated"
         self.codecs = build_wire_codecs(cfg.codec)
         self.codec_template = init_params  # shapes both sides know (the seeded model), never modified
+        self.best: dict[str, Any] | None = None  # {"round", "dice"} of checkpoints/best.pt
+        self.num_examples: dict[str, int] = {}  # each client's last n_k (weights of unseen models)
+        self.unseen: Params | None = None  # the last round's unseen model, once computed
 
     @staticmethod
     def _training_clients(cfg: RunConfig, algorithm: Algorithm, fit: list[str], sites: list[str]) -> list[str]:
@@ -135,6 +142,9 @@ class FederationServer:
                 "global_params": self.global_params,
                 "server_state": self.server_state,
                 "client_states": executor.state_snapshot(),
+                "best": self.best,
+                "num_examples": self.num_examples,
+                "unseen_params": self.unseen,
             },
             self.run.checkpoint,
         )
@@ -151,17 +161,42 @@ class FederationServer:
         self.global_params = ckpt["global_params"]
         self.server_state = ckpt["server_state"]
         self.phase = str(ckpt.get("phase", "federated"))
+        self.best = ckpt.get("best")
+        self.num_examples = dict(ckpt.get("num_examples") or {})
         if ckpt.get("client_states") is not None:
             executor.restore(ckpt["client_states"])
         return int(ckpt["round"])
 
+    def _selection_sites(self) -> list[str]:
+        """The sites whose validation Dice selects the global model: those that train (every site
+        for the pooled reference); a site that never trains stands for unseen data."""
+        if self.algorithm.pooled_data:
+            return list(self.eval_clients)
+        return [c for c in self.eval_clients if c in self.fit_clients]
+
+    def _track_best(self, rnd: int, records: Sequence[dict[str, Any]]) -> None:
+        """``eval.select: best_val``: write ``checkpoints/best.pt`` (atomically) when the global
+        model's mean validation Dice over the training sites beats the best so far."""
+        if self.cfg.eval.select != Selection.BEST_VAL.value or not self.algorithm.has_global_model:
+            return
+        sites = set(self._selection_sites())
+        dice = [float(r[Field.DICE]) for r in records if r.get(Field.MODEL) == ModelKind.GLOBAL
+                and r.get(Field.SITE) in sites and Field.DICE in r]
+        mean = float(np.nanmean(dice)) if dice and not all(math.isnan(d) for d in dice) else float("nan")
+        if not improves(mean, None if self.best is None else float(self.best[Field.DICE])):
+            return
+        atomic_torch_save({"round": rnd, "global_params": self.global_params, "server_state": self.server_state,
+                           "val_dice": mean, "unseen_params": None}, self.run.best_checkpoint)
+        self.best = {Field.ROUND.value: rnd, Field.DICE.value: mean}
+
     # ------------------------------------------------------------------ rounds
-    def _payload(self, rnd: int, phase: str | None = None) -> bytes:
-        broadcast = self.algorithm.broadcast(rnd, self.global_params, self.server_state)
-        if phase is not None:
-            broadcast.config["phase"] = phase
-        broadcast.params = self.codecs.down.encode(broadcast.params, self.codec_template)
-        return wire.encode(broadcast)
+    def _payload(self, rnd: int, phase: str | None = None, *, params: Params | None = None,
+                 server_state: ServerState | None = None, config: Mapping[str, Scalar] | None = None) -> bytes:
+        """The encoded broadcast of round ``rnd`` (default: of the current global model)."""
+        extra: dict[str, Scalar] = {**({Field.PHASE.value: phase} if phase is not None else {}), **(config or {})}
+        return encode_broadcast(self.algorithm, self.codecs.down, self.codec_template, rnd,
+                                self.global_params if params is None else params,
+                                self.server_state if server_state is None else server_state, extra)
 
     def _received_params(self, payload: bytes) -> Params:
         """The broadcast parameters exactly as a client decodes them: the reference of its Delta."""
@@ -188,6 +223,7 @@ class FederationServer:
                 raise TypeError(f"{client_id}: the reply is not this client's ClientUpdate")
             update.params = self.codecs.up.decode(update.params, reference)  # w + Delta_hat
             overhead += time.perf_counter() - t0
+            self.num_examples[client_id] = int(update.num_examples)
             updates.append(update)
             records.append(record)
         t0 = time.perf_counter()
@@ -209,17 +245,24 @@ class FederationServer:
         # the round metrics aggregate returned: per-client weights (and their factors), other rows
         for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
             records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())
+        val_records: list[dict[str, Any]] = []
         if rnd % self.cfg.eval.every == 0 or rnd == fed.rounds:
-            records.extend(self.evaluate(executor, rnd, "val"))
+            val_records = self.evaluate(executor, rnd, Split.VAL)
+            records.extend(val_records)
         self.run.append_metrics(records)
+        self._track_best(rnd, val_records)  # best.pt before last.pt: a resumed round rewrites it identically
         self.save_checkpoint(executor, rnd)
         val = [r["dice"] for r in records if r.get("kind") == "eval" and "dice" in r]
         self.progress.round_end(rnd, {"val_dice": float(np.nanmean(val)) if val else float("nan")})
 
-    def evaluate(self, executor: ClientExecutor, rnd: int, split: str) -> list[dict[str, Any]]:
-        """Evaluation records of every evaluating client, in client order."""
-        replies = executor.evaluate(rnd, self.eval_clients, self._payload(rnd + 1, phase="eval"), split)
-        return [r for c in self.eval_clients for r in replies.get(c, [])]
+    def evaluate(self, executor: ClientExecutor, rnd: int, split: str, *, payload: bytes | None = None,
+                 clients: list[str] | None = None) -> list[dict[str, Any]]:
+        """One evaluation exchange: records of every evaluating client (default: all), in client
+        order. ``payload`` defaults to the current global model's evaluation broadcast."""
+        clients = self.eval_clients if clients is None else clients
+        payload = self._payload(rnd + 1, phase="eval") if payload is None else payload
+        replies = executor.evaluate(rnd, clients, payload, split)
+        return [r for c in clients for r in replies.get(c, [])]
 
     def personalize(self, executor: ClientExecutor) -> None:
         """The algorithm's post-federation local phase, once, then a checkpoint."""
@@ -243,18 +286,81 @@ class FederationServer:
             for rnd in range(start, rounds + 1):
                 self.run_round(executor, rnd)
             self.personalize(executor)
-            records = self.evaluate(executor, rounds, "test")
+            records = self.score_test(executor)
         finally:
             self.progress.stop()
         self.run.append_metrics(records)
         return self._summary(records)
 
+    # ------------------------------------------------------------------ final test
+    def _selected(self) -> list[tuple[str, Params, ServerState, int]]:
+        """``(selection, global params, server state, round)`` to score on test: with ``best_val``
+        the best-validation checkpoint first (the last round when none was written), then the last
+        round's model beside it."""
+        import torch
+
+        rounds = self.cfg.federation.rounds
+        last = (Selection.LAST.value, self.global_params, self.server_state, rounds)
+        if self.cfg.eval.select != Selection.BEST_VAL.value:
+            return [last]
+        if self.best is None or not self.run.best_checkpoint.is_file():
+            return [(Selection.BEST_VAL.value, *last[1:]), last]
+        best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False)
+        return [(Selection.BEST_VAL.value, best["global_params"], best["server_state"], int(best["round"])), last]
+
+    def _client_states(self, executor: ClientExecutor) -> dict[str, ClientState] | None:
+        """The trained clients' states where the server holds them (in-process, flower-sim: the
+        checkpoint's snapshot); None in a deployment (they stay on the SuperNodes)."""
+        snapshot = executor.state_snapshot()
+        if snapshot is None:
+            return None
+        store = ClientStateStore(self.run.client_states, 0)
+        store.restore(snapshot)
+        return {c: store.load(c) for c in self.fit_clients}
+
+    def score_test(self, executor: ClientExecutor) -> list[dict[str, Any]]:
+        """Score the test split once per selected model (see :meth:`_selected`), after training.
+
+        Sites that train are scored with the global model and their personalised model (the
+        client picks its own best-validation snapshot under ``best_val``); sites that never
+        trained with the method's unseen model (:meth:`~fedseg.algorithms.base.Algorithm.unseen_params`),
+        computed here from the client states and stored in the checkpoint (best.pt / last.pt), or
+        reported unavailable where the server holds no client states (a deployment).
+        """
+        import torch
+
+        rounds = self.cfg.federation.rounds
+        states = self._client_states(executor)
+        trained = set(self._selection_sites())
+        unseen_sites = [c for c in self.eval_clients if c not in trained]
+        records: list[dict[str, Any]] = []
+        for selection, params, server_state, chosen in self._selected():
+            config: dict[str, Scalar] = {Field.SELECTION.value: selection, Field.SELECTED_ROUND.value: chosen}
+            payload = self._payload(chosen + 1, phase="eval", params=params, server_state=server_state, config=config)
+            records.extend(self.evaluate(executor, rounds, Split.TEST, payload=payload))
+            # a method whose unseen model needs client states returns None without them (a deployment)
+            unseen = self.algorithm.unseen_params(params, states or {}, self.num_examples, selection)
+            if selection == Selection.LAST.value:
+                self.unseen = unseen
+            else:  # best.pt is the selected checkpoint, also when no round beat another (or no global model)
+                best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False) \
+                    if self.best is not None and self.run.best_checkpoint.is_file() else \
+                    {"round": chosen, "global_params": params, "server_state": server_state, "val_dice": float("nan")}
+                atomic_torch_save({**best, "unseen_params": unseen}, self.run.best_checkpoint)
+            if not unseen_sites:
+                continue
+            if unseen is None:
+                logger.warning("no unseen model for %s (%s): %s", ", ".join(unseen_sites), self.algorithm.unseen_policy,
+                               "the server holds no client states" if states is None else "the method has none")
+                continue
+            payload = self._payload(chosen + 1, phase="eval", params=unseen, server_state=server_state,
+                                    config={**config, Field.MODEL.value: ModelKind.UNSEEN.value})
+            records.extend(self.evaluate(executor, rounds, Split.TEST, payload=payload, clients=unseen_sites))
+        self.save_checkpoint(executor, rounds)  # now with the unseen model
+        return records
+
     def _summary(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        summary: dict[str, Any] = {"algorithm": self.algorithm.name, "rounds": self.cfg.federation.rounds, "test": {}}
-        for r in records:
-            summary["test"].setdefault(r["model"], {})[r["site"]] = {k: r[k] for k in METRIC_KEYS if k in r}
-        for model_kind, sites in summary["test"].items():
-            dice = [m["dice"] for m in sites.values()]
-            summary.setdefault("mean", {})[model_kind] = {"dice": float(np.nanmean(dice)) if dice else float("nan")}
+        """Write ``summary.json`` from the final test records (:func:`~fedseg.engine.summary.summarize`)."""
+        summary = summarize(records, self.algorithm, self.cfg, self.best, read_metrics(self.run.metrics))
         self.run.write_json(self.run.summary, summary)
         return summary

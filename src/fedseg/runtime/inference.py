@@ -1,9 +1,9 @@
-"""Using a trained run: load its model (global or a client's personalised one), evaluate it, or
-segment new files with it (:func:`predict_file`, behind ``fedseg predict``)."""
+"""Using a trained run: evaluate the model each site is scored with (:func:`evaluate_run`, behind
+``fedseg eval``), or segment new files (:func:`predict_file`, behind ``fedseg predict``). Which
+model, and how it is rebuilt exactly as in the run: :mod:`fedseg.runtime.trained`."""
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -20,20 +20,15 @@ from PIL import Image
 from scipy import ndimage
 from torch import nn
 
-from fedseg.algorithms import build_algorithm
-from fedseg.config import DataConfig, PreprocessConfig, RunConfig, load_config
+from fedseg.config import DataConfig, PreprocessConfig, RunConfig
 from fedseg.data.base import DataError, SiteData
 from fedseg.data.build import build_federated_data
 from fedseg.data.folder import load_site_folder
 from fedseg.data.preprocess import preprocess_case, restore_geometry
 from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
-from fedseg.engine.rundir import RunDir
-from fedseg.engine.state_store import ClientStateStore
-from fedseg.engine.trainer import resolve_device
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
-from fedseg.runtime.build import init_model
-from fedseg.runtime.common import DataSpec
-from fedseg.types import Params
+from fedseg.records import Field
+from fedseg.runtime.trained import EvalError, open_run
 
 __all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "predict_file", "channel_files",
            "write_overlay", "overlay_path_for"]
@@ -41,60 +36,16 @@ __all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "pre
 logger = logging.getLogger(__name__)
 
 
-class EvalError(RuntimeError):
-    """The run directory or the requested model cannot be used."""
-
-
-def _read_run(run_dir: Path) -> tuple[RunDir, RunConfig, dict[str, Any]]:
-    run = RunDir(run_dir)
-    for path in (run.config, run.info, run.checkpoint):
-        if not path.is_file():
-            raise EvalError(f"{run_dir} is not a finished fedseg run: missing {path.name} ({path})")
-    cfg = load_config(run.config)
-    info = json.loads(run.info.read_text())
-    return run, cfg, info
-
-
-def _no_client_states(run_dir: Path, client: str, info: dict[str, Any]) -> str:
-    """Why ``--client`` cannot work on a run whose checkpoint holds no client states."""
-    if info.get("engine") == "flower":
-        where = ("the personal models of a deployed Flower run live on the SuperNodes (each site's "
-                 "context.state, in memory for the run's lifetime), never on the server")
-    else:
-        where = f"the checkpoint of this {info.get('engine', '?')} run holds no client states"
-    records = (f"the site's `model: personal` records in {run_dir / 'metrics.jsonl'} (its personalised model "
-               "evaluated on its own data during the run)")
-    if info.get("has_global_model", True):
-        return f"--client {client!r}: {where}. Evaluate the global model (omit --client), or read {records}"
-    return f"--client {client!r}: {where}. Read {records}"
-
-
-def load_trained_model(run_dir: Path, client: str | None = None) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
-    """The run's global model, or ``client``'s personalised model, on the configured device."""
-    run, cfg, info = _read_run(run_dir)
-    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
-    params: Params = ckpt["global_params"]
-    algorithm = build_algorithm(cfg.algorithm)
-    if client is not None:
-        if client not in info["clients"]:
-            raise EvalError(f"--client {client!r}: not a client of this run; clients: {', '.join(info['clients'])}")
-        if ckpt.get("client_states") is None:
-            raise EvalError(_no_client_states(run_dir, client, info))
-        store = ClientStateStore(run.client_states, 0)
-        store.restore(ckpt["client_states"])
-        personal = algorithm.personal_params(params, store.load(client))
-        params = personal if personal is not None else params
-    elif not algorithm.has_global_model:
-        raise EvalError(
-            f"{info['algorithm']} has no global model; pass --client with one of: {', '.join(info['clients'])}"
-        )
-    device = resolve_device(cfg.train.device)
-    spec = DataSpec(spatial_dims=info["spatial_dims"], in_channels=info["in_channels"], num_classes=info["num_classes"])
-    # the initial model supplies the keys checkpoints never hold (an algorithm's frozen keys)
-    model, initial, _ = init_model(cfg, spec, device)
-    model.load_state_dict({**initial, **params})
-    model.eval()
-    return model, cfg, info
+def load_trained_model(
+    run_dir: Path, client: str | None = None, checkpoint: str | None = None
+) -> tuple[nn.Module, RunConfig, dict[str, Any]]:
+    """The model a trained run uses on new data, on the configured device: ``client``'s
+    personalised model, or else the method's model for a site that never trained (the global
+    model for methods without local state), from the selected checkpoint
+    (:func:`~fedseg.runtime.trained.open_run`)."""
+    trained = open_run(run_dir, checkpoint)
+    trained.load(None, client=client)
+    return trained.model, trained.cfg, trained.info
 
 
 def _folder_config(cfg: RunConfig, info: dict[str, Any]) -> DataConfig:
@@ -125,22 +76,33 @@ def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData
 
 
 def evaluate_run(
-    run_dir: Path, *, data: Path | None = None, client: str | None = None, split: str = "test"
+    run_dir: Path, *, data: Path | None = None, client: str | None = None, split: str = "test",
+    checkpoint: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-site metrics of a trained model on the run's own ``split`` or on the site folder(s) at ``data``."""
-    model, cfg, info = load_trained_model(run_dir, client)
+    """Per-site metrics on the run's own ``split`` or on the site folder(s) at ``data``.
+
+    Each site of the run is scored with the model its method is judged by (its personalised
+    model, or the global one), a site that never trained and every site at ``data`` with the
+    method's unseen model, or all with ``client``'s personalised model; see
+    :mod:`fedseg.runtime.trained`. Each row says which model (``model``), ``selection`` and
+    ``selected_round``.
+    """
+    trained = open_run(run_dir, checkpoint)
+    cfg, info = trained.cfg, trained.info
     if data is None:
         if split not in ("train", "val", "test"):
             raise EvalError(f"--split {split!r}; allowed: train, val, test")
         sites = build_federated_data(cfg.data, cfg.seed).sites
     else:
         sites, split = _sites_at(data, cfg, info), "test"
-    device = next(model.parameters()).device
     rows = []
     for site in sites:
-        metrics = evaluate(model, getattr(site, split), num_classes=info["num_classes"], device=device,
+        scored = trained.load(site.name if data is None else None, client=client)
+        metrics = evaluate(trained.model, getattr(site, split), num_classes=info["num_classes"], device=trained.device,
                            batch_size=cfg.eval.batch_size, window=sliding_window_for(cfg))
-        rows.append({"site": site.name, **metrics})
+        rows.append({Field.SITE.value: site.name, Field.MODEL.value: scored.kind,
+                     Field.SELECTION.value: trained.selection, Field.SELECTED_ROUND.value: scored.selected_round,
+                     **metrics})
     return rows
 
 
@@ -154,6 +116,8 @@ class Prediction:
         shape: spatial shape of the input (and of the mask).
         spacing: mm per axis of the input file.
         voxels: voxel count per class present in the mask.
+        model: which model segmented it (``personal`` with ``client``, else ``unseen``: the
+            method's model for new data) and ``selected_round``, the round it comes from.
     """
 
     mask_path: Path
@@ -161,6 +125,8 @@ class Prediction:
     shape: tuple[int, ...]
     spacing: tuple[float, ...]
     voxels: dict[int, int]
+    model: str = ""
+    selected_round: int = 0
 
 
 _CHANNEL_SUFFIX = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -228,7 +194,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
 
 @torch.no_grad()
 def predict_file(
-    run_dir: Path, inputs: Sequence[Path], output: Path, *, client: str | None = None
+    run_dir: Path, inputs: Sequence[Path], output: Path, *, client: str | None = None, checkpoint: str | None = None
 ) -> Prediction:
     """Segment one case with a trained run's model and write the mask on the input's grid.
 
@@ -244,7 +210,9 @@ def predict_file(
         run_dir: a finished run directory.
         inputs: one image file (PNG/JPG/BMP or NIfTI) or the channel files of one case.
         output: mask path; ``.nii.gz``/``.nii`` or, for 2D, ``.png``/``.bmp``.
-        client: use this client's personalised model instead of the global one.
+        client: use this client's personalised model; default: the method's model for a site
+            that never trained (the global model for methods without local state).
+        checkpoint: ``best`` or ``last``; default: the run's ``eval.select``.
 
     Returns:
         What was written (:class:`Prediction`).
@@ -253,7 +221,9 @@ def predict_file(
         EvalError: bad run directory, client or inputs.
         DataError: unreadable input, wrong channel count or spatial rank, unwritable output format.
     """
-    model, cfg, info = load_trained_model(run_dir, client)
+    trained = open_run(run_dir, checkpoint)
+    scored = trained.load(None, client=client)
+    model, cfg, info = trained.model, trained.cfg, trained.info
     channels = int(info["in_channels"])
     volume = read_image(channel_files(inputs, channels), channels=channels)
     if volume.spatial_dims != int(info["spatial_dims"]):
@@ -285,4 +255,6 @@ def predict_file(
         shape=volume.spatial_shape,
         spacing=tuple(float(s) for s in volume.spacing),
         voxels={int(v): int(c) for v, c in zip(values, counts, strict=True)},
+        model=scored.kind,
+        selected_round=scored.selected_round,
     )

@@ -22,6 +22,7 @@ from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
+from fedseg.records import Split
 from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation
 from fedseg.runtime.common import DataSpec, RunError, load_training_data, prepare_run_dir
 from fedseg.types import Params
@@ -55,7 +56,13 @@ class InProcessExecutor:
         return out
 
     def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
-        return {c: self.runtimes[c].evaluate(rnd, payload, self.store.load(c), split) for c in clients}
+        out = {}
+        for client_id in clients:
+            state = self.store.load(client_id)
+            out[client_id] = self.runtimes[client_id].evaluate(rnd, payload, state, split)
+            if split == Split.VAL:  # validation keeps each client's best personalised model in its state
+                self.store.save(client_id, state, rnd)
+        return out
 
     def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
         out = {}

@@ -220,7 +220,8 @@ def test_deployed_sites_report_split_digests_and_personal_models_stay_on_them(tm
     (run_dir / "run_info.json").write_text(json.dumps({**info, "engine": "flower"}))
     with pytest.raises(EvalError, match="live on the SuperNodes.*omit --client.*model: personal"):
         evaluate_run(run_dir, client="site0")
-    assert evaluate_run(run_dir)[0]["site"] == "site0"  # the global model is the server's
+    with pytest.raises(EvalError, match="live on the SuperNodes"):  # FedBN is judged by its personal models
+        evaluate_run(run_dir)
     with pytest.raises(RunError, match="holds no client states"):  # refused before Ray starts
         run_flower_simulation(config_from_dict(cfg), run_dir, resume=True)
 
@@ -244,9 +245,9 @@ def test_simulated_client_states_make_resume_exact_and_eval_client_work(tmp_path
     assert _records(tmp_path / "full", "train", "eval") == _records(part, "train", "eval")
     assert sorted(p.name for p in (part / "client_states").iterdir()) == ["site0.r3.pt", "site1.r3.pt"]
 
-    # fedseg eval --client: the personal model of the checkpoint is the one evaluated at the end
+    # fedseg eval --client: the selected personal model of the checkpoint is the one tested at the end
     final = {r["site"]: r["dice"] for r in read_metrics(part / "metrics.jsonl")
-             if r.get("split") == "test" and r["model"] == "personal"}
+             if r.get("split") == "test" and r["model"] == "personal" and r["selection"] == "best_val"}
     for site in ("site0", "site1"):
         row, = [r for r in evaluate_run(part, client=site) if r["site"] == site]
         assert row["dice"] == pytest.approx(final[site], abs=1e-6), site

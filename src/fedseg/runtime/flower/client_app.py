@@ -46,6 +46,7 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
+from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
 from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
 from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey, state_file_name
@@ -282,7 +283,10 @@ def _evaluate(message: Message, context: Context, defaults: Mapping[str, Any], s
     payload, control = _payload(message, site)
     runtime = site.runtime(int(control[Field.CLIENT_INDEX.value]))
     state = _load_state(context, control, state_dir)
-    records = runtime.evaluate(int(control[Field.ROUND.value]), payload, state, str(control[Field.SPLIT.value]))
+    rnd, split = int(control[Field.ROUND.value]), str(control[Field.SPLIT.value])
+    records = runtime.evaluate(rnd, payload, state, split)
+    if split == Split.VAL:  # validation keeps the client's best personalised model in its state
+        _save_state(context, state, site, rnd, state_dir)
     return Message(eval_content(records), reply_to=message)
 
 

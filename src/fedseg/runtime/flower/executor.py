@@ -27,6 +27,7 @@ from fedseg.config import FlowerConfig
 from fedseg.engine import wire
 from fedseg.engine.client import PrivacyError
 from fedseg.engine.rundir import atomic_write_text
+from fedseg.records import Split
 from fedseg.runtime.common import DataSpec, RunError
 from fedseg.runtime.flower.keys import Action, Field, Record, state_file_name
 from fedseg.runtime.flower.records import (
@@ -285,6 +286,8 @@ class FlowerExecutor:
 
     def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
         replies = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+        if split == Split.VAL:  # the clients saved their selection state (see client_app._evaluate)
+            self._states_written(clients, rnd)
         return {c: eval_from_content(r.content) for c, r in replies.items()}
 
     def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
