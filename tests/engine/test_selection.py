@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -13,7 +14,7 @@ import torch
 
 from conftest import tiny_config
 from fedseg.algorithms import ALGORITHMS
-from fedseg.algorithms.base import Algorithm
+from fedseg.algorithms.base import Aggregate, Algorithm
 from fedseg.config import config_from_dict
 from fedseg.data.base import FederatedData, SegmentationSet
 from fedseg.engine.rundir import read_metrics
@@ -32,13 +33,13 @@ class WorseLater(Algorithm):
     name: ClassVar[str] = "worse_later"
     break_at: int = 3
 
-    def aggregate(self, rnd: int, updates: list[ClientUpdate], global_params: Params,  # type: ignore[override]
-                  server_state: ServerState) -> tuple[Params, ServerState]:
-        params, server_state = super().aggregate(rnd, updates, global_params, server_state)
+    def aggregate(self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params,
+                  server_state: ServerState) -> Aggregate:
+        agg = super().aggregate(rnd, updates, global_params, server_state)
         if rnd >= self.break_at:
-            bias = next(k for k in reversed(list(params)) if k.endswith("bias"))
-            params = {**params, bias: params[bias] - torch.tensor([-100.0, 100.0])}
-        return params, server_state
+            bias = next(k for k in reversed(list(agg.params)) if k.endswith("bias"))
+            agg = replace(agg, params={**agg.params, bias: agg.params[bias] - torch.tensor([-100.0, 100.0])})
+        return agg
 
 
 @pytest.fixture
