@@ -10,7 +10,19 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-__all__ = ["SERVER", "METRIC_KEYS", "Kind", "ModelKind", "Split", "Field", "Selection", "SummaryKey", "InfoKey"]
+__all__ = [
+    "SERVER",
+    "METRIC_KEYS",
+    "Kind",
+    "ModelKind",
+    "Split",
+    "Field",
+    "Phase",
+    "Selection",
+    "SummaryKey",
+    "InfoKey",
+    "BytesKey",
+]
 
 SERVER = "__server__"
 """The ``site`` of records that belong to the server (rounds, aggregation)."""
@@ -25,6 +37,7 @@ class Kind(StrEnum):
     WEIGHTS = "weights"  # one client's aggregation weight (and its factors) in a round
     PERSONALIZE = "personalize"  # one client's post-federation local phase
     AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
+    COMM = "comm"  # the server's view of a non-training exchange (evaluation, personalize): bytes
 
 
 class ModelKind(StrEnum):
@@ -39,6 +52,13 @@ class Split(StrEnum):
     TRAIN = "train"
     VAL = "val"
     TEST = "test"
+
+
+class Phase(StrEnum):
+    """``comm`` records: the non-training exchange whose bytes a line counts."""
+
+    EVAL = "eval"  # an evaluation broadcast and the clients' metric replies
+    PERSONALIZE = "personalize"  # the post-federation broadcast and the clients' records
 
 
 class Selection(StrEnum):
@@ -58,8 +78,11 @@ class Field(StrEnum):
     SPLIT = "split"
     SELECTION = "selection"  # test records: which checkpoint (a Selection value)
     SELECTED_ROUND = "selected_round"  # test records: the round of the scored checkpoint
-    BYTES_UP = "bytes_up"
-    BYTES_DOWN = "bytes_down"
+    BYTES_UP = "bytes_up"  # serialized length of the message(s) client -> server
+    BYTES_DOWN = "bytes_down"  # serialized length of the message(s) server -> client
+    BYTES_UP_RAW = "bytes_up_raw"  # the same messages serialized without any codec (float32)
+    BYTES_DOWN_RAW = "bytes_down_raw"
+    PHASE = "phase"  # comm records: which exchange (a Phase value)
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"
@@ -87,7 +110,7 @@ class SummaryKey(StrEnum):
     TEST = "test"  # {model kind: {site: metrics}} on the selected checkpoint
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
-    BYTES = "bytes"  # {"up": total, "down": total, "total": total, "up_fp32": .., "down_fp32": ..}
+    BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
 
 
 class InfoKey(StrEnum):
@@ -96,3 +119,14 @@ class InfoKey(StrEnum):
     OPTIMIZER_STATE = "optimizer_state"  # the resolved policy: "reset" or "persist"
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
+
+
+class BytesKey(StrEnum):
+    """Keys of ``summary.json``'s ``bytes``: totals over every ``round`` and ``comm`` line."""
+
+    UP = "up"
+    DOWN = "down"
+    TOTAL = "total"
+    UP_RAW = "up_raw"
+    DOWN_RAW = "down_raw"
+    TOTAL_RAW = "total_raw"
