@@ -71,7 +71,7 @@ def test_integer_buffers_pass_exactly(tmp_path: Path) -> None:
 def test_every_algorithm_runs_with_codecs_both_ways(tmp_path: Path, algorithm: str) -> None:
     codec = {**TOPK_INT8, "down": [{"name": "fp16"}]}
     result = _run(tmp_path, algorithm, tiny_config(algorithm, rounds=2, sites=2, codec=codec))
-    test = [r for r in read_metrics(tmp_path / algorithm / "metrics.jsonl") if r.get("split") == "test"]
+    test = [r for r in read_metrics(tmp_path / algorithm / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == {"site0", "site1"}
     assert all(torch.isfinite(v).all() for v in result.global_params.values() if v.is_floating_point())
 

@@ -92,7 +92,7 @@ class RunDir:
             for r in read_metrics(self.metrics)
             if int(r.get("round", 0)) <= rnd
             and r.get("split") != "test"
-            and (keep_personalize or r.get("kind") != "personalize")
+            and (keep_personalize or (r.get("kind") != "personalize" and r.get("phase") != "personalize"))
         ]
         atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 

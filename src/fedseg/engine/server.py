@@ -19,8 +19,10 @@ from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.progress import ProgressSink
-from fedseg.engine.rundir import RunDir
+from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.state_store import atomic_torch_save
+from fedseg.engine.traffic import bytes_totals, comm_record
+from fedseg.records import Field, Phase, SummaryKey
 from fedseg.types import Broadcast, ClientUpdate, Params, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
@@ -40,18 +42,24 @@ def sample_clients(clients: Sequence[str], fraction: float, min_clients: int, se
 
 
 class ClientExecutor(Protocol):
-    """Delivers encoded messages to clients and returns their answers (the transport)."""
+    """Delivers encoded messages to clients and returns their answers (the transport).
+
+    Every reply is the serialized message the client sent (:mod:`fedseg.engine.wire` bytes), so
+    the server counts what crosses the wire in both directions.
+    """
 
     def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Local training on each client: ``{client: (encoded ClientUpdate, train record)}``."""
         ...
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
-        """Evaluation records (global and personalised models) from each client."""
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
+        """Evaluation records (global and personalised models) from each client, as the reply it
+        sent: ``wire.encode_records(records)``."""
         ...
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
-        """The algorithm's post-federation local phase on each client."""
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
+        """The algorithm's post-federation local phase on each client; each reply is
+        ``wire.encode_records([record])``."""
         ...
 
     def state_snapshot(self) -> Any:
@@ -151,12 +159,17 @@ class FederationServer:
         return int(ckpt["round"])
 
     # ------------------------------------------------------------------ rounds
-    def _payload(self, rnd: int, phase: str | None = None) -> bytes:
+    def _sized_payload(self, rnd: int, phase: str | None = None) -> tuple[bytes, int]:
+        """The encoded broadcast of round ``rnd`` and the length it would have without the down codec."""
         broadcast = self.algorithm.broadcast(rnd, self.global_params, self.server_state)
         if phase is not None:
             broadcast.config["phase"] = phase
+        raw = wire.encoded_size(broadcast)
         broadcast.params = self.codecs.down.encode(broadcast.params, self.codec_template)
-        return wire.encode(broadcast)
+        return wire.encode(broadcast), raw
+
+    def _payload(self, rnd: int, phase: str | None = None) -> bytes:
+        return self._sized_payload(rnd, phase)[0]
 
     def _received_params(self, payload: bytes) -> Params:
         """The broadcast parameters exactly as a client decodes them: the reference of its Delta."""
@@ -169,7 +182,7 @@ class FederationServer:
         sampled = sample_clients(self.fit_clients, fed.fraction, fed.min_clients, self.cfg.seed, rnd)
         self.progress.round_start(rnd, sampled)
         t0 = time.perf_counter()
-        payload = self._payload(rnd)
+        payload, down_raw = self._sized_payload(rnd)
         reference = self._received_params(payload) if self.codecs.up.active else {}
         overhead = time.perf_counter() - t0
         replies = executor.fit(rnd, sampled, payload)
@@ -177,6 +190,7 @@ class FederationServer:
         records: list[dict[str, Any]] = []
         for client_id in sampled:
             data, record = replies[client_id]
+            record[Field.BYTES_DOWN_RAW] = down_raw  # the server alone knows the uncoded broadcast
             t0 = time.perf_counter()
             update = wire.decode(data)
             if not isinstance(update, ClientUpdate) or update.client_id != client_id:
@@ -196,8 +210,10 @@ class FederationServer:
                 "site": SERVER,
                 "kind": "round",
                 "clients": len(sampled),
-                "bytes_up": sum(int(r["bytes_up"]) for r in records),
+                "bytes_up": sum(len(replies[c][0]) for c in sampled),
                 "bytes_down": len(payload) * len(sampled),
+                Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in records),
+                Field.BYTES_DOWN_RAW: down_raw * len(sampled),
                 "seconds": time.perf_counter() - t_round,
                 "overhead_seconds": overhead,
             }
@@ -214,9 +230,20 @@ class FederationServer:
         val = [r["dice"] for r in records if r.get("kind") == "eval" and "dice" in r]
         self.progress.round_end(rnd, {"val_dice": float(np.nanmean(val)) if val else float("nan")})
 
+    def exchange_evaluate(self, executor: ClientExecutor, rnd: int, split: str,
+                          clients: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+        """One evaluation exchange: broadcast, the clients' replies decoded, and its ``comm`` line
+        (bytes both ways, written to metrics.jsonl at once) -- the only way evaluation crosses the wire."""
+        clients = self.eval_clients if clients is None else clients
+        payload, raw = self._sized_payload(rnd + 1, phase="eval")
+        replies = executor.evaluate(rnd, clients, payload, split)
+        self.run.append_metrics([comm_record(rnd, Phase.EVAL, down=len(payload), down_raw=raw, replies=replies,
+                                             split=split)])
+        return {c: wire.decode_records(data) for c, data in replies.items()}
+
     def evaluate(self, executor: ClientExecutor, rnd: int, split: str) -> list[dict[str, Any]]:
         """Evaluation records of every evaluating client, in client order."""
-        replies = executor.evaluate(rnd, self.eval_clients, self._payload(rnd + 1, phase="eval"), split)
+        replies = self.exchange_evaluate(executor, rnd, split)
         return [r for c in self.eval_clients for r in replies.get(c, [])]
 
     def personalize(self, executor: ClientExecutor) -> None:
@@ -224,8 +251,11 @@ class FederationServer:
         rounds = self.cfg.federation.rounds
         if self.phase == "personalized" or not overrides_personalize(self.algorithm):
             return
-        replies = executor.personalize(rounds + 1, self.fit_clients, self._payload(rounds + 1, phase="personalize"))
-        self.run.append_metrics([replies[c] for c in self.fit_clients if c in replies])
+        payload, raw = self._sized_payload(rounds + 1, phase="personalize")
+        replies = executor.personalize(rounds + 1, self.fit_clients, payload)
+        records = [r for c in self.fit_clients if c in replies for r in wire.decode_records(replies[c])]
+        comm = comm_record(rounds, Phase.PERSONALIZE, down=len(payload), down_raw=raw, replies=replies)
+        self.run.append_metrics([*records, comm])
         self.phase = "personalized"
         self.save_checkpoint(executor, rounds)
 
@@ -254,5 +284,6 @@ class FederationServer:
         for model_kind, sites in summary["test"].items():
             dice = [m["dice"] for m in sites.values()]
             summary.setdefault("mean", {})[model_kind] = {"dice": float(np.nanmean(dice)) if dice else float("nan")}
+        summary[SummaryKey.BYTES] = bytes_totals(read_metrics(self.run.metrics))
         self.run.write_json(self.run.summary, summary)
         return summary

@@ -58,7 +58,7 @@ def test_flower_sim_matches_inprocess(tmp_path: Path, one_thread: None, monkeypa
         torch.testing.assert_close(weights[key].double(), value.double(), rtol=0, atol=1e-5, msg=key)
 
     def dice(run: Path) -> dict[tuple[str, str], float]:
-        return {(r["site"], r["model"]): r["dice"] for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "test"}
+        return {(r["site"], r["model"]): r["dice"] for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"}
 
     expected, got = dice(tmp_path / "inproc"), dice(sim)
     assert expected.keys() == got.keys() and len(expected) == 6
@@ -109,9 +109,9 @@ def test_flower_sim_resumes_with_the_client_states(tmp_path: Path, one_thread: N
     for key, value in reference.global_params.items():
         torch.testing.assert_close(weights[key].double(), value.double(), rtol=0, atol=1e-5, msg=key)
     personal = {r["site"]: r["dice"] for r in read_metrics(sim / "metrics.jsonl")
-                if r.get("split") == "test" and r["model"] == "personal"}
+                if r.get("kind") == "eval" and r.get("split") == "test" and r["model"] == "personal"}
     expected = {r["site"]: r["dice"] for r in read_metrics(tmp_path / "inproc" / "metrics.jsonl")
-                if r.get("split") == "test" and r["model"] == "personal"}
+                if r.get("kind") == "eval" and r.get("split") == "test" and r["model"] == "personal"}
     assert personal.keys() == expected.keys() == {"site0", "site1"}
     assert all(abs(personal[k] - expected[k]) <= 0.01 for k in expected)
     assert [r["round"] for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "train"] == [1, 1, 2, 2]
