@@ -65,11 +65,14 @@ def test_flower_sim_matches_inprocess(tmp_path: Path, one_thread: None, monkeypa
     assert all(abs(expected[k] - got[k]) <= 0.01 for k in expected)
 
     def wire(run: Path) -> list[tuple[object, ...]]:
-        return [(r["round"], r["site"], r["bytes_up"], r["bytes_down"]) for r in read_metrics(run / "metrics.jsonl")
-                if r["kind"] in ("train", "round")]
+        return [(r["round"], r["site"], r["kind"], r.get("phase"), r.get("split"), r["bytes_up"], r["bytes_down"],
+                 r["bytes_up_raw"], r["bytes_down_raw"]) for r in read_metrics(run / "metrics.jsonl")
+                if r["kind"] in ("train", "round", "comm")]
 
-    assert wire(tmp_path / "inproc") == wire(sim)  # bytes on the wire, counted the same way
-    assert len(wire(sim)) == 3 * (3 + 1)  # every client of every round, and every round
+    assert wire(tmp_path / "inproc") == wire(sim)  # bytes on the wire, counted the same way, evaluation included
+    assert len(wire(sim)) == 3 * (3 + 1) + 3 + 1  # every client of every round, every round, every evaluation
+    summary = json.loads((sim / "summary.json").read_text())
+    assert summary["bytes"] == json.loads((tmp_path / "inproc" / "summary.json").read_text())["bytes"]
 
     # the data check ran before the simulation and wrote the same splits as in-process
     assert json.loads((sim / "splits.json").read_text()) == json.loads((tmp_path / "inproc" / "splits.json").read_text())
