@@ -17,6 +17,9 @@ Layout::
   ``bytes_up``, ``bytes_down``, ``seconds``;
 * ``kind=round``: one per round (``site="__server__"``): ``clients``, ``bytes_up``, ``bytes_down``
   (sums), ``seconds`` (round wall time), ``overhead_seconds`` (serialise + aggregate + broadcast);
+* ``kind=comm``: one per evaluation or personalize exchange (``site="__server__"``, ``phase``,
+  ``split`` for evaluations): ``clients``, ``bytes_up``, ``bytes_down``. Train, round and comm
+  lines also carry ``bytes_up_raw``/``bytes_down_raw``: the same messages without any codec;
 * ``kind=eval``: ``split`` (val|test), ``model`` (global|personal), ``dice``, ``iou``, ``hd95``,
   ``precision``, ``recall``, ``n``.
 """
