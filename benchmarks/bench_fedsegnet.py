@@ -149,8 +149,11 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def _ratio_cell(values: list[float]) -> str:
-    return "-" if not values else f"{statistics.fmean(values):.1f}×" if len(values) < 2 else \
-        f"{statistics.fmean(values):.1f}× ({min(values):.1f}–{max(values):.1f})"
+    """Mean ratio over seeds, with the range when the seeds differ at this precision."""
+    if not values:
+        return "-"
+    lo, hi = f"{min(values):.1f}", f"{max(values):.1f}"
+    return f"{statistics.fmean(values):.1f}×" + ("" if lo == hi else f" ({lo}–{hi})")
 
 
 def compare(results: dict[str, Any], reference: str = "fedavg_fp32") -> dict[str, dict[str, Any]]:
@@ -162,7 +165,8 @@ def compare(results: dict[str, Any], reference: str = "fedavg_fp32") -> dict[str
         ref = rows.get(f"{reference}_s{seed}")
         entry = out.setdefault(name, {"seeds": {}})
         cell: dict[str, Any] = {"site": r["mean_test_dice"], "image": r["weighted_test_dice"], "rounds": r["rounds"],
-                                "model": r["model"], "selection": r["selection"]}
+                                "model": r["model"], "selection": r["selection"], "B_up": r["bytes_up_per_round"],
+                                "B_down": r["bytes_down_per_round"], "B_run": r["bytes_run"]["total"]}
         if ref is not None:
             cell["up"] = ref["bytes_up_per_round"] / r["bytes_up_per_round"]
             cell["down"] = ref["bytes_down_per_round"] / r["bytes_down_per_round"]
@@ -191,7 +195,8 @@ def markdown_table(results: dict[str, Any], reference: str = "fedavg_fp32") -> s
     training round and over the whole run, test Dice (site mean, image mean) as mean ± sd over seeds
     and per seed, the change against the reference in Dice points, and the 32x / 1-point verdict."""
     table = compare(results, reference)
-    head = ["run", "rounds", "up", "down", "total / round", "total, run", "Dice sites: mean ± sd", "per seed",
+    head = ["run", "rounds", "bytes up / down per round", "bytes, run", "up", "down", "total / round", "total, run",
+            "Dice sites: mean ± sd", "per seed",
             "Δ pts", "Dice images: mean ± sd", "per seed", "Δ pts"]
     lines = ["| " + " | ".join(head) + " |", "|---|---:|" + "---:|" * (len(head) - 2)]
     verdicts = []
@@ -206,6 +211,8 @@ def markdown_table(results: dict[str, Any], reference: str = "fedavg_fp32") -> s
 
         lines.append("| " + " | ".join([
             f"`{name}`", "/".join(sorted({str(c["rounds"]) for c in cells})),
+            f"{statistics.fmean(col('B_up')):,.0f} / {statistics.fmean(col('B_down')):,.0f}",
+            f"{statistics.fmean(col('B_run')):,.0f}",
             _ratio_cell(col("up")), _ratio_cell(col("down")), _ratio_cell(col("total")), _ratio_cell(col("run_total")),
             _mean_sd(col("site")), seeds("site"), seeds("d_site", "{:+.1f}"),
             _mean_sd(col("image")), seeds("image"), seeds("d_image", "{:+.1f}"),
