@@ -287,7 +287,7 @@ def test_fedavg_refuses_a_weak_site_and_train_sites_gives_the_pixel_only_baselin
     _run(tmp_path, "pixel_only", cfg)
     records = read_metrics(tmp_path / "pixel_only" / "metrics.jsonl")
     assert {r["site"] for r in records if r["kind"] == "train"} == {"site0"}
-    assert {r["site"] for r in records if r.get("split") == "test"} == {"site0", "site1", "site2"}
+    assert {r["site"] for r in records if r.get("kind") == "eval" and r.get("split") == "test"} == {"site0", "site1", "site2"}
     cfg["federation"]["train_sites"] = ["site9"]
     with pytest.raises(ConfigError, match=r"federation.train_sites names unknown site\(s\) 'site9'"):
         _run(tmp_path, "bad", cfg)

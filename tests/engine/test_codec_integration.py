@@ -3,21 +3,26 @@ keys never sent, integer buffers exact, residuals checkpointed."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import torch
+from torch import nn
 
 from conftest import tiny_config
 from fedseg.algorithms import ALGORITHMS, build_algorithm
-from fedseg.codecs import PACK_PREFIX, RESIDUAL_KEY, build_wire_codecs
+from fedseg.algorithms.base import Algorithm, ClientContext, LocalTrainer
+from fedseg.codecs import PACK_PREFIX, RESIDUAL_KEY, UpdateCodec, build_wire_codecs
 from fedseg.config import CodecConfig, config_from_dict
 from fedseg.engine import wire
-from fedseg.engine.rundir import read_metrics
+from fedseg.engine.rundir import RunDir, read_metrics
+from fedseg.engine.traffic import bytes_totals
 from fedseg.models import build_model
-from fedseg.runtime.sim import RunResult, run_inprocess
-from fedseg.types import ClientUpdate
+from fedseg.records import BytesKey, Field, Kind, Phase, SummaryKey
+from fedseg.runtime.sim import InProcessExecutor, RunResult, run_inprocess
+from fedseg.types import ClientState, ClientUpdate, Params
 
 TOPK_INT8 = {"up": [{"name": "topk", "ratio": 0.1, "min_numel": 0}, {"name": "int8"}]}  # tiny model: sparsify all
 
@@ -71,7 +76,7 @@ def test_integer_buffers_pass_exactly(tmp_path: Path) -> None:
 def test_every_algorithm_runs_with_codecs_both_ways(tmp_path: Path, algorithm: str) -> None:
     codec = {**TOPK_INT8, "down": [{"name": "fp16"}]}
     result = _run(tmp_path, algorithm, tiny_config(algorithm, rounds=2, sites=2, codec=codec))
-    test = [r for r in read_metrics(tmp_path / algorithm / "metrics.jsonl") if r.get("split") == "test"]
+    test = [r for r in read_metrics(tmp_path / algorithm / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == {"site0", "site1"}
     assert all(torch.isfinite(v).all() for v in result.global_params.values() if v.is_floating_point())
 
@@ -112,3 +117,138 @@ def test_bad_codec_config_fails_before_training(tmp_path: Path) -> None:
     with pytest.raises(CodecError, match=r"codec.up\[0\].name"):
         _run(tmp_path, "bad", tiny_config("fedavg", rounds=1, codec={"up": [{"name": "top-k"}]}))
     assert CodecConfig().up == [] and CodecConfig().error_feedback
+
+
+# ---------------------------------------------------------------- every byte counted, both directions
+@dataclass
+class _Personalizing(Algorithm):
+    """FedAvg with a (trivial) post-federation phase, so the personalize exchange is counted too."""
+
+    name: ClassVar[str] = "toy_personalizing"
+
+    def personalize(self, model: nn.Module, ctx: ClientContext, trainer: LocalTrainer) -> dict[str, float] | None:
+        return {"tuned": 1.0}
+
+
+@dataclass
+class _Exchange:
+    phase: str  # fit | evaluate | personalize
+    rnd: int
+    clients: list[str]
+    payload: bytes
+    replies: dict[str, bytes]
+
+
+@pytest.fixture
+def exchanges(monkeypatch: pytest.MonkeyPatch) -> list[_Exchange]:
+    """Every message the in-process transport carries, both directions, as the bytes it carries."""
+    seen: list[_Exchange] = []
+    fit, evaluate, personalize = InProcessExecutor.fit, InProcessExecutor.evaluate, InProcessExecutor.personalize
+
+    def spy_fit(self: InProcessExecutor, rnd: int, clients: list[str], payload: bytes) -> Any:
+        out = fit(self, rnd, clients, payload)
+        seen.append(_Exchange("fit", rnd, list(clients), payload, {c: data for c, (data, _) in out.items()}))
+        return out
+
+    def spy_evaluate(self: InProcessExecutor, rnd: int, clients: list[str], payload: bytes, split: str) -> Any:
+        out = evaluate(self, rnd, clients, payload, split)
+        seen.append(_Exchange("evaluate", rnd, list(clients), payload, dict(out)))
+        return out
+
+    def spy_personalize(self: InProcessExecutor, rnd: int, clients: list[str], payload: bytes) -> Any:
+        out = personalize(self, rnd, clients, payload)
+        seen.append(_Exchange("personalize", rnd, list(clients), payload, dict(out)))
+        return out
+
+    monkeypatch.setattr(InProcessExecutor, "fit", spy_fit)
+    monkeypatch.setattr(InProcessExecutor, "evaluate", spy_evaluate)
+    monkeypatch.setattr(InProcessExecutor, "personalize", spy_personalize)
+    monkeypatch.setitem(ALGORITHMS._items, _Personalizing.name, _Personalizing)
+    return seen
+
+
+@pytest.fixture
+def uncoded_updates(monkeypatch: pytest.MonkeyPatch) -> list[Params]:
+    """The parameters every client hands to the up codec (its update before any coding)."""
+    seen: list[Params] = []
+    encode = UpdateCodec.encode
+
+    def spy(self: UpdateCodec, params: Params, reference: Params, state: ClientState) -> Params:
+        seen.append(dict(params))
+        return encode(self, params, reference, state)
+
+    monkeypatch.setattr(UpdateCodec, "encode", spy)
+    return seen
+
+
+BOTH_WAYS = {**TOPK_INT8, "down": [{"name": "int8"}]}
+
+
+def test_every_message_is_counted_as_its_serialized_length_both_ways(
+    tmp_path: Path, exchanges: list[_Exchange], uncoded_updates: list[Params]
+) -> None:
+    cfg = tiny_config(_Personalizing.name, rounds=2, codec=BOTH_WAYS)
+    result = _run(tmp_path, "c", cfg)
+    records = read_metrics(tmp_path / "c" / "metrics.jsonl")
+    plain = _run(tmp_path, "p", tiny_config(_Personalizing.name, rounds=2))  # the same exchanges without codecs
+    plain_records = read_metrics(tmp_path / "p" / "metrics.jsonl")
+    coded = exchanges[: len(exchanges) // 2]
+    # rounds 1-2: fit + val evaluation; then personalize and the final test evaluation
+    assert [(e.phase, e.rnd) for e in coded] == [("fit", 1), ("evaluate", 1), ("fit", 2), ("evaluate", 2),
+                                                 ("personalize", 3), ("evaluate", 2)]
+
+    train = [r for r in records if r["kind"] == Kind.TRAIN]
+    fits = [e for e in coded if e.phase == "fit"]
+    assert len(train) == 4 and len(uncoded_updates) == 4
+    for record, raw_params in zip(train, uncoded_updates, strict=True):
+        e = next(e for e in fits if e.rnd == record["round"])
+        data = e.replies[record["site"]]
+        assert record[Field.BYTES_UP] == len(data) and record[Field.BYTES_DOWN] == len(e.payload)
+        update = wire.decode(data)
+        assert isinstance(update, ClientUpdate)
+        assert record[Field.BYTES_UP_RAW] == len(wire.encode(replace(update, params=raw_params)))
+    for e, rnd in zip(fits, (1, 2), strict=True):
+        (line,) = [r for r in records if r["kind"] == Kind.ROUND and r["round"] == rnd]
+        assert line[Field.BYTES_UP] == sum(len(d) for d in e.replies.values())
+        assert line[Field.BYTES_DOWN] == len(e.payload) * len(e.clients)
+        assert line[Field.BYTES_UP_RAW] == sum(r[Field.BYTES_UP_RAW] for r in train if r["round"] == rnd)
+
+    comm = [r for r in records if r["kind"] == Kind.COMM]
+    others = [e for e in coded if e.phase != "fit"]
+    assert [(r[Field.PHASE], r.get(Field.SPLIT)) for r in comm] == [
+        (Phase.EVAL, "val"), (Phase.EVAL, "val"), (Phase.PERSONALIZE, None), (Phase.EVAL, "test")]
+    for line, e in zip(comm, others, strict=True):
+        assert line[Field.CLIENTS] == len(e.clients) == 2
+        assert line[Field.BYTES_DOWN] == len(e.payload) * 2
+        assert line[Field.BYTES_UP] == line[Field.BYTES_UP_RAW] == sum(len(d) for d in e.replies.values())
+        assert all(wire.decode_records(d) for d in e.replies.values())  # real records crossed
+    # raw = the same broadcasts without any codec: exactly the sizes the uncoded run sends down
+    def exchange_lines(rs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r for r in rs if r["kind"] in (Kind.ROUND, Kind.COMM)]
+
+    assert [r[Field.BYTES_DOWN_RAW] for r in exchange_lines(records)] == \
+        [r[Field.BYTES_DOWN] for r in exchange_lines(plain_records)]
+    # summary.json: totals over every round and comm line = every byte the transport carried
+    carried_up = sum(len(d) for e in coded for d in e.replies.values())
+    carried_down = sum(len(e.payload) * len(e.clients) for e in coded)
+    assert result.summary[SummaryKey.BYTES] == bytes_totals(records)
+    assert result.summary[SummaryKey.BYTES][BytesKey.UP] == carried_up
+    assert result.summary[SummaryKey.BYTES][BytesKey.DOWN] == carried_down
+    assert result.summary[SummaryKey.BYTES][BytesKey.TOTAL] == carried_up + carried_down
+    totals = plain.summary[SummaryKey.BYTES]
+    assert totals[BytesKey.UP] == totals[BytesKey.UP_RAW] and totals[BytesKey.DOWN] == totals[BytesKey.DOWN_RAW]
+    assert result.summary[SummaryKey.BYTES][BytesKey.DOWN_RAW] == totals[BytesKey.DOWN]
+    assert result.summary[SummaryKey.BYTES][BytesKey.DOWN] < 0.5 * totals[BytesKey.DOWN]  # int8 down
+
+
+def test_an_unfinished_personalize_exchange_is_dropped_on_resume(tmp_path: Path, exchanges: list[_Exchange]) -> None:
+    """Resume re-does a personalize phase that has no checkpoint: its comm line must go with its records."""
+    run_dir = tmp_path / "r"
+    cfg = tiny_config(_Personalizing.name, rounds=1)
+    _run(tmp_path, "r", cfg)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    # a run killed after the personalize lines were written but before its checkpoint: resume re-does it
+    RunDir(run_dir).truncate_metrics_after(1)
+    kept = read_metrics(run_dir / "metrics.jsonl")
+    assert not [r for r in kept if r.get(Field.PHASE) == Phase.PERSONALIZE or r["kind"] == Kind.PERSONALIZE]
+    assert len([r for r in records if r.get(Field.PHASE) == Phase.PERSONALIZE]) == 1

@@ -41,7 +41,7 @@ def test_augmented_patched_3d_run_is_reproducible_and_differs_with_another_seed(
     c = _run(tmp_path / "c", _config(seed=1, rounds=1))
     assert _same(a, b)
     assert not _same(a, c)
-    test = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r.get("split") == "test"]
+    test = [r for r in read_metrics(tmp_path / "a" / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == {"site0", "site1"}
     assert all(r["hd95"] >= 0 for r in test)  # whole-volume sliding-window evaluation ran
 

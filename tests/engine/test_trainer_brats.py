@@ -38,7 +38,7 @@ def test_brats_fedavg_3d_on_two_simulated_sites_writes_per_site_dice_and_hd95_in
     for metrics in sites.values():
         assert 0.0 <= metrics["dice"] <= 1.0
         assert 0.0 <= metrics["hd95"] <= diagonal_mm
-    test = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("split") == "test"]
+    test = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == {"site0", "site1"}
     assert all(f"hd95_c{k}" in r and f"dice_c{k}" in r for r in test for k in (1, 2, 3))
     assert max(r["round"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl")) == 2

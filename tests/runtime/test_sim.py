@@ -24,7 +24,7 @@ def _run(tmp_path: Path, name: str, cfg: dict) -> object:
 def test_every_algorithm_runs_two_rounds_two_clients(tmp_path: Path, algorithm: str, dims: int) -> None:
     result = _run(tmp_path, algorithm, tiny_config(algorithm, dims=dims, rounds=2, sites=2))
     records = read_metrics(tmp_path / algorithm / "metrics.jsonl")
-    test = [r for r in records if r.get("split") == "test"]
+    test = [r for r in records if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == {"site0", "site1"}
     assert all(0.0 <= r["dice"] <= 1.0 for r in test)
     assert max(r["round"] for r in records) == 2
@@ -71,7 +71,7 @@ def test_fedbn_norm_parameters_never_appear_in_a_client_message(tmp_path: Path,
 def test_fedbn_keeps_personal_norm_layers_per_client(tmp_path: Path) -> None:
     _run(tmp_path, "bn", tiny_config("fedbn", rounds=2))
     records = read_metrics(tmp_path / "bn" / "metrics.jsonl")
-    personal = [r for r in records if r.get("model") == "personal" and r.get("split") == "test"]
+    personal = [r for r in records if r.get("kind") == "eval" and r.get("model") == "personal" and r.get("split") == "test"]
     assert {r["site"] for r in personal} == {"site0", "site1"}
 
 

@@ -16,8 +16,10 @@ unchanged under their own names.
 
 * :class:`UpdateCodec` (client -> server) encodes the update ``Delta = w_k - w`` against the
   broadcast the client received, with error feedback: the residual ``e`` (what the codec lost)
-  is kept in client state and added to the next round's ``Delta``. Integer buffers
-  (``num_batches_tracked``) are packed raw, so they pass exactly.
+  is kept in client state and added to the next round's ``Delta``. The chain runs **once** per
+  tensor and the residual is computed by unpacking the packed message itself, so it describes
+  exactly what was sent, also for randomised codecs (``randk`` draws its seed per call). Integer
+  buffers (``num_batches_tracked``) are packed raw, so they pass exactly.
 * :class:`BroadcastCodec` (server -> client) encodes the absolute weights, so it accepts only
   quantisers (top-k of absolute weights would zero most of the model).
 """
@@ -232,9 +234,10 @@ class UpdateCodec:
 
     Client (:meth:`encode`), per floating key present in the reference with the same shape::
 
-        x     = Delta + e            (e: the residual in client state, 0 at first)
-        x_hat = decode(encode(x))    (exactly what the server will rebuild)
-        e     = x - x_hat            (kept in client state when error_feedback is on)
+        x       = Delta + e          (e: the residual in client state, 0 at first)
+        message = pack(encode(x))    (the chain runs once per tensor)
+        x_hat   = unpack(message)    (exactly what the server will rebuild from these bytes)
+        e       = x - x_hat          (kept in client state when error_feedback is on)
 
     Server (:meth:`decode`): ``w_k_hat = w + x_hat``. Summed over rounds, the server receives
     ``sum_t x_hat_t = sum_t Delta_t - e_T``: no coordinate's mass is lost, only delayed.
@@ -263,8 +266,8 @@ class UpdateCodec:
             return params
         template = _specs(reference)
         residual: dict[str, torch.Tensor] = state.get(RESIDUAL_KEY, {}) if self.error_feedback else {}
-        new_residual: dict[str, torch.Tensor] = {}
         values: Params = {}
+        coded: list[str] = []
         for key, value in params.items():
             spec = template.get(key)
             if spec is None or not _packable(value, spec) or not value.is_floating_point():
@@ -274,13 +277,15 @@ class UpdateCodec:
             prev = residual.get(key)
             if prev is not None and prev.shape == x.shape:
                 x = x + prev.to(x.dtype)
-            if self.error_feedback:
-                new_residual[key] = (x - self.chain.roundtrip(x)).detach()
             values[key] = x
+            coded.append(key)
+        message = pack(self.chain, values, template)  # the only run of the chain
         if self.error_feedback:
+            sent = unpack(self.chain, message, template)  # what the server decodes from this message
+            new_residual = {key: (values[key] - sent[key]).detach() for key in coded}
             # residuals of keys not sent this round (e.g. FedRep's head phase) are kept
             state[RESIDUAL_KEY] = {**residual, **new_residual}
-        return pack(self.chain, values, template)
+        return message
 
     def decode(self, message: Params, reference: Params) -> Params:
         """Rebuild the update's parameters: ``reference + x_hat`` for delta-coded keys."""

@@ -189,6 +189,7 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        raw = wire.encoded_size(update)  # the same update without the up codec
         if self.codecs.up.active:
             # Delta against a fresh decode: hooks may have modified the broadcast they were given
             update.params = self.codecs.up.encode(update.params, self._broadcast(payload).params, state)
@@ -196,7 +197,7 @@ class ClientRuntime:
         loss = float(update.metrics.get("loss", float("nan")))
         progress.client_end(self.client_id, loss)
         record = {"round": rnd, "site": self.client_id, "kind": "train", "loss": loss, "n": update.num_examples,
-                  "bytes_up": len(data), "bytes_down": len(payload), "seconds": seconds}
+                  "bytes_up": len(data), "bytes_down": len(payload), Field.BYTES_UP_RAW: raw, "seconds": seconds}
         return data, record
 
     def personalize(

@@ -18,6 +18,9 @@ Layout::
   ``bytes_up``, ``bytes_down``, ``seconds``;
 * ``kind=round``: one per round (``site="__server__"``): ``clients``, ``bytes_up``, ``bytes_down``
   (sums), ``seconds`` (round wall time), ``overhead_seconds`` (serialise + aggregate + broadcast);
+* ``kind=comm``: one per evaluation or personalize exchange (``site="__server__"``, ``phase``,
+  ``split`` for evaluations): ``clients``, ``bytes_up``, ``bytes_down``. Train, round and comm
+  lines also carry ``bytes_up_raw``/``bytes_down_raw``: the same messages without any codec;
 * ``kind=eval``: ``split`` (val|test), ``model`` (global|personal|unseen), ``dice``, ``iou``,
   ``hd95``, ``precision``, ``recall``, ``n``; test lines also ``selection`` (best_val|last) and
   ``selected_round`` (the round of the scored model).
@@ -97,7 +100,7 @@ class RunDir:
             for r in read_metrics(self.metrics)
             if int(r.get("round", 0)) <= rnd
             and r.get("split") != "test"
-            and (keep_personalize or r.get("kind") != "personalize")
+            and (keep_personalize or (r.get("kind") != "personalize" and r.get("phase") != "personalize"))
         ]
         atomic_write_text(self.metrics, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
 

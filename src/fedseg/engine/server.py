@@ -21,12 +21,13 @@ from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.evaluate import improves
-from fedseg.engine.messages import encode_broadcast
+from fedseg.engine.messages import encode_broadcast_sized
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
 from fedseg.engine.summary import summarize
-from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Selection, Split
+from fedseg.engine.traffic import comm_record
+from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Phase, Selection, Split
 from fedseg.types import ClientState, ClientUpdate, Params, Scalar, ServerState
 
 __all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
@@ -45,18 +46,24 @@ def sample_clients(clients: Sequence[str], fraction: float, min_clients: int, se
 
 
 class ClientExecutor(Protocol):
-    """Delivers encoded messages to clients and returns their answers (the transport)."""
+    """Delivers encoded messages to clients and returns their answers (the transport).
+
+    Every reply is the serialized message the client sent (:mod:`fedseg.engine.wire` bytes), so
+    the server counts what crosses the wire in both directions.
+    """
 
     def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
         """Local training on each client: ``{client: (encoded ClientUpdate, train record)}``."""
         ...
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
-        """Evaluation records (global and personalised models) from each client."""
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
+        """Evaluation records (global and personalised models) from each client, as the reply it
+        sent: ``wire.encode_records(records)``."""
         ...
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
-        """The algorithm's post-federation local phase on each client."""
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
+        """The algorithm's post-federation local phase on each client; each reply is
+        ``wire.encode_records([record])``."""
         ...
 
     def state_snapshot(self) -> Any:
@@ -190,13 +197,18 @@ class FederationServer:
         self.best = {Field.ROUND.value: rnd, Field.DICE.value: mean}
 
     # ------------------------------------------------------------------ rounds
-    def _payload(self, rnd: int, phase: str | None = None, *, params: Params | None = None,
-                 server_state: ServerState | None = None, config: Mapping[str, Scalar] | None = None) -> bytes:
-        """The encoded broadcast of round ``rnd`` (default: of the current global model)."""
+    def _sized_payload(self, rnd: int, phase: str | None = None, *, params: Params | None = None,
+                       server_state: ServerState | None = None, config: Mapping[str, Scalar] | None = None
+                       ) -> tuple[bytes, int]:
+        """The encoded broadcast of round ``rnd`` (default: of the current global model) and the
+        length the same broadcast would have without the down codec."""
         extra: dict[str, Scalar] = {**({Field.PHASE.value: phase} if phase is not None else {}), **(config or {})}
-        return encode_broadcast(self.algorithm, self.codecs.down, self.codec_template, rnd,
-                                self.global_params if params is None else params,
-                                self.server_state if server_state is None else server_state, extra)
+        return encode_broadcast_sized(self.algorithm, self.codecs.down, self.codec_template, rnd,
+                                      self.global_params if params is None else params,
+                                      self.server_state if server_state is None else server_state, extra)
+
+    def _payload(self, rnd: int, phase: str | None = None) -> bytes:
+        return self._sized_payload(rnd, phase)[0]
 
     def _received_params(self, payload: bytes) -> Params:
         """The broadcast parameters exactly as a client decodes them: the reference of its Delta."""
@@ -209,7 +221,7 @@ class FederationServer:
         sampled = sample_clients(self.fit_clients, fed.fraction, fed.min_clients, self.cfg.seed, rnd)
         self.progress.round_start(rnd, sampled)
         t0 = time.perf_counter()
-        payload = self._payload(rnd)
+        payload, down_raw = self._sized_payload(rnd)
         reference = self._received_params(payload) if self.codecs.up.active else {}
         overhead = time.perf_counter() - t0
         replies = executor.fit(rnd, sampled, payload)
@@ -217,6 +229,7 @@ class FederationServer:
         records: list[dict[str, Any]] = []
         for client_id in sampled:
             data, record = replies[client_id]
+            record[Field.BYTES_DOWN_RAW] = down_raw  # the server alone knows the uncoded broadcast
             t0 = time.perf_counter()
             update = wire.decode(data)
             if not isinstance(update, ClientUpdate) or update.client_id != client_id:
@@ -236,8 +249,10 @@ class FederationServer:
                 "site": SERVER,
                 "kind": "round",
                 "clients": len(sampled),
-                "bytes_up": sum(int(r["bytes_up"]) for r in records),
+                "bytes_up": sum(len(replies[c][0]) for c in sampled),
                 "bytes_down": len(payload) * len(sampled),
+                Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in records),
+                Field.BYTES_DOWN_RAW: down_raw * len(sampled),
                 "seconds": time.perf_counter() - t_round,
                 "overhead_seconds": overhead,
             }
@@ -255,22 +270,30 @@ class FederationServer:
         val = [r["dice"] for r in records if r.get("kind") == "eval" and "dice" in r]
         self.progress.round_end(rnd, {"val_dice": float(np.nanmean(val)) if val else float("nan")})
 
-    def evaluate(self, executor: ClientExecutor, rnd: int, split: str, *, payload: bytes | None = None,
+    def evaluate(self, executor: ClientExecutor, rnd: int, split: str, *, payload: tuple[bytes, int] | None = None,
                  clients: list[str] | None = None) -> list[dict[str, Any]]:
-        """One evaluation exchange: records of every evaluating client (default: all), in client
-        order. ``payload`` defaults to the current global model's evaluation broadcast."""
+        """One evaluation exchange, the only way evaluation crosses the wire: the broadcast
+        (``payload`` = bytes and raw length; default: the current global model's evaluation
+        broadcast), the replies of every evaluating client (default: all) decoded, and its ``comm``
+        line (bytes both ways, written to metrics.jsonl at once). Records in client order."""
         clients = self.eval_clients if clients is None else clients
-        payload = self._payload(rnd + 1, phase="eval") if payload is None else payload
-        replies = executor.evaluate(rnd, clients, payload, split)
-        return [r for c in clients for r in replies.get(c, [])]
+        data, raw = self._sized_payload(rnd + 1, phase="eval") if payload is None else payload
+        replies = executor.evaluate(rnd, clients, data, split)
+        self.run.append_metrics([comm_record(rnd, Phase.EVAL, down=len(data), down_raw=raw, replies=replies,
+                                             split=split)])
+        decoded = {c: wire.decode_records(reply) for c, reply in replies.items()}
+        return [r for c in clients for r in decoded.get(c, [])]
 
     def personalize(self, executor: ClientExecutor) -> None:
         """The algorithm's post-federation local phase, once, then a checkpoint."""
         rounds = self.cfg.federation.rounds
         if self.phase == "personalized" or not overrides_personalize(self.algorithm):
             return
-        replies = executor.personalize(rounds + 1, self.fit_clients, self._payload(rounds + 1, phase="personalize"))
-        self.run.append_metrics([replies[c] for c in self.fit_clients if c in replies])
+        payload, raw = self._sized_payload(rounds + 1, phase="personalize")
+        replies = executor.personalize(rounds + 1, self.fit_clients, payload)
+        records = [r for c in self.fit_clients if c in replies for r in wire.decode_records(replies[c])]
+        comm = comm_record(rounds, Phase.PERSONALIZE, down=len(payload), down_raw=raw, replies=replies)
+        self.run.append_metrics([*records, comm])
         self.phase = "personalized"
         self.save_checkpoint(executor, rounds)
 
@@ -336,7 +359,8 @@ class FederationServer:
         records: list[dict[str, Any]] = []
         for selection, params, server_state, chosen in self._selected():
             config: dict[str, Scalar] = {Field.SELECTION.value: selection, Field.SELECTED_ROUND.value: chosen}
-            payload = self._payload(chosen + 1, phase="eval", params=params, server_state=server_state, config=config)
+            payload = self._sized_payload(chosen + 1, phase="eval", params=params, server_state=server_state,
+                                          config=config)
             records.extend(self.evaluate(executor, rounds, Split.TEST, payload=payload))
             # a method whose unseen model needs client states returns None without them (a deployment)
             unseen = self.algorithm.unseen_params(params, states or {}, self.num_examples, selection)
@@ -353,7 +377,7 @@ class FederationServer:
                 logger.warning("no unseen model for %s (%s): %s", ", ".join(unseen_sites), self.algorithm.unseen_policy,
                                "the server holds no client states" if states is None else "the method has none")
                 continue
-            payload = self._payload(chosen + 1, phase="eval", params=unseen, server_state=server_state,
+            payload = self._sized_payload(chosen + 1, phase="eval", params=unseen, server_state=server_state,
                                     config={**config, Field.MODEL.value: ModelKind.UNSEEN.value})
             records.extend(self.evaluate(executor, rounds, Split.TEST, payload=payload, clients=unseen_sites))
         self.save_checkpoint(executor, rounds)  # now with the unseen model

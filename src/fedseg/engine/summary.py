@@ -25,9 +25,10 @@ import numpy as np
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
+from fedseg.engine.traffic import bytes_totals
 from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SummaryKey
 
-__all__ = ["summarize", "site_means", "traffic"]
+__all__ = ["summarize", "site_means"]
 
 
 def summarize(
@@ -69,7 +70,7 @@ def summarize(
         SummaryKey.TEST: tables[mode],
         SummaryKey.TEST_LAST: tables[Selection.LAST.value],
         SummaryKey.MEAN: {kind: site_means(sites) for kind, sites in tables[mode].items()},
-        SummaryKey.BYTES: traffic(metrics),
+        SummaryKey.BYTES: {str(k): v for k, v in bytes_totals(metrics).items()},
     }
     return {str(k): v for k, v in summary.items()}
 
@@ -82,17 +83,3 @@ def site_means(sites: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     weight = sum(n for _, n in rows)
     return {"dice": float(np.mean([d for d, _ in rows])) if rows else float("nan"),
             "dice_image": sum(d * n for d, n in rows) / weight if weight > 0 else float("nan")}
-
-
-def traffic(metrics: Sequence[Mapping[str, Any]]) -> dict[str, int]:
-    """Bytes of the run: sums over the ``round`` (training) and ``comm`` (evaluation,
-    personalize) lines; ``*_raw``: the same messages serialised with no codec."""
-    lines = [r for r in metrics if r.get(Field.KIND) in (Kind.ROUND, Kind.COMM)]
-
-    def total(key: str) -> int:
-        return sum(int(r.get(key, 0)) for r in lines)
-
-    up, down = total(Field.BYTES_UP), total(Field.BYTES_DOWN)
-    up_raw, down_raw = total(Field.BYTES_UP_RAW), total(Field.BYTES_DOWN_RAW)
-    return {"up": up, "down": down, "total": up + down, "up_raw": up_raw, "down_raw": down_raw,
-            "total_raw": up_raw + down_raw}

@@ -2,7 +2,12 @@
 
 Both engines count bytes on the wire as ``len(encode(message))`` so figures are comparable. The
 format is a length-prefixed JSON header (names, dtypes, shapes, byte offsets, scalars) followed by
-the raw little-endian tensor bytes.
+the raw little-endian tensor bytes. :func:`encoded_size` gives the same length without building
+the bytes (used for the ``bytes_*_raw`` figures: a message's size without any codec).
+
+Replies that carry records rather than tensors (evaluation metrics, the personalize record) are
+messages too: :func:`encode_records` serialises a list of JSON-able records (canonical JSON: sorted
+keys, no spaces), so both engines send, decode and count the same bytes.
 """
 
 from __future__ import annotations
@@ -15,26 +20,42 @@ import torch
 
 from fedseg.types import Broadcast, ClientUpdate, MessageKey, TensorDict, check_message
 
-__all__ = ["encode", "decode", "encode_tensors", "decode_tensors", "message_bytes"]
+__all__ = [
+    "encode",
+    "decode",
+    "encode_tensors",
+    "decode_tensors",
+    "message_bytes",
+    "encoded_size",
+    "encode_records",
+    "decode_records",
+]
 
 _MAGIC = b"FSG1"
 
 
-def encode_tensors(groups: dict[str, TensorDict], scalars: dict[str, Any]) -> bytes:
-    """Serialise groups of named tensors plus JSON-able scalars."""
+def _header(groups: dict[str, TensorDict], scalars: dict[str, Any]) -> tuple[bytes, int]:
+    """The JSON header of :func:`encode_tensors` and the length of the body that follows it."""
     header: dict[str, Any] = {"scalars": scalars, "groups": {}}
-    chunks: list[bytes] = []
     offset = 0
     for group, tensors in groups.items():
         entries = []
         for name, tensor in tensors.items():
-            t = tensor.detach().to("cpu").contiguous()
-            raw = t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b""
-            entries.append([name, str(t.dtype).removeprefix("torch."), list(t.shape), offset, len(raw)])
-            chunks.append(raw)
-            offset += len(raw)
+            size = tensor.numel() * tensor.element_size()
+            entries.append([name, str(tensor.dtype).removeprefix("torch."), list(tensor.shape), offset, size])
+            offset += size
         header["groups"][group] = entries
-    head = json.dumps(header, separators=(",", ":")).encode()
+    return json.dumps(header, separators=(",", ":")).encode(), offset
+
+
+def encode_tensors(groups: dict[str, TensorDict], scalars: dict[str, Any]) -> bytes:
+    """Serialise groups of named tensors plus JSON-able scalars."""
+    head, _ = _header(groups, scalars)
+    chunks: list[bytes] = []
+    for tensors in groups.values():
+        for tensor in tensors.values():
+            t = tensor.detach().to("cpu").contiguous()
+            chunks.append(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return _MAGIC + struct.pack("<I", len(head)) + head + b"".join(chunks)
 
 
@@ -59,9 +80,7 @@ def decode_tensors(data: bytes) -> tuple[dict[str, TensorDict], dict[str, Any]]:
     return groups, header["scalars"]
 
 
-def encode(message: ClientUpdate | Broadcast) -> bytes:
-    """Check and serialise a message."""
-    check_message(message)
+def _groups_scalars(message: ClientUpdate | Broadcast) -> tuple[dict[str, TensorDict], dict[str, Any]]:
     groups = {MessageKey.PARAMS.value: message.params, MessageKey.EXTRAS.value: message.extras}
     if isinstance(message, ClientUpdate):
         scalars = {
@@ -72,7 +91,13 @@ def encode(message: ClientUpdate | Broadcast) -> bytes:
         }
     else:
         scalars = {"kind": "broadcast", MessageKey.CONFIG.value: message.config}
-    return encode_tensors(groups, scalars)
+    return groups, scalars
+
+
+def encode(message: ClientUpdate | Broadcast) -> bytes:
+    """Check and serialise a message."""
+    check_message(message)
+    return encode_tensors(*_groups_scalars(message))
 
 
 def decode(data: bytes) -> ClientUpdate | Broadcast:
@@ -93,3 +118,33 @@ def decode(data: bytes) -> ClientUpdate | Broadcast:
 def message_bytes(message: ClientUpdate | Broadcast) -> int:
     """Bytes this message takes on the wire."""
     return len(encode(message))
+
+
+def encoded_size(message: ClientUpdate | Broadcast) -> int:
+    """``len(encode(message))``, computed from the header alone (no tensor bytes are copied)."""
+    check_message(message)
+    head, body = _header(*_groups_scalars(message))
+    return len(_MAGIC) + 4 + len(head) + body
+
+
+def encode_records(records: list[dict[str, Any]]) -> bytes:
+    """A reply of records (evaluation metrics, a personalize record) as canonical JSON bytes.
+
+    Raises:
+        TypeError: ``records`` is not a list of dicts, or a value is not JSON-able.
+    """
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise TypeError(f"a records reply must be a list of dicts, got {type(records).__name__}")
+    return json.dumps(records, sort_keys=True, separators=(",", ":")).encode()
+
+
+def decode_records(data: bytes) -> list[dict[str, Any]]:
+    """Inverse of :func:`encode_records`.
+
+    Raises:
+        ValueError: ``data`` is not a JSON list of objects.
+    """
+    records = json.loads(data)
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise ValueError("a records reply must be a JSON list of objects")
+    return records

@@ -16,6 +16,7 @@ from typing import Any
 from fedseg.algorithms import build_algorithm
 from fedseg.config import RunConfig
 from fedseg.data.base import FederatedData
+from fedseg.engine import wire
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import configure_determinism
@@ -55,20 +56,22 @@ class InProcessExecutor:
             self.store.save(client_id, state, rnd)
         return out
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
+        # each reply is serialized as it would cross a wire, so the server decodes and counts it
         out = {}
         for client_id in clients:
             state = self.store.load(client_id)
-            out[client_id] = self.runtimes[client_id].evaluate(rnd, payload, state, split)
+            out[client_id] = wire.encode_records(self.runtimes[client_id].evaluate(rnd, payload, state, split))
             if split == Split.VAL:  # validation keeps each client's best personalised model in its state
                 self.store.save(client_id, state, rnd)
         return out
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
         out = {}
         for client_id in clients:
             state = self.store.load(client_id)
-            out[client_id] = self.runtimes[client_id].personalize(rnd, payload, state, self.progress)
+            out[client_id] = wire.encode_records([self.runtimes[client_id].personalize(rnd, payload, state,
+                                                                                       self.progress)])
             self.store.save(client_id, state, rnd)
         return out
 

@@ -92,7 +92,7 @@ def test_fedbn_norm_layers_never_leave_the_client(tmp_path: Path) -> None:
         assert set(keys["params"]) == set(model.state_dict()) - norm
     assert sum(m.metadata.message_type == "train" for m in grid.sent) == 4  # 2 rounds x 2 sites
     personal = [r for r in read_metrics(tmp_path / "flower" / "metrics.jsonl")
-                if r.get("model") == "personal" and r.get("split") == "test"]
+                if r.get("kind") == "eval" and r.get("model") == "personal" and r.get("split") == "test"]
     assert {r["site"] for r in personal} == {"site0", "site1"}
 
 
@@ -247,7 +247,8 @@ def test_simulated_client_states_make_resume_exact_and_eval_client_work(tmp_path
 
     # fedseg eval --client: the selected personal model of the checkpoint is the one tested at the end
     final = {r["site"]: r["dice"] for r in read_metrics(part / "metrics.jsonl")
-             if r.get("split") == "test" and r["model"] == "personal" and r["selection"] == "best_val"}
+             if r.get("kind") == "eval" and r.get("split") == "test" and r["model"] == "personal"
+             and r["selection"] == "best_val"}
     for site in ("site0", "site1"):
         row, = [r for r in evaluate_run(part, client=site) if r["site"] == site]
         assert row["dice"] == pytest.approx(final[site], abs=1e-6), site

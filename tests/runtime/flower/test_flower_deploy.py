@@ -77,7 +77,7 @@ def _check_run_dir(run_dir: Path, algorithm: str) -> list[dict[str, object]]:
         assert {r["site"] for r in records if r["kind"] == kind} == set(SITES), kind
     assert {r["round"] for r in records if r["kind"] == "train"} == {1, 2}
     assert all(r["bytes_up"] > 0 for r in records if r["kind"] == "train")
-    test = [r for r in records if r.get("split") == "test"]
+    test = [r for r in records if r.get("kind") == "eval" and r.get("split") == "test"]
     assert {r["site"] for r in test} == set(SITES) and all(0 <= float(str(r["dice"])) <= 1 for r in test)
     return records
 

@@ -105,7 +105,7 @@ def test_the_documented_deployment_runs(deployed: tuple[LoopbackFederation, dict
     assert info["engine"] == "flower" and info["algorithm"] == "fedbn" and info["sites"] == SITES
     records = read_metrics(run_dir / "metrics.jsonl")
     assert {r["site"] for r in records if r["kind"] == "train"} == set(SITES)
-    assert {(r["site"], r["model"]) for r in records if r.get("split") == "test"} == {
+    assert {(r["site"], r["model"]) for r in records if r.get("kind") == "eval" and r.get("split") == "test"} == {
         (s, m) for s in SITES for m in ("global", "personal")}
     assert "fedbn" in (fed.workdir / "logs" / "results_server.out").read_text()  # flwr list / fedseg report ran
     for site in SITES:  # the sites' own data check (step 6) passed; they reported split digests, not ids

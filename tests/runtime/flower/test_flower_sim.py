@@ -58,18 +58,21 @@ def test_flower_sim_matches_inprocess(tmp_path: Path, one_thread: None, monkeypa
         torch.testing.assert_close(weights[key].double(), value.double(), rtol=0, atol=1e-5, msg=key)
 
     def dice(run: Path) -> dict[tuple[str, str], float]:
-        return {(r["site"], r["model"]): r["dice"] for r in read_metrics(run / "metrics.jsonl") if r.get("split") == "test"}
+        return {(r["site"], r["model"]): r["dice"] for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"}
 
     expected, got = dice(tmp_path / "inproc"), dice(sim)
     assert expected.keys() == got.keys() and len(expected) == 6
     assert all(abs(expected[k] - got[k]) <= 0.01 for k in expected)
 
     def wire(run: Path) -> list[tuple[object, ...]]:
-        return [(r["round"], r["site"], r["bytes_up"], r["bytes_down"]) for r in read_metrics(run / "metrics.jsonl")
-                if r["kind"] in ("train", "round")]
+        return [(r["round"], r["site"], r["kind"], r.get("phase"), r.get("split"), r["bytes_up"], r["bytes_down"],
+                 r["bytes_up_raw"], r["bytes_down_raw"]) for r in read_metrics(run / "metrics.jsonl")
+                if r["kind"] in ("train", "round", "comm")]
 
-    assert wire(tmp_path / "inproc") == wire(sim)  # bytes on the wire, counted the same way
-    assert len(wire(sim)) == 3 * (3 + 1)  # every client of every round, and every round
+    assert wire(tmp_path / "inproc") == wire(sim)  # bytes on the wire, counted the same way, evaluation included
+    assert len(wire(sim)) == 3 * (3 + 1) + 3 + 1  # every client of every round, every round, every evaluation
+    summary = json.loads((sim / "summary.json").read_text())
+    assert summary["bytes"] == json.loads((tmp_path / "inproc" / "summary.json").read_text())["bytes"]
 
     # the data check ran before the simulation and wrote the same splits as in-process
     assert json.loads((sim / "splits.json").read_text()) == json.loads((tmp_path / "inproc" / "splits.json").read_text())
@@ -109,9 +112,9 @@ def test_flower_sim_resumes_with_the_client_states(tmp_path: Path, one_thread: N
     for key, value in reference.global_params.items():
         torch.testing.assert_close(weights[key].double(), value.double(), rtol=0, atol=1e-5, msg=key)
     personal = {r["site"]: r["dice"] for r in read_metrics(sim / "metrics.jsonl")
-                if r.get("split") == "test" and r["model"] == "personal"}
+                if r.get("kind") == "eval" and r.get("split") == "test" and r["model"] == "personal"}
     expected = {r["site"]: r["dice"] for r in read_metrics(tmp_path / "inproc" / "metrics.jsonl")
-                if r.get("split") == "test" and r["model"] == "personal"}
+                if r.get("kind") == "eval" and r.get("split") == "test" and r["model"] == "personal"}
     assert personal.keys() == expected.keys() == {"site0", "site1"}
     assert all(abs(personal[k] - expected[k]) <= 0.01 for k in expected)
     assert [r["round"] for r in read_metrics(sim / "metrics.jsonl") if r["kind"] == "train"] == [1, 1, 2, 2]

@@ -3,9 +3,11 @@
 through the ServerApp's ``Grid`` and returns their replies as fedseg wire bytes.
 
 Byte counting: the engine counts ``len(wire.encode(message))`` for every broadcast and update on
-both engines (the ClientRuntime measures the update, the FederationServer the broadcast); the
-Flower records built here from those messages are lossless conversions of the same tensors and
-scalars (``update_from_content`` re-encodes to the client's exact bytes).
+both engines (the ClientRuntime measures the update, the FederationServer the broadcast), and
+``len(wire.encode_records(records))`` for evaluation and personalize replies; the Flower records
+built here from those messages are lossless conversions of the same tensors and scalars
+(``update_from_content`` re-encodes to the client's exact bytes, ``wire.encode_records`` the
+reply records to the exact bytes an in-process client sends).
 """
 
 from __future__ import annotations
@@ -284,16 +286,18 @@ class FlowerExecutor:
         self._states_written(clients, rnd)
         return out
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, list[dict[str, Any]]]:
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
         replies = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
         if split == Split.VAL:  # the clients saved their selection state (see client_app._evaluate)
             self._states_written(clients, rnd)
-        return {c: eval_from_content(r.content) for c, r in replies.items()}
+        # the records reply as the client's runtime serialized it in-process (a lossless conversion)
+        return {c: wire.encode_records(eval_from_content(r.content)) for c, r in replies.items()}
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, dict[str, Any]]:
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
         replies = self._send(Action.PERSONALIZE, rnd, clients, payload)
         self._states_written(clients, rnd)
-        return {c: config_to_dict(r.content.config_records[Record.RECORD.value]) for c, r in replies.items()}
+        return {c: wire.encode_records([config_to_dict(r.content.config_records[Record.RECORD.value])])
+                for c, r in replies.items()}
 
     def _states_written(self, clients: list[str], rnd: int) -> None:
         if self.state_dir is not None:  # each client wrote its state of this round (see client_app)
