@@ -15,14 +15,14 @@ def _updates() -> list[ClientUpdate]:
 
 def test_uniform_weighting_is_the_plain_mean() -> None:
     alg = build_algorithm({"name": "fedavg", "weighting": "uniform"})
-    new, _ = alg.aggregate(1, _updates(), {"w": torch.zeros(2)}, {})
+    new = alg.aggregate(1, _updates(), {"w": torch.zeros(2)}, {}).params
     assert new["w"].tolist() == pytest.approx([(1 + 4 + 7) / 3, (0 + 2 + 1) / 3])
 
 
 def test_default_weighting_is_n_k() -> None:
     alg = build_algorithm({"name": "fedavg"})
     assert alg == build_algorithm({"name": "fedavg", "weighting": "n_k"})
-    new, _ = alg.aggregate(1, _updates(), {"w": torch.zeros(2)}, {})
+    new = alg.aggregate(1, _updates(), {"w": torch.zeros(2)}, {}).params
     assert new["w"].tolist() == pytest.approx([(1 + 12 + 672) / 100, (0 + 6 + 96) / 100])
 
 

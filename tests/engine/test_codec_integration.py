@@ -193,9 +193,10 @@ def test_every_message_is_counted_as_its_serialized_length_both_ways(
     plain = _run(tmp_path, "p", tiny_config(_Personalizing.name, rounds=2))  # the same exchanges without codecs
     plain_records = read_metrics(tmp_path / "p" / "metrics.jsonl")
     coded = exchanges[: len(exchanges) // 2]
-    # rounds 1-2: fit + val evaluation; then personalize and the final test evaluation
+    # rounds 1-2: fit + val evaluation; then personalize and the final test evaluations (the
+    # best-validation checkpoint, then the last round's model)
     assert [(e.phase, e.rnd) for e in coded] == [("fit", 1), ("evaluate", 1), ("fit", 2), ("evaluate", 2),
-                                                 ("personalize", 3), ("evaluate", 2)]
+                                                 ("personalize", 3), ("evaluate", 2), ("evaluate", 2)]
 
     train = [r for r in records if r["kind"] == Kind.TRAIN]
     fits = [e for e in coded if e.phase == "fit"]
@@ -216,7 +217,7 @@ def test_every_message_is_counted_as_its_serialized_length_both_ways(
     comm = [r for r in records if r["kind"] == Kind.COMM]
     others = [e for e in coded if e.phase != "fit"]
     assert [(r[Field.PHASE], r.get(Field.SPLIT)) for r in comm] == [
-        (Phase.EVAL, "val"), (Phase.EVAL, "val"), (Phase.PERSONALIZE, None), (Phase.EVAL, "test")]
+        (Phase.EVAL, "val"), (Phase.EVAL, "val"), (Phase.PERSONALIZE, None), (Phase.EVAL, "test"), (Phase.EVAL, "test")]
     for line, e in zip(comm, others, strict=True):
         assert line[Field.CLIENTS] == len(e.clients) == 2
         assert line[Field.BYTES_DOWN] == len(e.payload) * 2

@@ -139,7 +139,7 @@ def test_prepare_eval_model_gets_the_server_extras_on_every_path(bank_run: Path,
     for split in ("val", "test"):  # in-run: every evaluated model predicts foreground everywhere
         want = _all_foreground_dice(cfg, split)
         got = {r[Field.SITE]: r[Field.DICE] for r in read_metrics(bank_run / "metrics.jsonl")
-               if r.get(Field.SPLIT) == split and r[Field.MODEL] == ModelKind.GLOBAL}
+               if r.get(Field.SPLIT) == split and r.get(Field.MODEL) == ModelKind.GLOBAL}
         assert got == pytest.approx(want), split
     rows = evaluate_run(bank_run)  # fedseg eval
     assert {r[Field.SITE]: r[Field.DICE] for r in rows} == pytest.approx(_all_foreground_dice(cfg, "test"))
