@@ -57,11 +57,13 @@ def test_flower_sim_matches_inprocess(tmp_path: Path, one_thread: None, monkeypa
     for key, value in reference.global_params.items():
         torch.testing.assert_close(weights[key].double(), value.double(), rtol=0, atol=1e-5, msg=key)
 
-    def dice(run: Path) -> dict[tuple[str, str], float]:
-        return {(r["site"], r["model"]): r["dice"] for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"}
+    def dice(run: Path) -> dict[tuple[str, str, str, int], float]:
+        return {(r["site"], r["model"], r["selection"], r["selected_round"]): r["dice"]
+                for r in read_metrics(run / "metrics.jsonl") if r.get("kind") == "eval" and r.get("split") == "test"}
 
     expected, got = dice(tmp_path / "inproc"), dice(sim)
-    assert expected.keys() == got.keys() and len(expected) == 6
+    # same models, same selected rounds, on both engines: best-validation and last-round checkpoints
+    assert expected.keys() == got.keys() and len(expected) == 12
     assert all(abs(expected[k] - got[k]) <= 0.01 for k in expected)
 
     def wire(run: Path) -> list[tuple[object, ...]]:
@@ -70,7 +72,8 @@ def test_flower_sim_matches_inprocess(tmp_path: Path, one_thread: None, monkeypa
                 if r["kind"] in ("train", "round", "comm")]
 
     assert wire(tmp_path / "inproc") == wire(sim)  # bytes on the wire, counted the same way, evaluation included
-    assert len(wire(sim)) == 3 * (3 + 1) + 3 + 1  # every client of every round, every round, every evaluation
+    # every client of every round, every round, every validation, the two test evaluations (best_val, last)
+    assert len(wire(sim)) == 3 * (3 + 1) + 3 + 2
     summary = json.loads((sim / "summary.json").read_text())
     assert summary["bytes"] == json.loads((tmp_path / "inproc" / "summary.json").read_text())["bytes"]
 
