@@ -15,7 +15,7 @@ from fedseg.codecs import BroadcastCodec
 from fedseg.engine import wire
 from fedseg.types import Broadcast, Params, Scalar, ServerState
 
-__all__ = ["encode_broadcast", "encode_broadcast_sized", "decode_broadcast"]
+__all__ = ["encode_broadcast", "decode_broadcast"]
 
 
 def encode_broadcast(
@@ -26,24 +26,11 @@ def encode_broadcast(
     params: Params,
     server_state: ServerState,
     config: Mapping[str, Scalar] | None = None,
-) -> bytes:
-    """``algorithm.broadcast(rnd, params, server_state)`` with ``config`` added to its config,
-    its parameters encoded by the down chain against ``template`` (the seeded initial model), as
-    wire bytes."""
-    return encode_broadcast_sized(algorithm, down, template, rnd, params, server_state, config)[0]
-
-
-def encode_broadcast_sized(
-    algorithm: Algorithm,
-    down: BroadcastCodec,
-    template: Params,
-    rnd: int,
-    params: Params,
-    server_state: ServerState,
-    config: Mapping[str, Scalar] | None = None,
 ) -> tuple[bytes, int]:
-    """:func:`encode_broadcast` and the serialized length of the same broadcast without the down
-    codec (``bytes_down_raw``)."""
+    """``algorithm.broadcast(rnd, params, server_state)`` with ``config`` added to its config, its
+    parameters encoded by the down chain against ``template`` (the seeded initial model), as wire
+    bytes; and the serialized length of the same broadcast without the down codec
+    (``bytes_down_raw``)."""
     broadcast = algorithm.broadcast(rnd, params, server_state)
     broadcast.config.update(config or {})
     raw = wire.encoded_size(broadcast)

@@ -21,7 +21,7 @@ from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.evaluate import improves
-from fedseg.engine.messages import encode_broadcast_sized
+from fedseg.engine.messages import encode_broadcast
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
@@ -203,7 +203,7 @@ class FederationServer:
         """The encoded broadcast of round ``rnd`` (default: of the current global model) and the
         length the same broadcast would have without the down codec."""
         extra: dict[str, Scalar] = {**({Field.PHASE.value: phase} if phase is not None else {}), **(config or {})}
-        return encode_broadcast_sized(self.algorithm, self.codecs.down, self.codec_template, rnd,
+        return encode_broadcast(self.algorithm, self.codecs.down, self.codec_template, rnd,
                                       self.global_params if params is None else params,
                                       self.server_state if server_state is None else server_state, extra)
 

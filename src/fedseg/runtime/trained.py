@@ -101,7 +101,7 @@ class TrainedRun:
                                      Field.SELECTED_ROUND.value: chosen}
         if model_kind is not None:
             config[Field.MODEL.value] = model_kind
-        payload = encode_broadcast(self.algorithm, codecs.down, self.init_params, chosen + 1, params,
+        payload, _ = encode_broadcast(self.algorithm, codecs.down, self.init_params, chosen + 1, params,
                                    self.checkpoint["server_state"], config)
         broadcast = decode_broadcast(payload, codecs.down, self.init_params, "fedseg eval")
         return {**self.init_params, **broadcast.params}, dict(broadcast.extras)
