@@ -78,6 +78,9 @@ def runs(ratio: float, min_numel: int, corrupt: dict[str, Any], rand_ratio: floa
         "fedsegnet_randk_sign": {"codec": randk_sign},  # AAM + random-k -> 1-bit sign up + int8 down
         "fedavg_codecs": {"algorithm": fedavg, "codec": topk_int8},
         "aam_fp32": {"codec": fp32},
+        # ablations of the codec pair: each direction alone (FedAvg)
+        "fedavg_int8_down": {"algorithm": fedavg, "codec": {"up": [], "down": down}},
+        "fedavg_topk_int8_up": {"algorithm": fedavg, "codec": {**topk_int8, "down": []}},
         # B. robustness to one site's corrupted labels (float32 both ways)
         f"fedavg_fp32_corrupt_{corrupt['site']}": {"algorithm": fedavg, "codec": fp32, "corrupt": corrupt},
         f"aam_fp32_corrupt_{corrupt['site']}": {"codec": fp32, "corrupt": corrupt},

@@ -197,7 +197,7 @@ class ClientRuntime:
         loss = float(update.metrics.get("loss", float("nan")))
         progress.client_end(self.client_id, loss)
         record = {"round": rnd, "site": self.client_id, "kind": "train", "loss": loss, "n": update.num_examples,
-                  "bytes_up": len(data), "bytes_down": len(payload), Field.BYTES_UP_RAW: raw, "seconds": seconds}
+                  Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload), Field.BYTES_UP_RAW: raw, "seconds": seconds}
         return data, record
 
     def personalize(

@@ -249,8 +249,8 @@ class FederationServer:
                 "site": SERVER,
                 "kind": "round",
                 "clients": len(sampled),
-                "bytes_up": sum(len(replies[c][0]) for c in sampled),
-                "bytes_down": len(payload) * len(sampled),
+                Field.BYTES_UP: sum(len(replies[c][0]) for c in sampled),  # what reached the server
+                Field.BYTES_DOWN: len(payload) * len(sampled),
                 Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in records),
                 Field.BYTES_DOWN_RAW: down_raw * len(sampled),
                 "seconds": time.perf_counter() - t_round,

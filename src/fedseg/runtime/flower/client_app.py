@@ -46,6 +46,7 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
+from fedseg.records import Field as RecordField
 from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
 from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
@@ -262,7 +263,7 @@ def _train(message: Message, context: Context, defaults: Mapping[str, Any], stat
         # Flower's clipping scales the update in place, which integer buffers
         # (BatchNorm's num_batches_tracked) cannot take; with DP they stay on the client.
         update.params = {k: v for k, v in update.params.items() if v.is_floating_point()}
-        record["bytes_up"] = record["bytes_up_raw"] = len(wire.encode(update))  # what is sent (DP: no codec)
+        record[RecordField.BYTES_UP] = record[RecordField.BYTES_UP_RAW] = len(wire.encode(update))  # DP: no codec
     return Message(update_content(update, record, pack=bool(control[PACKED])), reply_to=message)
 
 
