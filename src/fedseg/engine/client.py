@@ -196,8 +196,11 @@ class ClientRuntime:
         data = wire.encode(update)
         loss = float(update.metrics.get("loss", float("nan")))
         progress.client_end(self.client_id, loss)
-        record = {"round": rnd, "site": self.client_id, "kind": "train", "loss": loss, "n": update.num_examples,
-                  Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload), Field.BYTES_UP_RAW: raw, "seconds": seconds}
+        record: dict[str, Any] = {
+            Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.TRAIN, Field.LOSS: loss,
+            Field.N: update.num_examples, Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload),
+            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds,
+        }
         return data, record
 
     def personalize(
@@ -214,7 +217,7 @@ class ClientRuntime:
         # the post-federation phase's model is the one tested: a best-validation snapshot from the
         # federated rounds would otherwise replace it
         state.pop(StateKey.BEST_VAL, None)
-        return {"round": rnd - 1, "site": self.client_id, "kind": "personalize", **metrics}
+        return {Field.ROUND: rnd - 1, Field.SITE: self.client_id, Field.KIND: Kind.PERSONALIZE, **metrics}
 
     def evaluate(self, rnd: int, payload: bytes, state: ClientState, split: str) -> list[dict[str, Any]]:
         """Metrics on this client's own ``split`` of every model it is scored with, one record each

@@ -245,16 +245,16 @@ class FederationServer:
         overhead += time.perf_counter() - t0
         records.append(
             {
-                "round": rnd,
-                "site": SERVER,
-                "kind": "round",
-                "clients": len(sampled),
+                Field.ROUND: rnd,
+                Field.SITE: SERVER,
+                Field.KIND: Kind.ROUND,
+                Field.CLIENTS: len(sampled),
                 Field.BYTES_UP: sum(len(replies[c][0]) for c in sampled),  # what reached the server
                 Field.BYTES_DOWN: len(payload) * len(sampled),
                 Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in records),
                 Field.BYTES_DOWN_RAW: down_raw * len(sampled),
-                "seconds": time.perf_counter() - t_round,
-                "overhead_seconds": overhead,
+                Field.SECONDS: time.perf_counter() - t_round,
+                Field.OVERHEAD_SECONDS: overhead,
             }
         )
         # the round metrics aggregate returned: per-client weights (and their factors), other rows
