@@ -26,7 +26,7 @@ import numpy as np
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
 from fedseg.engine.traffic import bytes_totals
-from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SummaryKey
+from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SelectionKey, SummaryKey
 
 __all__ = ["summarize", "site_means"]
 
@@ -65,8 +65,8 @@ def summarize(
         SummaryKey.ALGORITHM: algorithm.name,
         SummaryKey.ROUNDS: cfg.federation.rounds,
         SummaryKey.JUDGED_BY: judged,
-        SummaryKey.SELECTION: {"mode": mode, "round": global_round,
-                               "per_client": per_client if judged == ModelKind.PERSONAL else {}},
+        SummaryKey.SELECTION: {SelectionKey.MODE.value: mode, SelectionKey.ROUND.value: global_round,
+                               SelectionKey.PER_CLIENT.value: per_client if judged == ModelKind.PERSONAL else {}},
         SummaryKey.TEST: tables[mode],
         SummaryKey.TEST_LAST: tables[Selection.LAST.value],
         SummaryKey.MEAN: {kind: site_means(sites) for kind, sites in tables[mode].items()},
