@@ -39,6 +39,9 @@ class Kind(StrEnum):
     PERSONALIZE = "personalize"  # one client's post-federation local phase
     AGGREGATE = "aggregate"  # round metrics returned by ``Algorithm.aggregate``
     COMM = "comm"  # the server's view of a non-training exchange (evaluation, personalize): bytes
+    FAILURE = "failure"  # a client that raised, timed out or disconnected (``reason``, ``phase``)
+    REJECTED = "rejected"  # an update the server's validation refused before aggregation (``reason``)
+    PRIVACY = "privacy"  # privacy spent so far (epsilon at delta), per round
 
 
 class ModelKind(StrEnum):
@@ -75,6 +78,7 @@ class Field(StrEnum):
     ROUND = "round"
     SITE = "site"
     KIND = "kind"
+    REASON = "reason"  # why a client failed or its update was rejected
     MODEL = "model"
     SPLIT = "split"
     SELECTION = "selection"  # test records: which checkpoint (a Selection value)

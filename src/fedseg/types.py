@@ -20,6 +20,7 @@ __all__ = [
     "ClientState",
     "ServerState",
     "ClientUpdate",
+    "ClientFailure",
     "Broadcast",
     "MessageKey",
     "MessageError",
@@ -69,6 +70,20 @@ class ClientUpdate:
     num_examples: int
     extras: TensorDict = field(default_factory=dict)
     metrics: dict[str, Scalar] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ClientFailure:
+    """What an executor returns in place of a reply when a client did not answer usably: it
+    raised, missed the round's deadline, disconnected, or sent something undecodable.
+
+    Attributes:
+        client_id: the site name.
+        reason: one line for ``metrics.jsonl`` and the report (never data: no paths, no case ids).
+    """
+
+    client_id: str
+    reason: str
 
 
 @dataclass
