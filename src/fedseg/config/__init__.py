@@ -9,6 +9,8 @@ Every name is importable from ``fedseg.config``.
 
 from __future__ import annotations
 
+from fedseg.config.aggregation import AggregationConfig
+from fedseg.config.attack import AttackConfig
 from fedseg.config.base import ConfigError, StrictModel
 from fedseg.config.codec import CodecConfig
 from fedseg.config.data import (
@@ -26,6 +28,7 @@ from fedseg.config.flower import FlowerConfig, FlowerDPConfig
 from fedseg.config.loading import apply_overrides, config_from_dict, load_config
 from fedseg.config.loss import LossConfig
 from fedseg.config.model import MODEL_CONFIGS, ModelConfig, TransUNetConfig, UNetConfig
+from fedseg.config.privacy import ClientDPConfig, PrivacyConfig, SampleDPConfig
 from fedseg.config.run import RunConfig
 from fedseg.config.train import AugmentConfig, TrainConfig
 
@@ -49,6 +52,11 @@ __all__ = [
     "FederationConfig",
     "EvalConfig",
     "FlowerDPConfig",
+    "AggregationConfig",
+    "AttackConfig",
+    "ClientDPConfig",
+    "SampleDPConfig",
+    "PrivacyConfig",
     "FlowerConfig",
     "CodecConfig",
     "RunConfig",

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
 
+from fedseg.config.aggregation import AggregationConfig
+from fedseg.config.attack import AttackConfig
 from fedseg.config.base import StrictModel
 from fedseg.config.codec import CodecConfig
 from fedseg.config.data import DataConfig
@@ -13,6 +15,7 @@ from fedseg.config.eval import EvalConfig
 from fedseg.config.federation import FederationConfig
 from fedseg.config.flower import FlowerConfig
 from fedseg.config.loss import LossConfig
+from fedseg.config.privacy import PrivacyConfig
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
 from fedseg.config.train import TrainConfig
 
@@ -37,6 +40,9 @@ class RunConfig(StrictModel):
     flower: FlowerConfig = Field(default_factory=FlowerConfig)
     algorithm: dict[str, Any] = Field(default_factory=lambda: {"name": "fedavg"})
     codec: CodecConfig = Field(default_factory=CodecConfig)
+    aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
+    privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
+    attack: AttackConfig = Field(default_factory=AttackConfig)
 
     @field_validator("algorithm")
     @classmethod
