@@ -59,9 +59,11 @@ class Split(StrEnum):
 
 
 class Phase(StrEnum):
-    """``comm`` records: the non-training exchange whose bytes a line counts."""
+    """``comm`` records: the non-training exchange whose bytes a line counts; ``failure`` and
+    ``rejected`` records: the exchange that failed."""
 
     EVAL = "eval"  # an evaluation broadcast and the clients' metric replies
+    FIT = "fit"  # failure and rejected records: a round's local training and its update
     PERSONALIZE = "personalize"  # the post-federation broadcast and the clients' records
 
 
@@ -91,6 +93,9 @@ class Field(StrEnum):
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"
+    FAILURES = "failures"  # round records: clients whose reply never arrived usable (every attempt counted)
+    REJECTIONS = "rejections"  # round records: updates the server's screening refused
+    ATTEMPT = "attempt"  # failure records: 0 for a round's first request, then 1, 2... for its retries
     LOSS = "loss"
     WEIGHT = "weight"
     FEDAVG_WEIGHT = "fedavg_weight"  # weights records: the FedAvg weight n_k/N beside the chosen one
@@ -125,6 +130,7 @@ class SummaryKey(StrEnum):
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
+    FAILURES = "failures"  # {site: {"failure": n, "rejected": n}}: sites with failed or rejected exchanges
 
 
 class InfoKey(StrEnum):

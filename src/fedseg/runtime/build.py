@@ -336,7 +336,8 @@ def build_federation(
             _check_same_init(run, record)
         federation.built_server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients,
                                                    eval_clients=site_names, progress=progress,
-                                                   frozen=algorithm.frozen_keys(model))
+                                                   frozen=algorithm.frozen_keys(model),
+                                                   local=algorithm.local_keys(model))
         write_run_info(run, cfg, algorithm, engine=engine, sites=site_names, clients=fit_clients, spec=spec,
                        device=device_label or device, extra={**record, **(info or {})})
     return federation
