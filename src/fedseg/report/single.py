@@ -348,6 +348,31 @@ def _communication(run: RunRecords) -> list[str]:
     return lines
 
 
+def _failures_section(run: RunRecords, limit: int = 20) -> list[str]:
+    """Clients that failed and updates the server rejected (``failure`` / ``rejected`` lines): a
+    count per site, then the first ``limit`` events with their reasons. Nothing when there were none."""
+    events = [r for r in run.records if r.get(Field.KIND) in (Kind.FAILURE, Kind.REJECTED)]
+    if not events:
+        return []
+    counts: dict[str, dict[str, int]] = {}
+    for r in events:
+        site = counts.setdefault(str(r.get(Field.SITE)), {Kind.FAILURE.value: 0, Kind.REJECTED.value: 0})
+        site[str(r[Field.KIND])] += 1
+    per_site = ", ".join(f"{md_cell(s)}: {c[Kind.FAILURE]} failed, {c[Kind.REJECTED]} rejected"
+                         for s, c in sorted(counts.items()))
+    lines = ["## Failures and rejected updates", "",
+             f"{len(events)} event(s) ({per_site}). A failed client (it raised, timed out or disconnected) or a "
+             "rejected update (docs/reliability.md) is left out of that round; the round went on with the others.",
+             "", "| round | site | phase | event | reason |", "|---:|---|---|---|---|"]
+    for r in events[:limit]:
+        phase = str(r.get(Field.PHASE, "")) + (f" ({r[Field.SPLIT]})" if r.get(Field.SPLIT) else "")
+        lines.append(f"| {r.get(Field.ROUND)} | {md_cell(str(r.get(Field.SITE)))} | {md_cell(phase)} | "
+                     f"{r[Field.KIND]} | {md_cell(str(r.get(Field.REASON, '')))} |")
+    if len(events) > limit:
+        lines.append(f"| | | | | … {len(events) - limit} more in metrics.jsonl |")
+    return lines + [""]
+
+
 def _render_report(run: RunRecords, plots: Mapping[str, Path]) -> str:
     params = fmt_params(run.hyperparams)
     lines = [f"# {run.name} — {run.algorithm}" + (f" ({params})" if params else ""), ""]
@@ -356,6 +381,7 @@ def _render_report(run: RunRecords, plots: Mapping[str, Path]) -> str:
     lines += _data_section(run)
     lines += _results_section(run)
     lines += _selection_section(run)
+    lines += _failures_section(run)
     lines += _communication(run)
     if plots:
         lines += ["## Plots", ""]
