@@ -101,6 +101,9 @@ def test_the_norm_check_needs_three_updates_and_compares_with_the_median() -> No
     assert _screen(updates, max_norm_ratio=600.0)[1] == []  # 1000 <= 600 x 2
     assert _screen(updates, max_norm_ratio=None)[1] == []
     assert _screen(updates[1:], max_norm_ratio=10.0)[1] == []  # two updates: no median to speak of
+    # clients that skipped the round (unchanged model, norm 0) set no scale: 2 moved, no check
+    assert _screen([_update("a", 0.0), _update("b", 0.0), _update("c", 1.0), _update("d", 1000.0)],
+                   max_norm_ratio=10.0)[1] == []
 
 
 # ---------------------------------------------------------------- in-process: the others aggregate

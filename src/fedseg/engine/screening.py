@@ -11,8 +11,10 @@ client. An update is rejected when
   key), or a tensor whose shape or dtype differs from the global parameter's;
 * a parameter or extra holds NaN or inf, or a metric is inf or a NaN loss (NaN validation scores
   are fedseg's "undefined", e.g. the Dice of an empty mask, and stay allowed);
-* with 3 or more structurally valid updates, its norm ``||w_k - w||_2`` (over the shared
-  floating-point tensors, in float64) exceeds ``max_norm_ratio`` times the round's median.
+* with 3 or more structurally valid updates that changed the model, its norm ``||w_k - w||_2``
+  (over the shared floating-point tensors, in float64) exceeds ``max_norm_ratio`` times the
+  median of those updates' norms (an unchanged model, e.g. FedMix's client that kept no
+  pseudo-label and skipped the round, has norm 0 and would drag the median to 0).
 
 The checks are cheap and exact; they make no assumption about the method beyond what the server
 already knows (the global parameters, the keys the clients keep local, the declared sizes).
@@ -153,9 +155,9 @@ def screen_updates(
 ) -> Screening:
     """Split a round's updates into accepted and rejected ones (see the module docstring).
 
-    The norm check runs over the updates that pass every other check, and only when there are
-    at least 3 of them (a median of two says nothing about either); with ``max_norm_ratio`` None it
-    is off. Rejections come in input order, then the norm outliers in input order.
+    The norm check runs over the updates that pass every other check, and only when at least 3
+    of them changed the model (a median of two says nothing about either); the median is over
+    those. With ``max_norm_ratio`` None it is off. Rejections come in input order, then the norm outliers in input order.
     """
     sizes = declared_sizes or {}
     valid: list[ClientUpdate] = []
@@ -170,7 +172,10 @@ def screen_updates(
     if max_norm_ratio is None or len(valid) < 3:
         return Screening(valid, rejected)
     norms = [update_norm(u.params, global_params) for u in valid]
-    median = float(np.median(norms))
+    moved = [n for n in norms if n > 0]  # an unchanged model (a client that skipped the round) sets no scale
+    if len(moved) < 3:
+        return Screening(valid, rejected)
+    median = float(np.median(moved))
     limit = max_norm_ratio * median
     accepted = [u for u, n in zip(valid, norms, strict=True) if n <= limit]
     rejected += [Rejection(u.client_id, f"{u.client_id}: update norm {n:.4g} exceeds federation.max_norm_ratio "
