@@ -200,3 +200,25 @@ def test_a_failed_evaluation_is_logged_and_the_run_goes_on(tmp_path: Path, monke
                          Field.SPLIT: Split.VAL, Field.ATTEMPT: 0, Field.REASON: "raised OSError: disk gone"}]
     val = {(r[Field.ROUND], r[Field.SITE]) for r in records if r[Field.KIND] == Kind.EVAL and r[Field.SPLIT] == "val"}
     assert (1, "site0") not in val and {(1, "site1"), (2, "site0"), (2, "site1")} <= val
+
+
+def test_the_server_turns_a_missing_or_unreadable_reply_into_a_failure(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any executor (Flower's too) may omit a client or pass on bytes that are no update."""
+    original = sim.InProcessExecutor.fit
+
+    def fit(self: sim.InProcessExecutor, rnd: int, clients: list[str], payload: bytes) -> Any:
+        replies = dict(original(self, rnd, clients, payload))
+        if rnd == 1:
+            del replies["site1"]
+            data, record = replies["site2"]
+            replies["site2"] = (data[:10], record)
+        return replies
+
+    monkeypatch.setattr(sim.InProcessExecutor, "fit", fit)
+    run_inprocess(config_from_dict(tiny_config(rounds=2, sites=3)), tmp_path / "r", write_report=False)
+    records = read_metrics(tmp_path / "r" / "metrics.jsonl")
+    failures = [(r[Field.ROUND], r[Field.SITE], r[Field.REASON]) for r in records if r[Field.KIND] == Kind.FAILURE]
+    assert [f[:2] for f in failures] == [(1, "site1"), (1, "site2")]
+    assert failures[0][2] == "no reply" and failures[1][2].startswith("unreadable reply: raised ")
+    assert [r[Field.SITE] for r in records if r[Field.KIND] == Kind.WEIGHTS and r[Field.ROUND] == 1] == ["site0"]
