@@ -100,6 +100,8 @@ class Field(StrEnum):
     PRECISION = "precision"
     RECALL = "recall"
     N = "n"
+    SAMPLE_EPSILON = "sample_epsilon"  # train/personalize records under DP-SGD: the client's epsilon so far
+    SAMPLE_DELTA = "sample_delta"  # ... at this delta (privacy.sample.delta, default 1/n_k^1.1)
 
 
 METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
@@ -125,6 +127,7 @@ class SummaryKey(StrEnum):
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
+    SAMPLE_PRIVACY = "sample_privacy"  # DP-SGD only: {site: {"sample_epsilon", "sample_delta"}} at the run's end
 
 
 class InfoKey(StrEnum):
