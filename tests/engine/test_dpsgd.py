@@ -177,6 +177,13 @@ def test_the_same_seed_gives_the_same_private_model() -> None:
     assert all(torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
 
 
+def test_secure_rng_draws_from_os_entropy_so_runs_differ() -> None:
+    a, b = _model(), _model()
+    _trainer({}, {**_DP, "secure_rng": True}).fit(a)
+    _trainer({}, {**_DP, "secure_rng": True}).fit(b)
+    assert any(not torch.equal(v, b.state_dict()[k]) for k, v in a.state_dict().items())
+
+
 # ------------------------------------------------------------------------------------------- accounting
 def _dp_accounting(z: float, q: float, steps: int, delta: float, orders: list[float]) -> float:
     accountant = dp_accounting.rdp.RdpAccountant(orders=orders)
