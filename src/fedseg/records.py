@@ -105,6 +105,8 @@ class Field(StrEnum):
     PRECISION = "precision"
     RECALL = "recall"
     N = "n"
+    SAMPLE_EPSILON = "sample_epsilon"  # train/personalize records under DP-SGD: the client's epsilon so far
+    SAMPLE_DELTA = "sample_delta"  # ... at this delta (privacy.sample.delta, default 1/n_k^1.1)
 
 
 METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
@@ -131,6 +133,7 @@ class SummaryKey(StrEnum):
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
     FAILURES = "failures"  # {site: {"failure": n, "rejected": n}}: sites with failed or rejected exchanges
+    SAMPLE_PRIVACY = "sample_privacy"  # DP-SGD only: {site: {"sample_epsilon", "sample_delta"}} at the run's end
 
 
 class InfoKey(StrEnum):

@@ -72,12 +72,13 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
     from fedseg.cli.progress import RichProgress
     from fedseg.config import ConfigError, load_config
     from fedseg.data.base import DataError
+    from fedseg.engine.dpsgd import check_sample_dp
     from fedseg.registry import UnknownNameError
     from fedseg.runtime.sim import RunError, run_inprocess
 
     try:
         cfg = load_config(cfg_path, overrides)
-        build_algorithm(cfg.algorithm)
+        check_sample_dp(cfg, build_algorithm(cfg.algorithm))  # DP-SGD refuses some algorithms before data loads
     except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
         _fail(str(exc))
         raise AssertionError from None
@@ -95,7 +96,7 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
             summary = run_flower_engine(cfg, run_dir, engine=engine or cfg.engine, resume=resume, command=command)
         else:
             summary = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress()).summary
-    except (RunError, DataError) as exc:
+    except (RunError, DataError, ConfigError) as exc:
         _fail(str(exc))
         raise AssertionError from None
     _print_summary(summary, run_dir)

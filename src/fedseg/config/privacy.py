@@ -3,11 +3,12 @@ aggregate, an accountant) and sample-level DP-SGD for local training (Opacus), o
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedseg.config.base import StrictModel
 
-__all__ = ["ClientDPConfig", "SampleDPConfig", "PrivacyConfig"]
+__all__ = ["ClientDPConfig", "SampleDPConfig", "PrivacyConfig", "check_sample_dp_norm"]
 
 
 class ClientDPConfig(StrictModel):
@@ -21,12 +22,46 @@ class ClientDPConfig(StrictModel):
 
 
 class SampleDPConfig(StrictModel):
-    """Sample-level DP-SGD (Opacus) in each client's local training; per-client epsilon at ``delta``."""
+    """Sample-level DP-SGD (Opacus) in each client's local training; per-client epsilon at ``delta``.
+
+    Every local step draws a Poisson batch (each training case with probability
+    ``q = train.batch_size / n_k``), clips each per-sample gradient to L2 norm ``max_grad_norm``,
+    adds ``N(0, (noise_multiplier * max_grad_norm)^2)`` to their sum and divides by the expected
+    batch size; an RDP accountant composes every step a client took (``fedseg.engine.dpsgd``,
+    docs/privacy_dpsgd.md). Needs a model without BatchNorm (``model.norm: group``).
+    """
 
     enabled: bool = False
-    noise_multiplier: float = Field(1.0, ge=0, description="noise std in units of max_grad_norm")
+    noise_multiplier: float = Field(1.0, ge=0, description="noise std in units of max_grad_norm (0: no privacy)")
     max_grad_norm: float = Field(1.0, gt=0, description="per-sample gradient L2 bound")
-    delta: float | None = Field(None, gt=0, lt=1, description="delta of the reported epsilon (default 1/n^1.1)")
+    delta: float | None = Field(
+        None, gt=0, lt=1, description="delta of the reported epsilon (default 1/n_k^1.1, n_k the client's training cases)"
+    )
+    secure_rng: bool = Field(
+        False, description="draw the Poisson batches and the noise from OS entropy instead of the run seed, which "
+        "the server knows (a deployment needs this for the guarantee to hold against the server); runs are then "
+        "not reproducible"
+    )
+
+
+def check_sample_dp_norm(sample: SampleDPConfig, norm: str) -> None:
+    """Refuse DP-SGD with BatchNorm, whose statistics mix the samples of a batch (per-sample
+    gradients then do not exist); the error sits at ``model.norm``.
+
+    Raises:
+        pydantic.ValidationError: ``sample.enabled`` and ``norm == "batch"``.
+    """
+    if sample.enabled and norm == "batch":
+        detail = InitErrorDetails(
+            type=PydanticCustomError(
+                "dpsgd_batch_norm",
+                "privacy.sample.enabled (DP-SGD) needs per-sample gradients, but BatchNorm normalises each sample "
+                "with its batch's statistics; set model.norm: group (or instance, none)",
+            ),
+            loc=("model", "norm"),
+            input=norm,
+        )
+        raise ValidationError.from_exception_data("RunConfig", [detail])
 
 
 class PrivacyConfig(StrictModel):

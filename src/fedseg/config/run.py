@@ -15,7 +15,7 @@ from fedseg.config.eval import EvalConfig
 from fedseg.config.federation import FederationConfig
 from fedseg.config.flower import FlowerConfig
 from fedseg.config.loss import LossConfig
-from fedseg.config.privacy import PrivacyConfig
+from fedseg.config.privacy import PrivacyConfig, check_sample_dp_norm
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
 from fedseg.config.train import TrainConfig
 
@@ -67,4 +67,9 @@ class RunConfig(StrictModel):
             if size is not None and any(n % step for n in size):
                 raise ValueError(f"{key} {size}: every entry must be a multiple of {step} (the product of "
                                  f"model.strides {self.model.strides}), e.g. {[max(step, n // step * step) for n in size]}")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_dp_without_batch_norm(self) -> RunConfig:
+        check_sample_dp_norm(self.privacy.sample, self.model.norm)
         return self

@@ -15,6 +15,7 @@ from fedseg.codecs import build_wire_codecs
 from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
+from fedseg.engine.dpsgd import check_sample_dp, privacy_record
 from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.messages import decode_broadcast
@@ -142,6 +143,7 @@ class ClientRuntime:
                 f"site {client_id} is {train.supervision}-supervised (data.supervision); algorithm {algorithm.name} "
                 "needs pixel masks; use fedmix or leave the site out of training with federation.train_sites"
             )
+        check_sample_dp(cfg, algorithm, model)  # DP-SGD: the algorithm's hooks and the model's layers
 
     def _broadcast(self, payload: bytes) -> Broadcast:
         """Decode the server's payload (wire format, then the down codec against the model's init)."""
@@ -173,6 +175,7 @@ class ClientRuntime:
             num_classes=self.num_classes,
             eval_batch_size=self.cfg.eval.batch_size,
             window=sliding_window_for(self.cfg),
+            dp=self.cfg.privacy.sample,
         )
         return broadcast, trainer
 
@@ -199,7 +202,7 @@ class ClientRuntime:
         record: dict[str, Any] = {
             Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.TRAIN, Field.LOSS: loss,
             Field.N: update.num_examples, Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload),
-            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds,
+            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds, **privacy_record(state),
         }
         return data, record
 

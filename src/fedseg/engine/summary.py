@@ -8,7 +8,8 @@ Keys are :class:`~fedseg.records.SummaryKey` members::
      "test_last": {...},
      "mean": {"global": {"dice": site mean, "dice_image": mean weighted by n}, ...},
      "bytes": {"up", "down", "total", "up_raw", "down_raw", "total_raw"},
-     "failures": {"siteB": {"failure": 1, "rejected": 0}}}
+     "failures": {"siteB": {"failure": 1, "rejected": 0}},
+     "sample_privacy": {site: {"sample_epsilon", "sample_delta"}}}   (DP-SGD runs only)
 
 ``test`` holds the selected checkpoint's scores (``eval.select``), ``test_last`` the last round's
 beside it; ``mean`` is computed on ``test``. ``selection.round`` is the global model's selected
@@ -28,6 +29,7 @@ import numpy as np
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
+from fedseg.engine.dpsgd import sample_privacy_summary
 from fedseg.engine.traffic import bytes_totals
 from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SelectionKey, SummaryKey
 
@@ -76,6 +78,8 @@ def summarize(
         SummaryKey.BYTES: {str(k): v for k, v in bytes_totals(metrics).items()},
         SummaryKey.FAILURES: failure_counts(metrics),
     }
+    if cfg.privacy.sample.enabled:  # DP-SGD: each client's epsilon over the run
+        summary[SummaryKey.SAMPLE_PRIVACY] = sample_privacy_summary(metrics)
     return {str(k): v for k, v in summary.items()}
 
 
