@@ -24,7 +24,7 @@ size ``B`` (``train.batch_size``), clipping norm ``C`` and noise multiplier ``z`
   (``privacy.sample.delta``, default ``1 / n_k^1.1``).
 
 What leaves the client is the trained model and ``n_k``; the training loss is computed from the
-raw data, so under DP-SGD it is reported as NaN (:meth:`SampleDP.released`). The guarantee
+raw data, so under DP-SGD it is not sent (:meth:`SampleDP.released`; the train record shows NaN). The guarantee
 covers each client's training split, with ``n_k`` public; validation and test scores are
 released as without DP. Algorithms whose client half adds anything to the default local training
 (an extra loss, a second network, a custom procedure, extras in the update) are refused
@@ -188,8 +188,8 @@ class SampleDP:
             yield idx
 
     def released(self, metrics: Mapping[str, float]) -> dict[str, float]:
-        """The training metrics that may leave the client: the losses (raw data) become NaN."""
-        return {k: (math.nan if k in ("loss", "task_loss") else v) for k, v in metrics.items()}
+        """The training metrics that may leave the client: the losses (raw data) are dropped."""
+        return {k: v for k, v in metrics.items() if k not in ("loss", "task_loss")}
 
     def _record(self, steps: int) -> None:
         """Append ``steps`` of this round to the accountant's history in the client state."""
