@@ -25,6 +25,7 @@ from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.server import sample_clients
+from fedseg.io.safe import load_checkpoint
 from fedseg.runtime.build import build_federation, check_engine
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
@@ -81,7 +82,7 @@ def check_resumable(run: RunDir) -> None:
     """
     if not run.checkpoint.is_file():
         raise RunError(f"--resume: no checkpoint at {run.checkpoint}; start the run without --resume")
-    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = load_checkpoint(run.checkpoint, what="--resume")
     if ckpt.get("client_states") is None:
         raise RunError(
             f"--resume: the checkpoint {run.checkpoint} holds no client states (a deployed Flower run keeps them "
