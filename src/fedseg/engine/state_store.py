@@ -46,7 +46,7 @@ class ClientStateStore:
         if client_id in self._memory:
             return self._memory[client_id]
         if client_id in self._disk:
-            state: ClientState = load_checkpoint(self._disk[client_id], what=f"client {client_id!r}'s state")
+            state: ClientState = load_checkpoint(self._disk[client_id], what=f"the state of client {client_id!r}")
             return state
         return {}
 

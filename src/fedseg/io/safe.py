@@ -73,13 +73,12 @@ def load_checkpoint(path: Path | str | bytes, *, what: str | None = None, source
     except pickle.UnpicklingError as exc:
         # torch reports a forbidden global and plain garbage alike; the message tells them apart
         detail = str(exc.__context__ or exc).split(". Please")[0].strip()
-        if "Unsupported global" not in str(exc):
+        if "global" not in str(exc).lower():
             raise CheckpointError(f"{where}: not a readable torch checkpoint ({detail})") from exc
         raise UnsafeCheckpointError(
             f"{where}: refused by torch.load(weights_only=True): it holds objects other than tensors and "
             f"plain containers, which could run code when unpickled ({detail}). fedseg writes only tensors, "
-            "dicts, lists and scalars; a file that needs more was not written by fedseg (or was tampered "
-            "with). Save only a state dict (torch.save(model.state_dict(), path))"
+            "dicts, lists and scalars: a file that needs more was not written by fedseg, or was changed since"
         ) from exc
     except Exception as exc:  # truncated or not a torch file: zipfile, EOF, runtime errors
         raise CheckpointError(f"{where}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
@@ -97,10 +96,10 @@ def plain_state(obj: Any, where: str = "state") -> Any:
         return obj
     if isinstance(obj, enum.Enum):
         return plain_state(obj.value, where)
-    if isinstance(obj, _SCALARS):
-        return obj
-    if isinstance(obj, _NUMPY_EXACT):
+    if isinstance(obj, _NUMPY_EXACT):  # before the scalars: numpy.float64 subclasses float
         return obj.item()
+    if type(obj) in _SCALARS:
+        return obj
     if type(obj) in (dict, OrderedDict):
         return type(obj)((plain_state(k, f"{where} key {k!r}"), plain_state(v, f"{where}[{k!r}]"))
                          for k, v in obj.items())

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedseg.io.safe import CheckpointError, load_checkpoint
+from fedseg.io.safe import CheckpointError, UnsafeCheckpointError, load_checkpoint
 
 __all__ = ["InitCheckpointError", "STATE_DICT_KEYS", "read_init_checkpoint", "check_state_dict",
            "load_init_checkpoint"]
@@ -87,6 +87,8 @@ def read_init_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str
     else:
         try:
             obj = load_checkpoint(raw, source=str(file))
+        except UnsafeCheckpointError as exc:
+            raise InitCheckpointError(f"{exc}. Save only the state dict (torch.save(model.state_dict(), path))") from exc
         except CheckpointError as exc:
             raise InitCheckpointError(str(exc)) from exc
     return _state_dict_in(obj, file), digest
