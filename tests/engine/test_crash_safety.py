@@ -188,6 +188,7 @@ def test_a_directory_prepared_but_not_trained_may_start_again_with_the_same_conf
         prepare_run_dir(cfg, tmp_path / "r", resume=True, command=None)
 
 
+@pytest.mark.slow
 def test_the_demo_replaces_only_its_own_runs_and_works_twice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from fedseg.cli import demo
 
@@ -199,6 +200,7 @@ def test_the_demo_replaces_only_its_own_runs_and_works_twice(tmp_path: Path, mon
     console.file.close()
     assert (tmp_path / "demo" / "report.md").is_file()
     for algorithm in ("fedavg", "local"):
-        rounds = [r["round"] for r in read_metrics(tmp_path / "demo" / algorithm / "metrics.jsonl") if r["kind"] == "round"]
+        records = read_metrics(tmp_path / "demo" / algorithm / "metrics.jsonl")
+        rounds = [r["round"] for r in records if r["kind"] == "round"]
         assert rounds == [1]
         assert json.loads((tmp_path / "demo" / algorithm / "checkpoints" / "last.json").read_text())["round"] == 1

@@ -188,8 +188,8 @@ def test_repeated_random_sigkill_and_resume_equals_uninterrupted(tmp_path: Path)
     _assert_equal(a["global_params"], b["global_params"], "global_params")
     _assert_equal(a["server_state"], b["server_state"], "server_state")
     _assert_equal(_client_states(full), _client_states(killed), "client_states")
-    _assert_equal(load_checkpoint(full / "checkpoints" / "best.pt"), load_checkpoint(killed / "checkpoints" / "best.pt"),
-                  "best.pt")
+    best = [load_checkpoint(d / "checkpoints" / "best.pt") for d in (full, killed)]
+    _assert_equal(best[0], best[1], "best.pt")
     assert json.loads((full / "summary.json").read_text()) == json.loads((killed / "summary.json").read_text())
     rounds = [json.loads(line)["round"] for line in (killed / "metrics.jsonl").read_text().splitlines()
               if json.loads(line)["kind"] == "round"]

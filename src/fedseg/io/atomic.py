@@ -118,7 +118,8 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def remove_orphans(directory: Path, *, recursive: bool = True, min_age: float = 0.0, legacy: bool = False) -> list[Path]:
+def remove_orphans(directory: Path, *, recursive: bool = True, min_age: float = 0.0,
+                   legacy: bool = False) -> list[Path]:
     """Delete the temporary files of killed writers under ``directory``.
 
     A temporary file is an orphan when the process named in it no longer exists on this machine
