@@ -155,6 +155,13 @@ def test_a_fresh_run_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> Non
     assert str(tmp_path / "r") in message and "checkpoint of round 1 of 1" in message
     assert "--resume" in message and "--out" in message and "run-dir" in message
     assert {p: p.read_bytes() for p in (tmp_path / "r").rglob("*") if p.is_file()} == before  # nothing touched
+    metrics = tmp_path / "r" / "metrics.jsonl"
+    lines = metrics.read_text().splitlines(keepends=True)
+    metrics.write_text("".join([lines[0], "{torn\n", *lines[1:]]))
+    with pytest.raises(RunError, match=r"metrics\.jsonl:2: not a JSON record"):  # refused before anything resumes
+        prepare_run_dir(cfg, tmp_path / "r", resume=True, command=None)
+    metrics.write_text("".join([*lines, '{"round": 2, "ki']))  # a torn last line: resumable
+    prepare_run_dir(cfg, tmp_path / "r", resume=True, command=None)
 
 
 def test_a_fresh_run_refuses_a_directory_that_is_no_run(tmp_path: Path) -> None:

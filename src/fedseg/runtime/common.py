@@ -20,7 +20,7 @@ from fedseg.data.build import build_federated_data
 from fedseg.data.corrupt import apply_label_corruption
 from fedseg.data.splits import write_splits
 from fedseg.data.validate import validate_federation
-from fedseg.engine.rundir import RunDir, atomic_write_text
+from fedseg.engine.rundir import MetricsError, RunDir, atomic_write_text, read_metrics
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.io.atomic import is_temp
 from fedseg.io.safe import CheckpointError, load_checkpoint
@@ -151,7 +151,8 @@ def _describe(run: RunDir, held: list[Path]) -> str:
 
 def _check_checkpoints(run: RunDir) -> None:
     """Before anything else resumes: every file the resume will read (``last.pt``, ``best.pt``,
-    the client state files the checkpoint names) loads with ``torch.load(weights_only=True)``.
+    the client state files the checkpoint names) loads with ``torch.load(weights_only=True)``,
+    and ``metrics.jsonl`` holds whole records.
 
     Raises:
         RunError: a file is unreadable, or would run code when unpickled (the message names it).
@@ -168,7 +169,8 @@ def _check_checkpoints(run: RunDir) -> None:
             store.restore(snapshot)
             for client in snapshot["disk"]:
                 store.load(str(client))
-    except CheckpointError as exc:
+        read_metrics(run.metrics)  # whole lines but a torn last one, which the resume drops
+    except (CheckpointError, MetricsError) as exc:
         raise RunError(str(exc)) from exc
 
 
