@@ -25,8 +25,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedseg.io.atomic import atomic_open
-
 __all__ = ["CertificateFiles", "CertificateError", "make_certificates", "make_supernode_keys"]
 
 _ALWAYS = ("localhost", "127.0.0.1")
@@ -51,6 +49,8 @@ class CertificateFiles:
 def _write(path: Path, data: bytes, *, private: bool, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise CertificateError(f"{path} exists; pass --overwrite to replace it (and re-distribute the CA)")
+    from fedseg.io.atomic import atomic_open  # temp file + fsync + rename
+
     with atomic_open(path) as fh:
         if private:  # before any byte is written: a key is never readable by others, not even half-written
             os.chmod(fh.fileno(), 0o600)

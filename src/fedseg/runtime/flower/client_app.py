@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -45,7 +46,6 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
-from fedseg.io.safe import load_checkpoint
 from fedseg.records import Field as RecordField
 from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
@@ -232,6 +232,8 @@ def _load_state(context: Context, control: Mapping[str, Any], state_dir: Path | 
                 path = state_dir / want
                 if not path.is_file():
                     raise ClientSetupError(f"the server's checkpoint refers to client state {path}, which is missing")
+                from fedseg.io.safe import load_checkpoint  # weights_only: a state file never runs code
+
                 state = load_checkpoint(path, what="client state")
             state_to_records(state, context.state)
             context.state[Record.STATE_FILE.value] = ConfigRecord({Field.STATE_FILE.value: want})

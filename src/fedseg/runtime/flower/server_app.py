@@ -25,7 +25,6 @@ from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.server import sample_clients
-from fedseg.io.safe import load_checkpoint
 from fedseg.runtime.build import build_federation, check_engine
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
@@ -82,6 +81,8 @@ def check_resumable(run: RunDir) -> None:
     """
     if not run.checkpoint.is_file():
         raise RunError(f"--resume: no checkpoint at {run.checkpoint}; start the run without --resume")
+    from fedseg.io.safe import load_checkpoint  # weights_only: a checkpoint never runs code
+
     ckpt = load_checkpoint(run.checkpoint, what="--resume")
     if ckpt.get("client_states") is None:
         raise RunError(
