@@ -30,6 +30,7 @@ from fedseg.engine.screening import Screening, screen_updates
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
 from fedseg.engine.summary import summarize
 from fedseg.engine.traffic import comm_record
+from fedseg.io.safe import load_checkpoint
 from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Phase, Selection, Split
 from fedseg.types import ClientFailure, ClientState, ClientUpdate, Params, Scalar, ServerState
 
@@ -131,9 +132,7 @@ class FederationServer:
 
     def load_checkpoint(self, executor: ClientExecutor) -> int:
         """Restore the last checkpoint; returns its round."""
-        import torch
-
-        ckpt = torch.load(self.run.checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(self.run.checkpoint, what="--resume")
         self.global_params = ckpt["global_params"]
         self.server_state = ckpt["server_state"]
         self.phase = str(ckpt.get("phase", "federated"))
@@ -325,15 +324,13 @@ class FederationServer:
         """``(selection, global params, server state, round)`` to score on test: with ``best_val``
         the best-validation checkpoint first (the last round when none was written), then the last
         round's model beside it."""
-        import torch
-
         rounds = self.cfg.federation.rounds
         last = (Selection.LAST.value, self.global_params, self.server_state, rounds)
         if self.cfg.eval.select != Selection.BEST_VAL.value:
             return [last]
         if self.best is None or not self.run.best_checkpoint.is_file():
             return [(Selection.BEST_VAL.value, *last[1:]), last]
-        best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False)
+        best = load_checkpoint(self.run.best_checkpoint, what="eval.select best_val")
         return [(Selection.BEST_VAL.value, best["global_params"], best["server_state"], int(best["round"])), last]
 
     def _client_states(self, executor: ClientExecutor) -> dict[str, ClientState] | None:
@@ -355,8 +352,6 @@ class FederationServer:
         computed here from the client states and stored in the checkpoint (best.pt / last.pt), or
         reported unavailable where the server holds no client states (a deployment).
         """
-        import torch
-
         rounds = self.cfg.federation.rounds
         states = self._client_states(executor)
         trained = set(self._selection_sites())
@@ -372,7 +367,7 @@ class FederationServer:
             if selection == Selection.LAST.value:
                 self.unseen = unseen
             else:  # best.pt is the selected checkpoint, also when no round beat another (or no global model)
-                best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False) \
+                best = load_checkpoint(self.run.best_checkpoint, what="eval.select best_val") \
                     if self.best is not None and self.run.best_checkpoint.is_file() else \
                     {"round": chosen, "global_params": params, "server_state": server_state, "val_dice": float("nan")}
                 atomic_torch_save({**best, "unseen_params": unseen}, self.run.best_checkpoint)

@@ -27,6 +27,7 @@ from fedseg.data.folder import load_site_folder
 from fedseg.data.preprocess import preprocess_case, restore_geometry
 from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
+from fedseg.io.atomic import atomic_open
 from fedseg.records import Field
 from fedseg.runtime.trained import EvalError, open_run
 
@@ -188,8 +189,8 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
         out[region] = (1 - alpha) * out[region] + alpha * colour
         outline = region & ~ndimage.binary_erosion(region)
         out[outline] = colour
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(path)
+    with atomic_open(path) as fh:
+        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(fh, format="PNG")
 
 
 @torch.no_grad()

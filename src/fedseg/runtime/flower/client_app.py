@@ -232,7 +232,9 @@ def _load_state(context: Context, control: Mapping[str, Any], state_dir: Path | 
                 path = state_dir / want
                 if not path.is_file():
                     raise ClientSetupError(f"the server's checkpoint refers to client state {path}, which is missing")
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                from fedseg.io.safe import load_checkpoint  # weights_only: a state file never runs code
+
+                state = load_checkpoint(path, what="client state")
             state_to_records(state, context.state)
             context.state[Record.STATE_FILE.value] = ConfigRecord({Field.STATE_FILE.value: want})
             return state

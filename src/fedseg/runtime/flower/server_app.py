@@ -81,7 +81,9 @@ def check_resumable(run: RunDir) -> None:
     """
     if not run.checkpoint.is_file():
         raise RunError(f"--resume: no checkpoint at {run.checkpoint}; start the run without --resume")
-    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    from fedseg.io.safe import load_checkpoint  # weights_only: a checkpoint never runs code
+
+    ckpt = load_checkpoint(run.checkpoint, what="--resume")
     if ckpt.get("client_states") is None:
         raise RunError(
             f"--resume: the checkpoint {run.checkpoint} holds no client states (a deployed Flower run keeps them "
