@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -45,8 +46,10 @@ def task_identity() -> Iterator[None]:
 
 
 def flower_aggregate(strategy: Any, updates: list[Params], weights: list[float]) -> dict[str, np.ndarray]:
-    """The strategy's ``aggregate_train`` on reply Messages carrying the same arrays and weights."""
-    with task_identity():
+    """The strategy's ``aggregate_train`` on reply Messages carrying the same arrays and weights
+    (Flower's ``to_numpy_ndarrays(keep_input=False)`` runs ``gc.collect()`` per reply: seconds in a
+    test process holding torch; skipped here, it frees memory only)."""
+    with task_identity(), mock.patch("gc.collect", return_value=0):
         replies = [
             Message(RecordDict({"arrays": ArrayRecord({k: Array(v.numpy().copy()) for k, v in u.items()}),
                                 "metrics": MetricRecord({"num-examples": int(w)})}),
