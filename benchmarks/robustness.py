@@ -5,7 +5,8 @@ in-process engine, one process. Rows, per seed:
 
 * ``clean``: FedAvg, no attack (the reference);
 * per attack (``scale``: the update ``w + 100 (w_k - w)``; ``sign_flip``: ``w - (w_k - w)``;
-  ``label_flip``: the attacker trains on inverted masks, foreground <-> background):
+  ``sign_flip10``: ``w - 10 (w_k - w)``; ``label_flip``: the attacker trains on inverted masks,
+  foreground <-> background):
   ``fedavg`` (no defence), ``fedavg_screening`` (the server's norm screening,
   ``federation.max_norm_ratio`` at its default; only where that key exists), ``median``,
   ``trimmed_mean`` (beta 0.2), ``krum``, ``multi_krum`` (m = K - f), ``bulyan`` and
@@ -42,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ATTACKS = {
     "scale": {"kind": "scale", "scale": 100.0},
     "sign_flip": {"kind": "sign_flip"},
+    "sign_flip10": {"kind": "sign_flip", "scale": 10.0},
     "label_flip": {"kind": "label_flip", "label_mode": "invert"},
 }
 RULES = ["fedavg", "fedavg_screening", "median", "trimmed_mean", "krum", "multi_krum", "bulyan", "clip"]
