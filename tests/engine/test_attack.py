@@ -112,6 +112,13 @@ def test_attack_settings_are_refused_with_the_key() -> None:
         require_known_sites(AttackConfig(kind="scale", sites=["Site1"]), ["site0", "site1"])
 
 
+def test_the_centralised_reference_cannot_be_attacked() -> None:
+    cfg = config_from_dict(tiny_config("centralized", attack={"kind": "scale", "sites": ["site0"]}))
+    data = build_federated_data(cfg.data, cfg.seed)
+    with pytest.raises(ConfigError, match="one pooled client"):
+        build_federation(cfg, DataSpec.of(data), torch.device("cpu"), engine="inprocess", data=data.sites)
+
+
 @pytest.mark.slow
 def test_an_attacked_run_says_so_in_run_info(tmp_path: Path) -> None:
     cfg = tiny_config(rounds=1, sites=3, attack={"kind": "scale", "sites": ["site2"]},

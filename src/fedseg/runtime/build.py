@@ -359,6 +359,9 @@ def build_federation(
     fit_clients = [POOLED_CLIENT] if algorithm.pooled_data else list(site_names)
     if run is not None:  # the server's view: every site is known (a ClientApp knows its own only)
         require_known_sites(cfg.attack, site_names)
+    if cfg.attack.kind != "none" and algorithm.pooled_data:
+        raise ConfigError(f"attack: algorithm {algorithm.name!r} trains one pooled client, not the attacking sites; "
+                          "simulate attacks with a federated algorithm")
     algorithm.combine = build_combiner(cfg, algorithm, fit_clients if run is not None else None)
     splits = attack_splits(client_splits(data, algorithm), cfg.attack, spec.num_classes)
     model, init_params, digest = init_model(cfg, spec, device)
