@@ -155,6 +155,8 @@ class InfoKey(StrEnum):
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
     INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset
+    AGGREGATION = "aggregation"  # the aggregation section (rule, clip_norm...) the server combined with
+    ATTACK = "attack"  # {"kind", "sites", ...} of a simulated attack; absent when the run was not attacked
 
 
 class BytesKey(StrEnum):

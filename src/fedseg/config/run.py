@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from fedseg.config.aggregation import AggregationConfig
-from fedseg.config.attack import AttackConfig
+from fedseg.config.attack import AttackConfig, check_attack_sites, known_site_names
 from fedseg.config.base import StrictModel
 from fedseg.config.codec import CodecConfig
 from fedseg.config.data import DataConfig
@@ -56,6 +56,11 @@ class RunConfig(StrictModel):
     def _typed_model(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> ModelConfig:
         checked: ModelConfig = handler(typed_model_config(value))
         return checked
+
+    @model_validator(mode="after")
+    def _attack_sites_exist(self) -> RunConfig:
+        check_attack_sites(self.attack, known_site_names(self.data))  # folder roots: checked once discovered
+        return self
 
     @model_validator(mode="after")
     def _windows_fit_the_model(self) -> RunConfig:

@@ -15,6 +15,7 @@ from fedseg.codecs import build_wire_codecs
 from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
+from fedseg.engine.attack import update_attack
 from fedseg.engine.dpsgd import check_sample_dp, privacy_record
 from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
@@ -134,6 +135,7 @@ class ClientRuntime:
         self.num_classes = num_classes
         self.device = device
         self.codecs = build_wire_codecs(cfg.codec)
+        self.attack = update_attack(cfg.attack, client_id, seed=cfg.seed, client_index=client_index)
         train = self.splits.get("train")
         self.trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
         """Whether this client trains (``federation.train_sites``); one that never does has no
@@ -192,6 +194,8 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        if self.attack is not None:  # a simulated hostile site (the attack section; benchmarks only)
+            update = self.attack.apply(update, self._broadcast(payload), rnd)
         raw = wire.encoded_size(update)  # the same update without the up codec
         if self.codecs.up.active:
             # Delta against a fresh decode: hooks may have modified the broadcast they were given
