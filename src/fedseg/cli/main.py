@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedseg.cli import data_cmd, flower_cmd, predict_cmd
@@ -21,7 +22,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -70,14 +71,16 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
          engine: str | None = None) -> Path:
     from fedseg.algorithms import AlgorithmConfigError, build_algorithm
     from fedseg.cli.progress import RichProgress
+    from fedseg.codecs import check_codec_config
     from fedseg.config import ConfigError, load_config
     from fedseg.data.base import DataError
     from fedseg.registry import UnknownNameError
     from fedseg.runtime.sim import RunError, run_inprocess
 
-    try:
+    try:  # everything a config can get wrong, before any data is loaded
         cfg = load_config(cfg_path, overrides)
         build_algorithm(cfg.algorithm)
+        check_codec_config(cfg.codec)
     except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
         _fail(str(exc))
         raise AssertionError from None

@@ -118,7 +118,7 @@ class PartitionConfig(StrictModel):
     bins: int | None = Field(None, ge=2, description="foreground-size bins; default num_sites")
     site_names: list[str] | None = Field(None, description="names of the simulated sites; default site0, site1...")
     min_groups: int = Field(1, ge=1, description="every site gets at least this many groups (3: train+val+test)")
-    seed: int | None = Field(None, description="partition seed; default the run seed")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="partition seed (0 <= seed < 2**32); default the run seed")
 
     @model_validator(mode="after")
     def _names(self) -> PartitionConfig:
@@ -161,7 +161,8 @@ class WeakLabelConfig(StrictModel):
         default_factory=lambda: [1, 10],
         description="derive: pixels added to each box side, fixed (int) or drawn per side from [lo, hi] (inclusive)",
     )
-    seed: int | None = Field(None, description="derive: seed of the random box margins; default the run seed")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="derive: seed of the random box margins (0 <= seed < "
+                             "2**32); default the run seed")
 
     @field_validator("box_margin")
     @classmethod
