@@ -228,6 +228,24 @@ class DataConfig(StrictModel):
     )
     weak_labels: WeakLabelConfig = Field(default_factory=WeakLabelConfig)
 
+    @field_validator("sites")
+    @classmethod
+    def _plain_site_names(cls, value: list[str] | None) -> list[str] | None:
+        """Site names are folder names directly under ``data.root``: not empty, not repeated, and
+        no path separators or ``..`` (a site must not point outside the root)."""
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("data.sites is empty; list the site folders to use, or leave it unset for all of them")
+        bad = [s for s in value if not s.strip() or s in (".", "..") or "/" in s or "\\" in s]
+        if bad:
+            raise ValueError(f"data.sites: {bad} are not folder names directly under data.root (no '/', '\\', "
+                             "'..' or empty names)")
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"data.sites names {repeated} more than once")
+        return value
+
     @model_validator(mode="after")
     def _root_for_folder(self) -> DataConfig:
         if self.source == "folder" and self.root is None:
