@@ -176,3 +176,11 @@ def test_codec_chains_are_checked_from_the_config_alone(chain: dict[str, object]
         check_codec_config(cfg.codec)
     assert check_codec_config(config_from_dict({"codec": {"up": [{"name": "topk", "ratio": 0.1}, {"name": "int8"}]}}
                                                ).codec).up.active
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_floats_must_be_finite(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid config: 'train\.lr': Input should be a finite number"):
+        config_from_dict({"train": {"lr": value}})
+    with pytest.raises(ConfigError, match=r"'privacy\.client\.noise_multiplier'"):
+        load_config(None, ["privacy.client.noise_multiplier=.nan"])

@@ -59,3 +59,12 @@ def test_flower_app_refuses_the_same_mistakes(tmp_path: Path, sets: list[str], e
     assert result.exit_code == 2, result.output
     _one_line_error(result.output, expected)
     assert not (tmp_path / "app").exists()
+
+
+def test_run_names_missing_files_before_reading_any_case(tmp_path: Path) -> None:
+    sets = ["--set", f"model.init_checkpoint={tmp_path / 'init.pt'}", "--set", f"data.split_file={tmp_path / 's.json'}"]
+    result = runner.invoke(app, ["run", str(_cfg(tmp_path)), *sets, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2, result.output
+    _one_line_error(result.output.replace(str(tmp_path / "no_such_root"), "ROOT"), "model.init_checkpoint: no such file")
+    assert "data.split_file: no such file" in result.output and "data.root: no such folder: ROOT" in result.output.replace(
+        str(tmp_path / "no_such_root"), "ROOT")

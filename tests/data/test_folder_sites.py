@@ -118,3 +118,12 @@ def test_run_refuses_before_training(tmp_path: Path) -> None:
 def test_site_names_are_plain_distinct_folder_names(sites: list[str]) -> None:
     with pytest.raises(ConfigError, match=r"data\.sites"):
         config_from_dict({"data": {"source": "folder", "root": "/r", "sites": sites}})
+
+
+def test_eval_on_a_data_root_refuses_folders_that_are_not_sites(tmp_path: Path) -> None:
+    from fedseg.runtime.inference import EvalError, evaluate_run
+    from fedseg.runtime.sim import run_inprocess
+
+    run_inprocess(config_from_dict(tiny_config(rounds=1)), tmp_path / "run", write_report=False)
+    with pytest.raises(EvalError, match=r"--data .*root: .*B: not a site: its images are in 'Images/'"):
+        evaluate_run(tmp_path / "run", data=_root(tmp_path))

@@ -84,6 +84,9 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
     except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
         _fail(str(exc))
         raise AssertionError from None
+    missing = _missing_files(cfg)
+    if missing:
+        _fail("; ".join(missing))
     run_dir = out or Path("runs") / f"{cfg.name}_{cfg.algorithm['name']}_s{cfg.seed}"
     if engine not in (None, "inprocess", "flower-sim"):
         _fail(f"--engine {engine!r}: allowed inprocess, flower-sim (a deployment is submitted with flwr run, "
@@ -103,6 +106,27 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
         raise AssertionError from None
     _print_summary(summary, run_dir)
     return run_dir
+
+
+def _missing_files(cfg: Any) -> list[str]:
+    """The files and folders this machine's run reads that are not there, each with its key (so a
+    typo is reported before any case is decoded, not after)."""
+    wanted: list[tuple[str, Any, bool]] = [
+        ("model.init_checkpoint", cfg.model.init_checkpoint, False),
+        ("data.split_file", cfg.data.split_file, False),
+    ]
+    if cfg.data.source == "folder":
+        wanted.append(("data.root", cfg.data.root, True))
+    if cfg.data.weak_labels.source == "files" and cfg.data.weak_labels.root is not None:
+        wanted.append(("data.weak_labels.root", cfg.data.weak_labels.root, True))
+    out = []
+    for key, value, folder in wanted:
+        if value is None:
+            continue
+        path = Path(value)
+        if not (path.is_dir() if folder else path.is_file()):
+            out.append(f"{key}: no such {'folder' if folder else 'file'}: {path}")
+    return out
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:
