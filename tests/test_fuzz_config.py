@@ -22,7 +22,7 @@ from fedseg.codecs import CODECS, check_codec_config
 from fedseg.config import MODEL_CONFIGS, ConfigError, RunConfig, apply_overrides, config_from_dict, load_config
 from fedseg.registry import UnknownNameError
 
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=120, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 
 

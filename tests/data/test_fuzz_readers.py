@@ -26,7 +26,7 @@ from fedseg.data.folder import check_dataset
 from fedseg.data.layout import index_dataset
 from fedseg.io import DataError, read_image, read_mask
 
-FUZZ = settings(max_examples=60, deadline=None, derandomize=True,
+FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 SUFFIXES = [".png", ".jpg", ".bmp", ".nii", ".nii.gz"]
 _counter = itertools.count()
