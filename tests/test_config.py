@@ -184,3 +184,9 @@ def test_floats_must_be_finite(value: object) -> None:
         config_from_dict({"train": {"lr": value}})
     with pytest.raises(ConfigError, match=r"'privacy\.client\.noise_multiplier'"):
         load_config(None, ["privacy.client.noise_multiplier=.nan"])
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "..", "a\\b"])
+def test_the_run_name_is_a_plain_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid config: 'name': .*plain name"):
+        config_from_dict({"name": name})

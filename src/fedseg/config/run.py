@@ -47,6 +47,15 @@ class RunConfig(StrictModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes part of the default run directory (runs/<name>_<algorithm>_s<seed>)."""
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError("the run name must be a non-empty plain name (no '/', '\\', '.' or '..'), e.g. "
+                             "busbra_fedavg")
+        return value
+
     @field_validator("algorithm")
     @classmethod
     def _has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
