@@ -151,6 +151,9 @@ class Algorithm:
     ``personal`` (the client's own model, for methods that keep local state)."""
     unseen_policy: ClassVar[str] = "the global model"
     """What the method uses on a site that never trained (one line, shown in reports)."""
+    message_extras: ClassVar[frozenset[str]] = frozenset()
+    """Extras keys the method sends (either direction); an entry ending in ``.`` is a prefix. The
+    server refuses an update with any other extras key (:func:`fedseg.types.check_extras`)."""
     optimizer_state: ClassVar[str] = "reset"
     """The optimizer policy ``train.optimizer_state: auto`` resolves to: ``reset`` (a fresh optimizer
     every round, as most FL baselines) or ``persist`` (ordinary training: local-only, centralized)."""

@@ -254,6 +254,7 @@ class FedMix(Algorithm):
         "FedMix: mixed supervision (pixel/box/image sites), two nets with cross pseudo-labels, weights n/N + lam*l^beta"
     )
     weak_supervision: ClassVar[bool] = True
+    message_extras: ClassVar[frozenset[str]] = frozenset({FedMixKey.NET2_PREFIX.value})  # net 2 travels in extras
     lam: float = 10.0
     beta: float = 1.5
     threshold: float = 0.9

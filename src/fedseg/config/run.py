@@ -19,12 +19,15 @@ from fedseg.config.privacy import PrivacyConfig, check_sample_dp_norm
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
 from fedseg.config.train import TrainConfig
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "SEED_LIMIT"]
+
+SEED_LIMIT = 2**32
+"""Seeds are below this (numpy's ``np.random.seed`` takes 32-bit unsigned integers)."""
 
 
 class RunConfig(StrictModel):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="run seed, 0 <= seed < 2**32 (the range numpy accepts)")
     engine: Literal["inprocess", "flower-sim", "flower"] = Field(
         "inprocess", description="inprocess | flower-sim (Flower simulation) | flower (set by a deployed ServerApp)"
     )
@@ -43,6 +46,15 @@ class RunConfig(StrictModel):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes part of the default run directory (runs/<name>_<algorithm>_s<seed>)."""
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError("the run name must be a non-empty plain name (no '/', '\\', '.' or '..'), e.g. "
+                             "busbra_fedavg")
+        return value
 
     @field_validator("algorithm")
     @classmethod

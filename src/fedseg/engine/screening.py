@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from fedseg.algorithms.base import Algorithm
-from fedseg.types import ClientUpdate, Params
+from fedseg.types import ClientUpdate, MessageError, Params, check_extras
 
 __all__ = ["Rejection", "Screening", "screen_updates", "update_problem", "update_norm", "sends_split_size"]
 
@@ -105,8 +105,11 @@ def _finite_problem(update: ClientUpdate) -> str | None:
 
 
 def _extras_problem(algorithm: Algorithm, update: ClientUpdate) -> str | None:
-    """ALLOW-LIST CALL POINT: the extras an algorithm may send (``Algorithm.message_extras``, engineer
-    "validate"). The coordinator wires its check here; returning a reason rejects the update."""
+    """Extras outside the algorithm's allow-list (``Algorithm.message_extras``): the reason, or None."""
+    try:
+        check_extras(update, algorithm.message_extras)
+    except MessageError as exc:
+        return str(exc)
     return None
 
 

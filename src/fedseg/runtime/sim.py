@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from fedseg.algorithms import build_algorithm
+from fedseg.codecs import check_codec_config
 from fedseg.config import RunConfig
 from fedseg.data.base import FederatedData
 from fedseg.engine import wire
@@ -195,6 +196,7 @@ def run_inprocess(
         data: pre-built data (tests); default: built from ``cfg.data``.
     """
     progress = progress or ProgressSink()
+    check_codec_config(cfg.codec)  # a codec mistake is a ConfigError before any directory or data
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
     configure_determinism(cfg.train.deterministic)
     # opt-in label corruption, validation (every problem at once, before any training), splits.json

@@ -21,6 +21,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedseg.algorithms import Algorithm, build_algorithm
+from fedseg.codecs import check_codec_config
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
@@ -66,9 +67,11 @@ def check_flower_config(cfg: RunConfig) -> Algorithm:
     Raises:
         RunError: the centralised reference (pooled data has no place in a federation).
         fedseg.algorithms.AlgorithmConfigError: bad algorithm hyperparameters.
+        fedseg.config.ConfigError: a bad codec chain.
     """
     algorithm = build_algorithm(cfg.algorithm)
     check_engine(algorithm, "flower")
+    check_codec_config(cfg.codec)  # codec chains, before any site is waited for or data loaded
     return algorithm
 
 
