@@ -100,6 +100,15 @@ class Field(StrEnum):
     PRECISION = "precision"
     RECALL = "recall"
     N = "n"
+    # client-level DP (``kind: privacy`` lines; ``update_norm`` on train lines)
+    EPSILON = "epsilon"  # privacy spent so far, at ``delta``
+    DELTA = "delta"
+    NOISE_MULTIPLIER = "noise_multiplier"  # z: noise std in units of the clipping norm (on the sum)
+    CLIPPING_NORM = "clipping_norm"  # C: L2 bound of each client's update
+    SAMPLE_RATE = "sample_rate"  # q = m / K, clients sampled per round over training clients
+    ROUNDS = "rounds"  # rounds composed by the accountant
+    NOISE_STD = "noise_std"  # std of the noise on each entry of this round's aggregate (z C / m)
+    UPDATE_NORM = "update_norm"  # ||w_k - w|| before the client clipped it
 
 
 METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
@@ -125,6 +134,7 @@ class SummaryKey(StrEnum):
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
+    PRIVACY = "privacy"  # client-level DP: the last ``kind: privacy`` line's epsilon, delta and settings
 
 
 class InfoKey(StrEnum):
@@ -146,6 +156,7 @@ class InfoKey(StrEnum):
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
     INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset
+    PRIVACY = "privacy"  # the privacy section as run (client-level DP: delta, K, m, q, accountant)
 
 
 class BytesKey(StrEnum):

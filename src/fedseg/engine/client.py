@@ -18,6 +18,7 @@ from fedseg.engine import wire
 from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.messages import decode_broadcast
+from fedseg.engine.privacy import clip_update
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
@@ -189,6 +190,8 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        dp = self.cfg.privacy.client
+        norm = clip_update(update.params, self._broadcast(payload).params, dp.clipping_norm) if dp.enabled else None
         raw = wire.encoded_size(update)  # the same update without the up codec
         if self.codecs.up.active:
             # Delta against a fresh decode: hooks may have modified the broadcast they were given
@@ -199,7 +202,7 @@ class ClientRuntime:
         record: dict[str, Any] = {
             Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.TRAIN, Field.LOSS: loss,
             Field.N: update.num_examples, Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload),
-            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds,
+            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds, **({Field.UPDATE_NORM: norm} if norm is not None else {}),
         }
         return data, record
 

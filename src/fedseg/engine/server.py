@@ -22,6 +22,7 @@ from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.evaluate import improves
 from fedseg.engine.messages import encode_broadcast
+from fedseg.engine.privacy import ClientDP, check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
@@ -110,6 +111,7 @@ class FederationServer:
         self.cfg = cfg
         self.algorithm = algorithm
         self.run = run
+        check_client_dp(cfg, algorithm)
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
@@ -122,6 +124,9 @@ class FederationServer:
         self.best: dict[str, Any] | None = None  # {"round", "dice"} of checkpoints/best.pt
         self.num_examples: dict[str, int] = {}  # each client's last n_k (weights of unseen models)
         self.unseen: Params | None = None  # the last round's unseen model, once computed
+        self.client_dp = ClientDP.for_run(cfg, run.root, population=len(self.fit_clients), sampled=len(
+            sample_clients(self.fit_clients, cfg.federation.fraction, cfg.federation.min_clients, cfg.seed, 1))
+        ) if cfg.privacy.client.enabled else None  # client-level DP replaces the algorithm's aggregate
 
     @staticmethod
     def _training_clients(cfg: RunConfig, algorithm: Algorithm, fit: list[str], sites: list[str]) -> list[str]:
@@ -240,7 +245,8 @@ class FederationServer:
             updates.append(update)
             records.append(record)
         t0 = time.perf_counter()
-        agg = self.algorithm.aggregate(rnd, updates, self.global_params, self.server_state)
+        aggregate = self.algorithm.aggregate if self.client_dp is None else self.client_dp.aggregate
+        agg = aggregate(rnd, updates, self.global_params, self.server_state)
         self.global_params, self.server_state = agg.params, agg.server_state
         overhead += time.perf_counter() - t0
         records.append(
@@ -257,6 +263,8 @@ class FederationServer:
                 Field.OVERHEAD_SECONDS: overhead,
             }
         )
+        if self.client_dp is not None:
+            records.append(self.client_dp.record(rnd, len(updates)))
         # the round metrics aggregate returned: per-client weights (and their factors), other rows
         for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
             records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())

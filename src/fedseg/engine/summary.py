@@ -25,6 +25,7 @@ import numpy as np
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
+from fedseg.engine.privacy import privacy_summary
 from fedseg.engine.traffic import bytes_totals
 from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SelectionKey, SummaryKey
 
@@ -71,6 +72,7 @@ def summarize(
         SummaryKey.TEST_LAST: tables[Selection.LAST.value],
         SummaryKey.MEAN: {kind: site_means(sites) for kind, sites in tables[mode].items()},
         SummaryKey.BYTES: {str(k): v for k, v in bytes_totals(metrics).items()},
+        **({SummaryKey.PRIVACY: spent} if (spent := privacy_summary(metrics)) else {}),
     }
     return {str(k): v for k, v in summary.items()}
 

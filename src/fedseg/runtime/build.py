@@ -33,6 +33,7 @@ from fedseg.algorithms import Algorithm, build_algorithm
 from fedseg.config import RunConfig
 from fedseg.data.base import DataError, SegmentationSet, SiteData
 from fedseg.engine.client import ClientRuntime
+from fedseg.engine.privacy import privacy_info
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
@@ -337,6 +338,9 @@ def build_federation(
         federation.built_server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients,
                                                    eval_clients=site_names, progress=progress,
                                                    frozen=algorithm.frozen_keys(model))
+        server = federation.built_server
+        privacy = {InfoKey.PRIVACY.value: privacy_info(cfg, len(server.fit_clients), server.client_dp.sampled)
+                   } if server.client_dp is not None else {}
         write_run_info(run, cfg, algorithm, engine=engine, sites=site_names, clients=fit_clients, spec=spec,
-                       device=device_label or device, extra={**record, **(info or {})})
+                       device=device_label or device, extra={**record, **privacy, **(info or {})})
     return federation
