@@ -15,6 +15,7 @@ from conftest import tiny_config
 from fedseg.algorithms import build_algorithm
 from fedseg.config import ConfigError, config_from_dict
 from fedseg.config.privacy import ClientDPConfig
+from fedseg.engine import privacy
 from fedseg.engine.privacy import (
     NOISE_KEY_FILE,
     ClientDP,
@@ -217,13 +218,10 @@ def test_flower_dp_is_refused_pointing_to_privacy_client() -> None:
     config_from_dict(tiny_config(flower={"dp": {"enabled": False}}))  # old configs without DP still load
 
 
-def _dp_run(tmp_path: Path, name: str, rounds: int, *, key: int = 99, resume: bool = False,
-            algorithm: str = "fedbn") -> sim.RunResult:
-    cfg = tiny_config(algorithm, rounds=3, sites=3,
+def _dp_run(tmp_path: Path, name: str, rounds: int, *, resume: bool = False) -> sim.RunResult:
+    cfg = tiny_config("fedbn", rounds=3, sites=3,
                       privacy={"client": {"enabled": True, "noise_multiplier": 0.3, "clipping_norm": 0.2}})
     run_dir = tmp_path / name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / NOISE_KEY_FILE).write_text(f"{key:064x}\n")
     if rounds != 3:
         cfg["federation"] = {**cfg["federation"], "rounds": rounds}
     if resume:
@@ -231,7 +229,9 @@ def _dp_run(tmp_path: Path, name: str, rounds: int, *, key: int = 99, resume: bo
     return run_inprocess(config_from_dict(cfg), run_dir, resume=resume, write_report=False)
 
 
-def test_in_process_run_records_privacy_clips_and_resumes_bit_identical(tmp_path: Path) -> None:
+def test_in_process_run_records_privacy_clips_and_resumes_bit_identical(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(privacy, "_new_key", lambda: 99)  # the same secret key for both runs
     full = _dp_run(tmp_path, "full", 3)
     records = read_metrics(tmp_path / "full" / "metrics.jsonl")
     lines = [r for r in records if r[Field.KIND] == Kind.PRIVACY]

@@ -199,6 +199,11 @@ def client_epsilon(noise_multiplier: float, sampled: int, population: int, round
 
 
 # ---------------------------------------------------------------------------------- server side
+def _new_key() -> int:
+    """256 bits from the operating system's CSPRNG (tests replace this function for equal keys)."""
+    return secrets.randbits(256)
+
+
 def _load_or_create_key(path: Path) -> int:
     """The run's secret noise key: read it (a resumed run), else write a new one (mode 0600)."""
     if path.is_file():
@@ -208,7 +213,7 @@ def _load_or_create_key(path: Path) -> int:
         except ValueError as exc:
             raise ConfigError(f"{path}: not a noise key (64 hex digits); delete it to start a new run") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.randbits(256)
+    key = _new_key()
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(f"{key:064x}\n", encoding="ascii")
     tmp.chmod(0o600)
