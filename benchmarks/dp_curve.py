@@ -10,8 +10,8 @@ Not part of ``make bench`` (it trains many federations; see docs/benchmarks.md f
 
 Usage:
     python benchmarks/dp_curve.py [--sites 16] [--per-round 16] [--rounds 15] [--size 32]
-        [--channels 4,8,16] [--noise 0,0.3,0.7,1.5] [--clip 0.5] [--seeds 0,1] [--out runs/dp_curve] [--smoke]
-    python benchmarks/dp_curve.py --table runs/dp_curve/results.json
+        [--channels 4,8,16] [--noise 0,0.3,0.7,1.5] [--clip 0.5] [--seeds 0,1] [--out runs/dp_curve] [--append] [--smoke]
+    python benchmarks/dp_curve.py --table runs/dp_curve/results.json [--plot docs/dp_curve.png]
 """
 
 from __future__ import annotations
@@ -110,6 +110,36 @@ def markdown_table(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict[str, Any], path: Path) -> None:
+    """Test Dice against epsilon (log scale; clipping alone and no DP drawn at the right edge)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    seeds = results["meta"]["seeds"]
+    finite = [float(rows[str(seeds[0])]["epsilon"]) for rows in results["runs"].values()
+              if rows.get(str(seeds[0]), {}).get("epsilon") not in (None, math.inf)]
+    edge = max(finite) * 4 if finite else 1.0
+    fig, ax = plt.subplots(figsize=(5.5, 3.6))
+    for label, rows in results["runs"].items():
+        eps = rows[str(seeds[0])]["epsilon"]
+        x = edge * (2.0 if label == "none" else 1.0) if eps is None or math.isinf(float(eps)) else float(eps)
+        dice = [rows[str(s)]["dice"] for s in seeds if str(s) in rows]
+        ax.scatter([x] * len(dice), dice, color="0.6", s=12)
+        name = "no DP" if label == "none" else f"z={float(label):g}"
+        ax.errorbar([x], [statistics.mean(dice)], yerr=[statistics.stdev(dice) if len(dice) > 1 else 0.0],
+                    fmt="s" if label == "none" else "o", color="C3" if label == "none" else "C0", capsize=3)
+        ax.annotate(name, (x, statistics.mean(dice)), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"epsilon at delta = {results['meta']['delta']:g} (right edge: z = 0 and no DP, epsilon = inf)")
+    ax.set_ylabel("test Dice (mean over sites)")
+    ax.set_title(f"Client-level DP, {results['meta']['sites']} sites, {results['meta']['rounds']} rounds", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sites", type=int, default=16)
@@ -123,11 +153,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--noise", default="0,0.3,0.7,1.5")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "dp_curve")
+    parser.add_argument("--append", action="store_true", help="keep the runs of an existing results.json in --out")
     parser.add_argument("--smoke", action="store_true", help="2 rounds, 4 sites, one seed (a quick check)")
     parser.add_argument("--table", type=Path, help="print the table of an earlier results.json and exit")
+    parser.add_argument("--plot", type=Path, help="with --table: also draw Dice against epsilon to this PNG")
     args = parser.parse_args(argv)
     if args.table:
-        print(markdown_table(json.loads(args.table.read_text())))
+        results = json.loads(args.table.read_text())
+        print(markdown_table(results))
+        if args.plot:
+            plot(results, args.plot)
         return 0
     if args.smoke:
         args.sites, args.per_round, args.rounds, args.seeds, args.noise = 4, 4, 2, "0", "0,1"
@@ -146,9 +181,19 @@ def main(argv: list[str] | None = None) -> int:
         "runs": {},
     }
     path = args.out / "results.json"
+    if args.append and path.is_file():  # keep the runs already measured (same settings), add the missing ones
+        earlier = json.loads(path.read_text())
+        same = ("sites", "per_round", "samples", "size", "rounds", "clip")
+        if any(earlier["meta"][k] != results["meta"][k] for k in same):
+            raise SystemExit(f"--append: {path} was measured with other settings: {earlier['meta']}")
+        results["runs"] = earlier["runs"]
+        results["meta"]["seeds"] = sorted(set(earlier["meta"]["seeds"]) | set(seeds))
+        results["meta"]["earlier"] = {k: earlier["meta"][k] for k in ("commit", "date", "command")}
     for seed in seeds:
         for noise in [None, *noises]:
             label = "none" if noise is None else str(noise)
+            if str(seed) in results["runs"].get(label, {}):
+                continue
             cfg = build_config(args, seed, noise)
             row = one_run(args.out, cfg)
             results["runs"].setdefault(label, {})[str(seed)] = row
