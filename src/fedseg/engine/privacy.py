@@ -34,6 +34,7 @@ the server itself (central DP trusts the server). See docs/privacy.md.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import secrets
@@ -140,7 +141,7 @@ def update_norm(params: Params, reference: Params) -> float:
 
 
 def _norm(deltas: Mapping[str, torch.Tensor]) -> float:
-    return math.sqrt(sum(float(d.square().sum()) for d in deltas.values()))
+    return math.sqrt(sum(float(torch.dot(d.reshape(-1), d.reshape(-1))) for d in deltas.values()))
 
 
 def clip_update(params: Params, reference: Params, clipping_norm: float) -> float:
@@ -187,6 +188,17 @@ def client_epsilon(noise_multiplier: float, sampled: int, population: int, round
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    orders, rdp = _round_rdp(noise_multiplier, sampled, population)
+    # RDP composes additively: what RdpAccountant.compose(event, rounds).get_epsilon(delta) computes
+    return float(rdp_privacy_accountant.compute_epsilon(orders, np.asarray(rdp) * rounds, delta)[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _round_rdp(noise_multiplier: float, sampled: int, population: int) -> tuple[list[float], list[float]]:
+    """RDP orders and values of one round, computed once: the sampled-without-replacement event
+    takes seconds per evaluation, and a run asks for epsilon every round."""
     from dp_accounting import dp_event, privacy_accountant
     from dp_accounting.rdp import rdp_privacy_accountant
 
@@ -194,8 +206,9 @@ def client_epsilon(noise_multiplier: float, sampled: int, population: int, round
     event = dp_event.SampledWithoutReplacementDpEvent(population, sampled, gaussian)
     accountant = rdp_privacy_accountant.RdpAccountant(
         neighboring_relation=privacy_accountant.NeighboringRelation.REPLACE_ONE)
-    accountant.compose(event, rounds)
-    return float(accountant.get_epsilon(delta))
+    accountant.compose(event, 1)
+    # dp-accounting keeps the orders and RDP values private; tests compare with its public get_epsilon
+    return [float(o) for o in accountant._orders], [float(r) for r in accountant._rdp]
 
 
 # ---------------------------------------------------------------------------------- server side
@@ -261,24 +274,27 @@ class ClientDP:
         if not shared:
             return Aggregate(global_params, server_state)
         clip = self.settings.clipping_norm
+        reference = {k: v.detach().to("cpu", torch.float64) for k, v in global_params.items() if v.is_floating_point()}
         total: dict[str, torch.Tensor] = {}
         for update in shared:
-            deltas = _deltas(update.params, global_params, f"client {update.client_id}")
+            deltas = _deltas(update.params, reference, f"client {update.client_id}")
             norm = _norm(deltas)
             scale = min(1.0, clip / norm) if norm > 0 else 1.0
             if norm > clip * (1 + 1e-6):
                 logger.warning("round %d: %s sent an update of norm %.4g > clipping norm %.4g; clipped by the server",
                                rnd, update.client_id, norm, clip)
             for key, delta in deltas.items():
-                total[key] = total[key] + delta * scale if key in total else delta * scale
+                if key in total:
+                    total[key].add_(delta, alpha=scale)
+                else:
+                    total[key] = delta.mul_(scale)
         m = len(shared)
         std = noise_std(self.settings.noise_multiplier, clip, m)
         gen = self.generator(rnd)
         new: Params = {}
         for key in sorted(total):
             noise = torch.randn(total[key].shape, generator=gen, dtype=torch.float64) * std
-            base = global_params[key]
-            new[key] = (base.to(torch.float64) + total[key] / m + noise).to(base.dtype)
+            new[key] = (reference[key] + total[key] / m + noise).to(global_params[key].dtype)
         weights = weight_rows(shared, Weighting([1.0] * m))
         return Aggregate({**global_params, **new}, server_state, weights=weights)
 
