@@ -251,3 +251,31 @@ def test_in_process_run_records_privacy_clips_and_resumes_bit_identical(tmp_path
     resumed = _dp_run(tmp_path, "part", 3, resume=True)
     for key, value in full.global_params.items():
         assert torch.equal(value, resumed.global_params[key]), key
+
+
+def test_every_update_that_leaves_a_client_is_clipped_to_c(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedseg.engine import wire
+    from fedseg.types import Broadcast
+
+    sent: list[object] = []
+    original = wire.encode
+
+    def spy(message: object) -> bytes:
+        sent.append(message)
+        return original(message)
+
+    monkeypatch.setattr(wire, "encode", spy)
+    cfg = tiny_config("fedprox", rounds=2, sites=3, privacy={"client": {"enabled": True, "clipping_norm": 0.05}})
+    run_inprocess(config_from_dict(cfg), tmp_path / "run", write_report=False)
+    reference, checked = None, 0
+    for message in sent:  # each training broadcast, then the updates answering it
+        if isinstance(message, Broadcast) and "phase" not in message.config:
+            reference = message.params
+        elif isinstance(message, ClientUpdate):
+            assert reference is not None
+            assert update_norm(message.params, reference) <= 0.05 * (1 + 1e-5)
+            checked += 1
+    assert checked == 6
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    norms = [r[Field.UPDATE_NORM] for r in records if r[Field.KIND] == Kind.TRAIN]
+    assert len(norms) == 6 and min(norms) > 0.05  # every update was above C before clipping
