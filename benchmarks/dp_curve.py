@@ -10,7 +10,8 @@ Not part of ``make bench`` (it trains many federations; see docs/benchmarks.md f
 
 Usage:
     python benchmarks/dp_curve.py [--sites 16] [--per-round 16] [--rounds 15]
-        [--size 32] [--channels 4,8,16] [--noise 0,0.3,0.7,1.5] [--clip 0.5] [--seeds 0,1] [--out runs/dp_curve] [--append] [--smoke]
+        [--size 32] [--channels 4,8,16] [--noise 0,0.3,0.7,1.5] [--clip 0.5] [--seeds 0,1]
+        [--out runs/dp_curve] [--append] [--smoke]
     python benchmarks/dp_curve.py --table runs/dp_curve/results.json [--plot docs/dp_curve.png]
 """
 

@@ -149,7 +149,7 @@ def test_epsilon_equals_dp_accounting_and_flowers_rdp_accountant(z: float, m: in
 
     delta = default_delta(k)
     eps = client_epsilon(z, m, k, rounds, delta)
-    assert eps == pytest.approx(_dp_accounting_epsilon(z, m, k, rounds, delta), rel=1e-9)
+    assert eps == pytest.approx(_dp_accounting_epsilon(z, m, k, rounds, delta), rel=1e-9)  # sampling helps here
     config = PrivacyConfig(target_delta=delta, population_size=k, neighboring_relation=NeighboringRelation.REPLACE_ONE,
                            sampling_method=SamplingMethod.WITHOUT_REPLACEMENT)
     flower = RdpAccountant(config)
@@ -160,6 +160,13 @@ def test_epsilon_equals_dp_accounting_and_flowers_rdp_accountant(z: float, m: in
     optimistic.compose(GaussianPrivacyEvent(noise_multiplier=z, sample_size=m, population_size=k), rounds)
     assert optimistic.get_privacy_spent().epsilon < eps
     assert _dp(z, population=k, sampled=m).record(rounds, m)[Field.EPSILON] == pytest.approx(eps)
+
+
+def test_epsilon_is_the_smaller_of_the_sampled_and_the_unsampled_bound() -> None:
+    """At large epsilon the without-replacement RDP bound exceeds the plain Gaussian's; both are valid."""
+    sampled, unsampled = _dp_accounting_epsilon(0.7, 16, 32, 20, 1e-5), _dp_accounting_epsilon(0.7, 32, 32, 20, 1e-5)
+    assert sampled > unsampled
+    assert client_epsilon(0.7, 16, 32, 20, 1e-5) == pytest.approx(unsampled, rel=1e-9)
 
 
 def test_epsilon_without_sampling_is_in_range_of_opacus_rdp() -> None:
