@@ -37,6 +37,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import secrets
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -237,9 +238,13 @@ def _load_or_create_key(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     key = _new_key()
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(f"{key:064x}\n", encoding="ascii")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(f"{key:064x}\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask
+    os.replace(tmp, path)  # atomic: a killed run leaves the old key or the new one, never half of one
     return key
 
 
