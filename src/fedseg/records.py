@@ -107,6 +107,15 @@ class Field(StrEnum):
     N = "n"
     SAMPLE_EPSILON = "sample_epsilon"  # train/personalize records under DP-SGD: the client's epsilon so far
     SAMPLE_DELTA = "sample_delta"  # ... at this delta (privacy.sample.delta, default 1/n_k^1.1)
+    # client-level DP (``kind: privacy`` lines; ``update_norm`` on train lines)
+    EPSILON = "epsilon"  # privacy spent so far, at ``delta``
+    DELTA = "delta"
+    NOISE_MULTIPLIER = "noise_multiplier"  # z: noise std in units of the clipping norm (on the sum)
+    CLIPPING_NORM = "clipping_norm"  # C: L2 bound of each client's update
+    SAMPLE_RATE = "sample_rate"  # q = m / K, clients sampled per round over training clients
+    ROUNDS = "rounds"  # rounds composed by the accountant
+    NOISE_STD = "noise_std"  # std of the noise on each entry of this round's aggregate (z C / m)
+    UPDATE_NORM = "update_norm"  # ||w_k - w|| before the client clipped it
 
 
 METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
@@ -134,6 +143,7 @@ class SummaryKey(StrEnum):
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
     FAILURES = "failures"  # {site: {"failure": n, "rejected": n}}: sites with failed or rejected exchanges
     SAMPLE_PRIVACY = "sample_privacy"  # DP-SGD only: {site: {"sample_epsilon", "sample_delta"}} at the run's end
+    PRIVACY = "privacy"  # client-level DP: the last ``kind: privacy`` line's epsilon, delta and settings
 
 
 class InfoKey(StrEnum):
@@ -157,6 +167,7 @@ class InfoKey(StrEnum):
     INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset
     AGGREGATION = "aggregation"  # the aggregation section (rule, clip_norm...) the server combined with
     ATTACK = "attack"  # {"kind", "sites", ...} of a simulated attack; absent when the run was not attacked
+    PRIVACY = "privacy"  # the privacy section as run (client-level DP: delta, K, m, q, accountant)
 
 
 class BytesKey(StrEnum):

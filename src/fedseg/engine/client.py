@@ -20,6 +20,7 @@ from fedseg.engine.dpsgd import check_sample_dp, privacy_record
 from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.messages import decode_broadcast
+from fedseg.engine.privacy import clip_update
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
@@ -194,6 +195,8 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        dp = self.cfg.privacy.client
+        norm = clip_update(update.params, self._broadcast(payload).params, dp.clipping_norm) if dp.enabled else None
         if self.attack is not None:  # a simulated hostile site (the attack section; benchmarks only)
             update = self.attack.apply(update, self._broadcast(payload), rnd)
         raw = wire.encoded_size(update)  # the same update without the up codec
@@ -207,6 +210,7 @@ class ClientRuntime:
             Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.TRAIN, Field.LOSS: loss,
             Field.N: update.num_examples, Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload),
             Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds, **privacy_record(state),
+            **({Field.UPDATE_NORM: norm} if norm is not None else {}),
         }
         return data, record
 

@@ -24,6 +24,7 @@ from fedseg.engine.evaluate import improves
 from fedseg.engine.executor import ClientExecutor, sample_clients
 from fedseg.engine.failures import FitRound, QuorumError, exception_reason, failure_record, gather_fit, split_replies
 from fedseg.engine.messages import encode_broadcast
+from fedseg.engine.privacy import ClientDP, check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.screening import Screening, screen_updates
@@ -78,6 +79,7 @@ class FederationServer:
         self.cfg = cfg
         self.algorithm = algorithm
         self.run = run
+        check_client_dp(cfg, algorithm)
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
@@ -92,6 +94,9 @@ class FederationServer:
         self.unseen: Params | None = None  # the last round's unseen model, once computed
         self.shared_keys: set[str] | None = None if local is None else set(self.global_params) - set(local)
         self.declared_sizes: dict[str, int] = dict(declared_sizes or {})
+        self.client_dp = ClientDP.for_run(cfg, run.root, population=len(self.fit_clients), sampled=len(
+            sample_clients(self.fit_clients, cfg.federation.fraction, cfg.federation.min_clients, cfg.seed, 1))
+        ) if cfg.privacy.client.enabled else None  # client-level DP replaces the algorithm's aggregate
 
     @staticmethod
     def _training_clients(cfg: RunConfig, algorithm: Algorithm, fit: list[str], sites: list[str]) -> list[str]:
@@ -224,7 +229,8 @@ class FederationServer:
             self.num_examples[update.client_id] = int(update.num_examples)
         records = [*fit.records, *fit.problems]
         t0 = time.perf_counter()
-        agg = self.algorithm.aggregate(rnd, fit.updates, self.global_params, self.server_state)
+        aggregate = self.algorithm.aggregate if self.client_dp is None else self.client_dp.aggregate
+        agg = aggregate(rnd, fit.updates, self.global_params, self.server_state)
         self.global_params, self.server_state = agg.params, agg.server_state
         overhead += time.perf_counter() - t0
         records.append(
@@ -243,6 +249,8 @@ class FederationServer:
                 Field.OVERHEAD_SECONDS: overhead,
             }
         )
+        if self.client_dp is not None:
+            records.append(self.client_dp.record(rnd, len(fit.updates)))
         # the round metrics aggregate returned: per-client weights (and their factors), other rows
         for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
             records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())

@@ -30,6 +30,7 @@ import numpy as np
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
 from fedseg.engine.dpsgd import sample_privacy_summary
+from fedseg.engine.privacy import privacy_summary
 from fedseg.engine.traffic import bytes_totals
 from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SelectionKey, SummaryKey
 
@@ -77,6 +78,7 @@ def summarize(
         SummaryKey.MEAN: {kind: site_means(sites) for kind, sites in tables[mode].items()},
         SummaryKey.BYTES: {str(k): v for k, v in bytes_totals(metrics).items()},
         SummaryKey.FAILURES: failure_counts(metrics),
+        **({SummaryKey.PRIVACY: spent} if (spent := privacy_summary(metrics)) else {}),
     }
     if cfg.privacy.sample.enabled:  # DP-SGD: each client's epsilon over the run
         summary[SummaryKey.SAMPLE_PRIVACY] = sample_privacy_summary(metrics)

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
+from fedseg.engine.privacy import privacy_words
 from fedseg.engine.rundir import RunDir, atomic_write_text
 from fedseg.records import SERVER, Field, InfoKey, Kind, ModelKind, Selection, Split
 from fedseg.report.fmt import (
@@ -111,6 +112,8 @@ def _method_section(run: RunRecords) -> list[str]:
              f"| optimizer state | {optimizer_words(run)} |"]
     if run.unseen_policy:
         lines.append(f"| on a site that never trained | {md_cell(run.unseen_policy)} |")
+    if dp := privacy_words(run.summary, run.records):
+        lines.append(f"| privacy | {md_cell(dp)} |")
     return lines + [""]
 
 

@@ -35,6 +35,7 @@ from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import DataError, SegmentationSet, SiteData
 from fedseg.engine.attack import attack_info, attack_splits, require_known_sites
 from fedseg.engine.client import ClientRuntime
+from fedseg.engine.privacy import privacy_info
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
@@ -383,6 +384,9 @@ def build_federation(
         record[InfoKey.AGGREGATION] = cfg.aggregation.model_dump()
         if cfg.attack.kind != "none":
             record[InfoKey.ATTACK] = attack_info(cfg.attack)
+        server = federation.built_server
+        privacy = {InfoKey.PRIVACY.value: privacy_info(cfg, len(server.fit_clients), server.client_dp.sampled)
+                   } if server.client_dp is not None else {}
         write_run_info(run, cfg, algorithm, engine=engine, sites=site_names, clients=fit_clients, spec=spec,
-                       device=device_label or device, extra={**record, **(info or {})})
+                       device=device_label or device, extra={**record, **privacy, **(info or {})})
     return federation

@@ -29,6 +29,7 @@ from fedseg.engine import wire
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.executor import FitReply
 from fedseg.engine.failures import QuorumError, exception_reason
+from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.server import FederationServer, sample_clients
@@ -199,6 +200,7 @@ def run_inprocess(
     check_codec_config(cfg.codec)  # a codec mistake is a ConfigError before any directory or data
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
     configure_determinism(cfg.train.deterministic)
+    check_client_dp(cfg, build_algorithm(cfg.algorithm))  # before any data is read
     # opt-in label corruption, validation (every problem at once, before any training), splits.json
     data = load_training_data(cfg, run, data)
     # the algorithm is looked up here (not in the builder) so tests can inject one via sim.build_algorithm

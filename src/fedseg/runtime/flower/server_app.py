@@ -25,11 +25,10 @@ from fedseg.codecs import check_codec_config
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.engine.server import sample_clients
+from fedseg.engine.privacy import check_client_dp
 from fedseg.runtime.build import build_federation, check_engine
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
-from fedseg.runtime.flower.dp import CentralDP, check_dp
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.types import Params
@@ -66,12 +65,14 @@ def check_flower_config(cfg: RunConfig) -> Algorithm:
 
     Raises:
         RunError: the centralised reference (pooled data has no place in a federation).
+        fedseg.config.ConfigError: ``privacy.client`` with what it cannot protect (``check_client_dp``).
         fedseg.algorithms.AlgorithmConfigError: bad algorithm hyperparameters.
         fedseg.config.ConfigError: a bad codec chain.
     """
     algorithm = build_algorithm(cfg.algorithm)
     check_engine(algorithm, "flower")
     check_codec_config(cfg.codec)  # codec chains, before any site is waited for or data loaded
+    check_client_dp(cfg, algorithm)
     return algorithm
 
 
@@ -149,20 +150,9 @@ def run_server(
                          for s, i in sites.items()}},
     )
     model, server = federation.model, federation.server
-    clip = None
-    if cfg.flower.dp.enabled:
-        check_dp(cfg, algorithm, model)
-        clip = cfg.flower.dp.clipping_norm
-    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model), clip=clip,
+    # client-level DP (privacy.client) runs inside ClientRuntime and FederationServer, as in-process
+    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model),
                               audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir)
-    if cfg.flower.dp.enabled:
-        fed = cfg.federation
-        sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
-        # instance attribute: the server calls algorithm.aggregate at each round; the noise wraps it
-        setattr(algorithm, "aggregate", CentralDP(
-            algorithm.aggregate, lambda: executor.last_fit_replies, noise_multiplier=cfg.flower.dp.noise_multiplier,
-            clipping_norm=cfg.flower.dp.clipping_norm, num_sampled_clients=sampled,
-        ))
     logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
     summary = server.run_all(executor, resume=resume)
     if write_report:
