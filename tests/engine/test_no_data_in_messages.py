@@ -24,7 +24,7 @@ from conftest import tiny_config
 from fedseg.algorithms import ALGORITHMS, Algorithm
 from fedseg.config import config_from_dict
 from fedseg.engine import wire
-from fedseg.runtime.sim import run_inprocess
+from fedseg.runtime.sim import RunError, run_inprocess
 from fedseg.types import Broadcast, ClientUpdate, MessageError, check_extras, check_message
 
 H, W = 40, 24
@@ -193,7 +193,8 @@ def test_a_leaking_algorithm_is_caught_end_to_end(tmp_path: Path, spy: list[Leak
     monkeypatch.setattr(sim, "build_algorithm", lambda spec: Leaky())
     leaks = Leaks(ids, root, Leaky)
     spy.append(leaks)
-    run_inprocess(config_from_dict(run_config(root, "fedavg")), tmp_path / "run", write_report=False)
+    with pytest.raises(RunError, match="extras 'image' not on the algorithm's allow-list"):  # the server refuses
+        run_inprocess(config_from_dict(run_config(root, "fedavg")), tmp_path / "run", write_report=False)
     assert any("tensor 'image' has the data's shape (1, 1, 40, 24)" in f for f in leaks.found), leaks.found
     assert any(ids[0] in f for f in leaks.found) and any("allow-list" in f for f in leaks.found)
 

@@ -50,6 +50,7 @@ from fedseg.algorithms.base import Aggregate, Algorithm, Weighting, weight_rows
 from fedseg.algorithms.fedavg import FedAvg
 from fedseg.config import ConfigError, RunConfig
 from fedseg.config.privacy import ClientDPConfig
+from fedseg.io.atomic import atomic_open
 from fedseg.records import SERVER, Field, Kind, SummaryKey
 from fedseg.types import ClientUpdate, Params, ServerState
 
@@ -237,14 +238,9 @@ def _load_or_create_key(path: Path) -> int:
             raise ConfigError(f"{path}: not a noise key (64 hex digits); delete it to start a new run") from exc
     path.parent.mkdir(parents=True, exist_ok=True)
     key = _new_key()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # never readable by others, not even briefly
-    with os.fdopen(fd, "w", encoding="ascii") as fh:
-        fh.write(f"{key:064x}\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.chmod(tmp, 0o600)  # O_CREAT's mode is masked by the umask
-    os.replace(tmp, path)  # atomic: a killed run leaves the old key or the new one, never half of one
+    with atomic_open(path) as fh:  # a killed run leaves no key or the whole key, never half of one
+        os.chmod(fh.fileno(), 0o600)  # before any byte is written: never readable by others
+        fh.write(f"{key:064x}\n".encode("ascii"))
     return key
 
 
