@@ -34,7 +34,7 @@ class SampleDPConfig(StrictModel):
     ``q = train.batch_size / n_k``), clips each per-sample gradient to L2 norm ``max_grad_norm``,
     adds ``N(0, (noise_multiplier * max_grad_norm)^2)`` to their sum and divides by the expected
     batch size; an RDP accountant composes every step a client took (``fedseg.engine.dpsgd``,
-    docs/privacy_dpsgd.md). Needs a model without BatchNorm (``model.norm: group``).
+    docs/privacy.md (sample-level DP-SGD)). Needs a model without BatchNorm (``model.norm: group``).
     """
 
     enabled: bool = False

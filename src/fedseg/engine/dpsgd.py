@@ -28,7 +28,7 @@ raw data, so under DP-SGD it is not sent (:meth:`SampleDP.released`; the train r
 covers each client's training split, with ``n_k`` public; validation and test scores are
 released as without DP. Algorithms whose client half adds anything to the default local training
 (an extra loss, a second network, a custom procedure, extras in the update) are refused
-(:func:`check_sample_dp`): their extra terms would escape the clipping. See docs/privacy_dpsgd.md.
+(:func:`check_sample_dp`): their extra terms would escape the clipping. See docs/privacy.md (sample-level DP-SGD).
 """
 
 from __future__ import annotations
