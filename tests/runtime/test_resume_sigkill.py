@@ -155,7 +155,13 @@ def test_repeated_random_sigkill_and_resume_equals_uninterrupted(tmp_path: Path)
     cfg["train"]["optimizer_state"] = "persist"  # client state that must survive every kill
     cfg["federation"]["state_spill_mb"] = 0  # client states in files, rewritten every round
     full = tmp_path / "full"
-    assert _wait(_fork_run(cfg, full, resume=False), block=True) == 0
+    pid = _fork_run(cfg, full, resume=False)
+    status = None
+    while _progress(full) == (0, 0) and (status := _wait(pid, block=False)) is None:
+        time.sleep(0.005)
+    t0 = time.monotonic()
+    assert (_wait(pid, block=True) if status is None else status) == 0
+    span = time.monotonic() - t0  # first progress to the end: the kill delays scale with this machine now
 
     rng = random.Random(11)
     killed = tmp_path / "killed"
@@ -169,7 +175,7 @@ def test_repeated_random_sigkill_and_resume_equals_uninterrupted(tmp_path: Path)
         deadline = time.monotonic() + 120
         while _progress(killed) == start and _wait(pid, block=False) is None and time.monotonic() < deadline:
             time.sleep(0.005)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.25) * span)  # at most about a quarter of the run per attempt
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:

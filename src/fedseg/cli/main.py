@@ -17,7 +17,7 @@ from fedseg.cli import data_cmd, flower_cmd, predict_cmd
 __all__ = ["app"]
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated medical image segmentation.")
-console = Console()
+console = Console(soft_wrap=True)  # paths and one-line messages are never broken
 err_console = Console(stderr=True)
 
 

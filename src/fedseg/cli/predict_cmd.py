@@ -11,7 +11,7 @@ from rich.console import Console
 
 __all__ = ["predict"]
 
-console = Console()
+console = Console(soft_wrap=True)  # paths and one-line messages are never broken
 err_console = Console(stderr=True)
 
 
