@@ -39,7 +39,7 @@ from fedseg.runtime.flower.records import (
     eval_from_content,
     update_from_content,
 )
-from fedseg.types import Broadcast
+from fedseg.types import Broadcast, ClientFailure
 
 __all__ = ["FlowerExecutor", "FlowerRunError", "SiteInfo", "discover_sites", "RECEIVED_KEYS_FILE"]
 
@@ -79,9 +79,19 @@ def _reason(text: str | None) -> str:
 
 
 def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float, poll: float,
-              what: str, errors: dict[str, str] | None = None) -> dict[str, Message]:
-    """Push messages (``(site, message)``) and pull every reply; raise on timeout or error replies
-    (or, with ``errors``, collect each error reply's reason there and go on)."""
+              what: str, setting: str = "flower.reply_timeout", errors: dict[str, str] | None = None
+              ) -> dict[str, Message]:
+    """Push messages (``(site, message)``) and pull every reply.
+
+    Args:
+        timeout: seconds to wait for every reply; ``setting`` names the config key it comes from.
+        errors: None: raise on the first error reply or at the timeout; else collect there, by
+            site, each error reply's reason and, for each missing reply, a message naming
+            ``setting``, and go on.
+
+    Raises:
+        FlowerRunError: an error reply or a missing reply, when ``errors`` is None.
+    """
     if not messages:
         return {}
     ids = list(grid.push_messages([m for _, m in messages]))
@@ -103,10 +113,13 @@ def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float
         if not pending:
             break
         if time.monotonic() > deadline:
-            raise FlowerRunError(
-                f"no reply to the {what} message from {', '.join(sorted(pending.values()))} within {timeout:.0f} s "
-                "(flower.reply_timeout); check that their SuperNodes and ClientApp processes are running"
-            )
+            late = sorted(pending.values())
+            reason = (f"no reply to the {what} message from {{site}} within {timeout:g} s ({setting}); check that "
+                      "its SuperNode and ClientApp process are running")
+            if errors is None:
+                raise FlowerRunError(reason.format(site=", ".join(late)))
+            errors.update({site: reason.format(site=site) for site in late})
+            break
         time.sleep(poll)
     return replies
 
@@ -138,7 +151,8 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
             ]
             errors: dict[str, str] = {}
             replies = _exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()),
-                                poll=settings.poll_interval, what="hello", errors=errors)
+                                poll=settings.poll_interval, what="hello", setting="flower.connect_timeout",
+                                errors=errors)
             if errors:
                 raise FlowerRunError(
                     f"{len(errors)} SuperNode(s) could not start their site, so no training started:\n"
@@ -200,6 +214,16 @@ class FlowerExecutor:
             then those files (the in-process ``ClientStateStore`` snapshot format, so
             ``--resume`` and ``fedseg eval --client`` work); every message names the file the
             client must hold. None (deployment): client states stay on the SuperNodes.
+        round_timeout: ``federation.round_timeout``: seconds to wait for the replies of one
+            exchange (a round's training, an evaluation, personalize); None: wait
+            ``flower.reply_timeout``. Every message expires (Flower TTL) at that deadline, so a
+            SuperNode that comes back later never runs a stale round.
+
+    Failures (the executor contract of :class:`~fedseg.engine.server.ClientExecutor`): ``fit``,
+    ``evaluate`` and ``personalize`` return one entry per requested client, the reply or a
+    :class:`~fedseg.types.ClientFailure` when that client answered with an error (its ClientApp
+    raised, its SuperNode became unavailable) or sent nothing by the deadline (the reason names
+    the setting that governs it). They never raise for one client; the FederationServer decides.
     """
 
     def __init__(
@@ -213,6 +237,7 @@ class FlowerExecutor:
         clip: float | None = None,
         audit_path: Path | None = None,
         state_dir: Path | None = None,
+        round_timeout: float | None = None,
     ) -> None:
         self.grid = grid
         self.sites = dict(sites)
@@ -222,6 +247,8 @@ class FlowerExecutor:
         self.clip = clip
         self.audit_path = audit_path
         self.state_dir = state_dir
+        self.timeout, self.timeout_setting = ((round_timeout, "federation.round_timeout") if round_timeout is not None
+                                              else (settings.reply_timeout, "flower.reply_timeout"))
         self.state_files: dict[str, str] = {}
         self.received: dict[str, dict[str, set[str]]] = {}
         self.last_fit_replies: list[Message] = []
@@ -252,17 +279,40 @@ class FlowerExecutor:
                 params=params,
             )
             out.append((client, Message(content, dst_node_id=self.sites[client].node_id, message_type=action.value,
-                                        group_id=str(rnd))))
+                                        group_id=str(rnd), ttl=self.timeout)))
         return out
 
     def _send(self, action: Action, rnd: int, clients: list[str], payload: bytes,
-              control: Mapping[str, Any] | None = None) -> dict[str, Message]:
+              control: Mapping[str, Any] | None = None) -> tuple[dict[str, Message], dict[str, ClientFailure]]:
+        """Send one message per client; the replies and, for the others, why there is none."""
         messages = self._messages(action, rnd, clients, payload, control or {})
-        return _exchange(self.grid, messages, timeout=self.settings.reply_timeout, poll=self.settings.poll_interval,
-                         what=f"{action.value} (round {rnd})")
+        errors: dict[str, str] = {}
+        what = f"{action.value} (round {rnd})"
+        replies = _exchange(self.grid, messages, timeout=self.timeout, poll=self.settings.poll_interval, what=what,
+                            setting=self.timeout_setting, errors=errors)
+        failures = {}
+        for client, reason in errors.items():
+            if not reason.startswith("no reply"):
+                reason = f"{client} answered the {what} message with an error: {reason}"
+            logger.warning("%s", reason)
+            failures[client] = ClientFailure(client, reason)
+        return replies, failures
+
+    @staticmethod
+    def _decoded(client: str, what: str, decode: Any) -> Any:
+        """``decode()``, or a ClientFailure when the reply cannot be read (a broken or foreign client)."""
+        try:
+            return decode()
+        except PrivacyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any malformed reply is that client's failure
+            reason = f"{client} sent an unreadable {what} reply: {type(exc).__name__}: {exc}"
+            logger.warning("%s", reason)
+            return ClientFailure(client, reason)
 
     # ------------------------------------------------------------------ ClientExecutor
-    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
+    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, Any]:
+        """``{client: (encoded ClientUpdate, train record) | ClientFailure}``, one per client."""
         control: dict[str, Any] = {KEY_CLIPPING_NORM: self.clip} if self.clip is not None else {}
         if self.clip is not None:
             decoded = wire.decode(payload)
@@ -271,11 +321,18 @@ class FlowerExecutor:
                     "flower.dp: Flower's fixedclipping_mod clips exactly one ArrayRecord, but this algorithm "
                     f"broadcasts extras ({', '.join(sorted(decoded.extras))}); disable flower.dp.enabled"
                 )
-        replies = self._send(Action.TRAIN, rnd, clients, payload, control)
-        self.last_fit_replies = [replies[c] for c in clients]
-        out: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        replies, failures = self._send(Action.TRAIN, rnd, clients, payload, control)
+        self.last_fit_replies = [replies[c] for c in clients if c in replies]
+        out: dict[str, Any] = {}
         for client in clients:
-            update, record = update_from_content(replies[client].content)
+            if client in failures:
+                out[client] = failures[client]
+                continue
+            decoded = self._decoded(client, "train", lambda: update_from_content(replies[client].content))
+            if isinstance(decoded, ClientFailure):
+                out[client] = decoded
+                continue
+            update, record = decoded
             leaked = self.local_keys & set(update.params)
             if leaked:
                 raise PrivacyError(f"{client} sent parameters its algorithm keeps local: {sorted(leaked)[:5]}")
@@ -283,21 +340,30 @@ class FlowerExecutor:
             seen["params"].update(update.params)
             seen["extras"].update(update.extras)
             out[client] = (wire.encode(update), record)
-        self._states_written(clients, rnd)
+        self._states_written([c for c in clients if not isinstance(out[c], ClientFailure)], rnd)
         return out
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
-        replies = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, Any]:
+        """``{client: wire.encode_records(records) | ClientFailure}``, one per client."""
+        replies, failures = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+        out: dict[str, Any] = dict(failures)
+        for client, reply in replies.items():
+            # the records reply as the client's runtime serialized it in-process (a lossless conversion)
+            out[client] = self._decoded(client, "evaluate",
+                                        lambda r=reply: wire.encode_records(eval_from_content(r.content)))
         if split == Split.VAL:  # the clients saved their selection state (see client_app._evaluate)
-            self._states_written(clients, rnd)
-        # the records reply as the client's runtime serialized it in-process (a lossless conversion)
-        return {c: wire.encode_records(eval_from_content(r.content)) for c, r in replies.items()}
+            self._states_written([c for c in clients if not isinstance(out.get(c), ClientFailure)], rnd)
+        return {c: out[c] for c in clients}
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
-        replies = self._send(Action.PERSONALIZE, rnd, clients, payload)
-        self._states_written(clients, rnd)
-        return {c: wire.encode_records([config_to_dict(r.content.config_records[Record.RECORD.value])])
-                for c, r in replies.items()}
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, Any]:
+        """``{client: wire.encode_records([record]) | ClientFailure}``, one per client."""
+        replies, failures = self._send(Action.PERSONALIZE, rnd, clients, payload)
+        out: dict[str, Any] = dict(failures)
+        for client, reply in replies.items():
+            out[client] = self._decoded(client, "personalize", lambda r=reply: wire.encode_records(
+                [config_to_dict(r.content.config_records[Record.RECORD.value])]))
+        self._states_written([c for c in clients if not isinstance(out.get(c), ClientFailure)], rnd)
+        return {c: out[c] for c in clients}
 
     def _states_written(self, clients: list[str], rnd: int) -> None:
         if self.state_dir is not None:  # each client wrote its state of this round (see client_app)

@@ -149,7 +149,9 @@ def run_server(
         check_dp(cfg, algorithm, model)
         clip = cfg.flower.dp.clipping_norm
     executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model), clip=clip,
-                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir)
+                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir,
+                              # the per-round deadline (engineer "resil" adds the key; until then reply_timeout)
+                              round_timeout=getattr(cfg.federation, "round_timeout", None))
     if cfg.flower.dp.enabled:
         fed = cfg.federation
         sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
