@@ -70,10 +70,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loopbac
     (work / "multicenter.yaml").write_text(yaml.safe_dump(raw))
     port = free_port()
     server = {"SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(port), "SUPERLINK_BIND": "127.0.0.1",
-              "CERTS": str(work / "certs"), "CONFIG": str(work / "multicenter.yaml"), "APP": str(work / "app"),
+              "CONTROL_PORT": str(free_port()), "CERTS": str(work / "certs"), "CONFIG": str(work / "multicenter.yaml"), "APP": str(work / "app"),
               "RUN_DIR": str(work / "runs" / "multicenter_fedbn")}
     sites = {site: {**server, "SITE": site, "SITE_KEY": str(work / "certs" / site), "CA_CERT": str(work / "certs/ca.crt"),
-                    "DATA_ROOT": str(work / "data"), "RUNTIME_PORT": str(free_port())} for site in SITES}
+                    "APP_KEY": str(work / "certs/app-signing.pub"), "DATA_ROOT": str(work / "data"),
+                    "RUNTIME_PORT": str(free_port())} for site in SITES}
     prelude = ""
     with LoopbackFederation(work) as fed:
         for step in doc_steps(text):
