@@ -21,13 +21,14 @@ from fedseg.runtime.flower.executor import FlowerExecutor, SiteInfo
 from fedseg.runtime.flower.records import eval_content, update_content
 from fedseg.types import Broadcast, ClientFailure, ClientUpdate
 
-SITES = ["ok", "raises", "silent", "garbled"]
+SITES = ["ok", "raises", "silent", "garbled", "expired", "gone"]
 
 
 class ScriptedGrid(Grid):
     """Each node behaves as its site's name says: ``ok`` answers, ``raises`` answers with an
     error (as Flower's runtimes do when a ClientApp raises), ``silent`` never answers, ``garbled``
-    answers with an empty RecordDict."""
+    answers with an empty RecordDict, ``expired``'s message runs out of TTL (the SuperLink answers
+"Message Unavailable"), ``gone`` stopped sending heartbeats (the SuperLink answers "Node Unavailable")."""
 
     def __init__(self) -> None:
         self.nodes = {100 + i: site for i, site in enumerate(SITES)}
@@ -67,6 +68,9 @@ class ScriptedGrid(Grid):
             elif site == "raises":
                 reply = Message(Error(code=2, reason="<class 'ValueError'>:<'boom in local training'>"),
                                 reply_to=message)
+            elif site in ("expired", "gone"):
+                code, why = (3, "Error: Message Unavailable") if site == "expired" else (5, "Error: Node Unavailable")
+                reply = Message(Error(code=code, reason=why), reply_to=message)
             elif site == "garbled":
                 reply = Message(RecordDict(), reply_to=message)
             else:
@@ -106,11 +110,13 @@ def test_each_failing_client_becomes_a_client_failure_and_the_others_answer() ->
     update = wire.decode(data)
     assert isinstance(update, ClientUpdate) and torch.equal(update.params["w"], torch.full((2,), 3.0))
     assert record["n"] == 5
-    for site in ("raises", "silent", "garbled"):
+    for site in ("raises", "silent", "garbled", "expired", "gone"):
         assert isinstance(out[site], ClientFailure) and out[site].client_id == site
     assert "ValueError: boom in local training" in out["raises"].reason
     assert "flower.reply_timeout" in out["silent"].reason and "0.3 s" in out["silent"].reason
     assert "unreadable train reply" in out["garbled"].reason
+    assert "flower.reply_timeout" in out["expired"].reason  # an expired message is a missed deadline
+    assert "Node Unavailable" in out["gone"].reason
     # every message expires at the deadline: a SuperNode that comes back later never runs it
     assert {m.metadata.ttl for m in grid.sent} == {0.3}
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
@@ -78,6 +79,10 @@ def _reason(text: str | None) -> str:
     return f"{m['type']}: {m['message']}" if m else text
 
 
+_EXPIRED = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+"""Error replies the SuperLink makes for a message or reply whose TTL ran out: no reply in time."""
+
+
 def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float, poll: float,
               what: str, setting: str = "flower.reply_timeout", errors: dict[str, str] | None = None
               ) -> dict[str, Message]:
@@ -98,10 +103,14 @@ def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float
     pending = {mid: site for mid, (site, _) in zip(ids, messages, strict=True)}
     replies: dict[str, Message] = {}
     deadline = time.monotonic() + timeout
+    expired: list[str] = []
     while pending:
         for reply in grid.pull_messages(list(pending)):
             site = pending.pop(reply.metadata.reply_to_message_id, None)
             if site is None:
+                continue
+            if reply.has_error() and reply.error.code in _EXPIRED:  # the message's TTL (= the deadline) ran out
+                expired.append(site)
                 continue
             if reply.has_error():
                 if errors is None:
@@ -110,10 +119,10 @@ def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float
                 errors[site] = _reason(reply.error.reason)
                 continue
             replies[site] = reply
-        if not pending:
+        if not pending and not expired:
             break
-        if time.monotonic() > deadline:
-            late = sorted(pending.values())
+        if not pending or time.monotonic() > deadline:
+            late = sorted([*pending.values(), *expired])
             reason = (f"no reply to the {what} message from {{site}} within {timeout:g} s ({setting}); check that "
                       "its SuperNode and ClientApp process are running")
             if errors is None:
