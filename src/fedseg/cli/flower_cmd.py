@@ -226,6 +226,11 @@ def clientapp(
 def supernode(
     ctx: typer.Context,
     idle_poll: Annotated[float, typer.Option("--idle-poll", help="cap of the SuperNode's polling sleeps (s)")] = 0.2,
+    rejoin_wait: Annotated[float, typer.Option(
+        "--rejoin-wait", help="after a restart, retry activation this long while the SuperLink still sees the node "
+                              "online (s)")] = 90.0,
+    heartbeat_interval: Annotated[float | None, typer.Option(
+        "--heartbeat-interval", help="seconds between heartbeats (Flower: 30, min 10)")] = None,
 ) -> None:
     """Flower's SuperNode (every flower-supernode option passes through) with shorter polling sleeps."""
     from fedseg.runtime.flower.simulation import apply_env_defaults
@@ -233,10 +238,14 @@ def supernode(
 
     if idle_poll <= 0:
         _fail(f"--idle-poll must be > 0, got {idle_poll}")
+    if rejoin_wait < 0:
+        _fail(f"--rejoin-wait must be >= 0, got {rejoin_wait}")
+    if heartbeat_interval is not None and heartbeat_interval < 10:
+        _fail(f"--heartbeat-interval must be >= 10 (Flower's minimum), got {heartbeat_interval}")
     if "--insecure" in ctx.args:
         _warn_insecure("this SuperNode's connection to the SuperLink")
     apply_env_defaults()
-    run_supernode(list(ctx.args), idle_poll=idle_poll)
+    run_supernode(list(ctx.args), idle_poll=idle_poll, rejoin_wait=rejoin_wait, heartbeat_interval=heartbeat_interval)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
