@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -116,7 +116,7 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
         data = path.expanduser().read_bytes()
         key = (serialization.load_ssh_private_key(data, password=None) if b"OPENSSH" in data
                else serialization.load_pem_private_key(data, password=None))
-    except (OSError, ValueError, TypeError) as exc:
+    except (OSError, ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise ValueError(f"app signing key {path}: {exc}") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise ValueError(f"app signing key {path}: an Ed25519 key is needed, got {type(key).__name__}")
@@ -134,7 +134,7 @@ def load_trusted_keys(paths: Sequence[Path]) -> list[Ed25519PublicKey]:
         try:
             lines = [ln for ln in path.expanduser().read_text().splitlines() if ln.strip() and not ln.startswith("#")]
             loaded = [serialization.load_ssh_public_key(ln.encode()) for ln in lines]
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
+        except (OSError, ValueError, UnicodeDecodeError, UnsupportedAlgorithm) as exc:
             raise ValueError(f"trusted app key {path}: {exc}") from exc
         if not loaded:
             raise ValueError(f"trusted app key {path}: no key in the file")
