@@ -49,7 +49,7 @@ def test_activation_is_retried_while_the_superlink_still_sees_the_node_online() 
     def activate(self: object, request: object) -> str:
         calls.append(request)
         if len(calls) < 3:
-            raise _refusal('{"message": "SuperNode with node ID 7 could not be activated."}')
+            raise _refusal('{"code": 2004, "detail": "Failed to activate SuperNode."}')
         return "node 7"
 
     assert patient_activation(activate, 10, pause=0.01)(None, "req") == "node 7" and len(calls) == 3
@@ -58,14 +58,14 @@ def test_activation_is_retried_while_the_superlink_still_sees_the_node_online() 
         patient_activation(activate, 0, pause=0.01)(None, "req")
 
 
-def test_an_unregistered_key_still_fails_at_once() -> None:
+def test_other_refusals_fail_at_once() -> None:
     from fedseg.runtime.flower.supernode import patient_activation
 
     calls: list[object] = []
 
     def activate(self: object, request: object) -> str:
         calls.append(request)
-        raise _refusal('{"message": "No SuperNode found with the given public key."}')
+        raise _refusal('{"code": 2001, "detail": "SuperNode authentication is enabled."}')
 
     with pytest.raises(Exception, match="refused"):
         patient_activation(activate, 60, pause=0.01)(None, "req")

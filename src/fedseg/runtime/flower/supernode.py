@@ -13,9 +13,10 @@ Two more knobs for restarts (a site's machine or process killed and started agai
 
 * ``rejoin_wait``: the SuperLink activates a node id only once it is offline, i.e. when the
   killed process's heartbeats have lapsed (2 x the heartbeat interval). Flower's SuperNode exits
-  with code 305 when activation fails; this one retries an activation refused for that reason
-  for up to ``rejoin_wait`` seconds, so a SuperNode restarted with the same key rejoins (a key
-  that is not registered still fails at once).
+  with code 305 when activation fails; this one retries a refused activation for up to
+  ``rejoin_wait`` seconds, so a SuperNode restarted with the same key rejoins. The SuperLink
+  answers an unregistered key with the same error (``FLEET_NODE_ACTIVATION_FAILED``, details
+  withheld), so such a SuperNode also retries, then exits with 305 as before.
 * ``heartbeat_interval``: seconds between the SuperNode's heartbeats (Flower: 30, at least 10);
   shorter makes the SuperLink declare a dead node unavailable sooner (2 x the interval) and lets
   a restarted one back in sooner, for one more small request per interval.
@@ -34,8 +35,9 @@ __all__ = ["run_supernode", "PollingTime", "patient_activation"]
 
 logger = logging.getLogger(__name__)
 
-_STILL_ONLINE = "could not be activated"
-"""The SuperLink's refusal to activate a node id that is still online (its old process's heartbeats)."""
+_ACTIVATION_FAILED = 2004
+"""Flower's ``ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED``: the node id is still online (a previous
+process's heartbeats), or the key is not registered."""
 
 
 class PollingTime(types.ModuleType):
@@ -53,9 +55,10 @@ class PollingTime(types.ModuleType):
 
 
 def patient_activation(activate: Any, rejoin_wait: float, *, pause: float = 2.0) -> Any:
-    """Wrap ``FleetHttpClient.ActivateNode``: retry while the SuperLink refuses because the node id
-    is still online, for up to ``rejoin_wait`` seconds; any other error is raised at once."""
+    """Wrap ``FleetHttpClient.ActivateNode``: retry a refused activation (Flower's error code
+    2004) for up to ``rejoin_wait`` seconds; any other error is raised at once."""
     import httpx
+    from flwr.supercore.error import FlowerError
 
     def activate_when_offline(self: Any, request: Any) -> Any:
         deadline = time.monotonic() + rejoin_wait
@@ -63,10 +66,12 @@ def patient_activation(activate: Any, rejoin_wait: float, *, pause: float = 2.0)
             try:
                 return activate(self, request)
             except httpx.HTTPStatusError as exc:
-                if _STILL_ONLINE not in exc.response.text or time.monotonic() > deadline:
+                error = FlowerError.from_json(exc.response.text)
+                if error is None or error.code != _ACTIVATION_FAILED or time.monotonic() > deadline:
                     raise
-                logger.warning("the SuperLink still sees this node online (a previous process's heartbeats); "
-                               "retrying activation for up to %.0f s more", deadline - time.monotonic())
+                logger.warning("the SuperLink refused to activate this node: still online after a restart (a "
+                               "previous process's heartbeats) or its key is not registered; retrying for up to "
+                               "%.0f s more", deadline - time.monotonic())
                 time.sleep(pause)
 
     return activate_when_offline
