@@ -176,7 +176,7 @@ def dp_accuracy(out: Path, rounds: int, size: int) -> dict[str, Any]:
     for name, enabled in (("plain", False), ("dp", True)):
         cfg = bench_config(rounds, size).model_copy(deep=True)
         cfg.eval.every = 1
-        cfg.flower.dp.enabled = enabled
+        cfg.privacy.client.enabled = enabled  # client-level DP (flower.dp was replaced by privacy.client)
         run_dir = out / f"sim_{name}"
         if run_dir.exists():
             shutil.rmtree(run_dir)

@@ -101,3 +101,92 @@ def test_defaults_of_recent_fields_are_kept() -> None:
 @pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_preset_loads(path: Path) -> None:
     load_config(path)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 2**40])
+def test_seed_outside_numpys_range_is_refused(seed: int) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid config: 'seed': "):
+        config_from_dict({"seed": seed})
+    assert config_from_dict({"seed": 2**32 - 1}).seed == 2**32 - 1
+    with pytest.raises(ConfigError, match=r"'data\.partition\.seed'"):
+        config_from_dict({"data": {"partition": {"num_sites": 2, "seed": -3}}})
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("federation.rounds=abc", r"^invalid config: 'federation\.rounds': .*integer.*\(got 'abc'\)$"),
+    ("foo", r"^--set 'foo': expected key=value"),
+    ("=3", r"^--set '=3': empty key"),
+    ("federation..rounds=2", r"^--set 'federation\.\.rounds=2': empty key"),
+    ("federation.roundz=3", r"^invalid config: unknown key 'federation\.roundz'.*Did you mean 'rounds'\?$"),
+    ("codec.up=[{name: topk, ratio: 2}", r"^--set codec\.up=\[\{name: topk, ratio: 2\}: the value is not valid YAML "
+                                         r"\(.*line 1, column \d+\)"),
+    ("name.x=1", r"^invalid config: 'name': Input should be a valid string \(got \{'x': 1\}\)$"),
+    ("codec.up=[int8]", r"^invalid config: 'codec\.up\[0\]': .*dictionary \(got 'int8'\)$"),
+    ("seed=!!python/object:os.system ls", r"^--set seed=.*not valid YAML"),
+])
+def test_a_malformed_override_is_one_line_naming_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        load_config(None, [override])
+    assert "\n" not in str(info.value)
+
+
+def test_an_empty_yaml_section_takes_overrides_and_several_problems_are_listed(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("codec:\nfederation:\n  rounds: 2\n")
+    assert load_config(path, ["codec.error_feedback=false"]).codec.error_feedback is False
+    with pytest.raises(ConfigError) as info:
+        load_config(path, ["federation.rounds=x", "seed=-1"])
+    lines = str(info.value).splitlines()
+    assert lines[0] == "invalid config:" and len(lines) == 3
+    assert {line.split(":")[0].strip() for line in lines[1:]} == {"'seed'", "'federation.rounds'"}
+    with pytest.raises(ConfigError, match=r"^--set name\.x: 'name' is a value \('run'\), not a section$"):
+        load_config(path, ["name=run", "name.x=1"])
+
+
+def test_unreadable_or_non_mapping_files_are_config_errors(tmp_path: Path) -> None:
+    binary = tmp_path / "b.yaml"
+    binary.write_bytes(b"\xff\xfe\x00bad")
+    with pytest.raises(ConfigError, match="cannot read the config"):
+        load_config(binary)
+    listed = tmp_path / "l.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        load_config(listed)
+    broken = tmp_path / "y.yaml"
+    broken.write_text("federation: {rounds: 2\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML: .* at line \d+, column \d+$"):
+        load_config(broken)
+    with pytest.raises(ConfigError, match="top level must be a mapping"):
+        config_from_dict([1, 2])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("chain", "message"), [
+    ({"up": [{"name": "topkk"}]}, r"codec\.up\[0\]\.name: got 'topkk'.*Did you mean 'topk'"),
+    ({"up": [{"name": "topk", "ratio": 2}]}, r"codec\.up\[0\]: .*ratio must be in \(0, 1\]"),
+    ({"up": [{"name": "int8", "bits": 3}]}, r"codec\.up\[0\]\.bits"),
+    ({"up": [{"name": "int8"}, {"name": "topk"}]}, r"codec\.up: the sparsifier must come first"),
+    ({"down": [{"name": "topk"}]}, r"codec\.down got \['topk'\]"),
+    ({"up": [{"ratio": 0.1}]}, r"codec\.up\[0\]\.name: got None"),
+])
+def test_codec_chains_are_checked_from_the_config_alone(chain: dict[str, object], message: str) -> None:
+    from fedseg.codecs import check_codec_config
+
+    cfg = config_from_dict({"codec": chain, "data": {"source": "folder", "root": "/nonexistent"}})
+    with pytest.raises(ConfigError, match=message):
+        check_codec_config(cfg.codec)
+    assert check_codec_config(config_from_dict({"codec": {"up": [{"name": "topk", "ratio": 0.1}, {"name": "int8"}]}}
+                                               ).codec).up.active
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_floats_must_be_finite(value: object) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid config: 'train\.lr': Input should be a finite number"):
+        config_from_dict({"train": {"lr": value}})
+    with pytest.raises(ConfigError, match=r"'privacy\.client\.noise_multiplier'"):
+        load_config(None, ["privacy.client.noise_multiplier=.nan"])
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "..", "a\\b"])
+def test_the_run_name_is_a_plain_name(name: str) -> None:
+    with pytest.raises(ConfigError, match=r"^invalid config: 'name': .*plain name"):
+        config_from_dict({"name": name})

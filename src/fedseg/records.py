@@ -59,9 +59,11 @@ class Split(StrEnum):
 
 
 class Phase(StrEnum):
-    """``comm`` records: the non-training exchange whose bytes a line counts."""
+    """``comm`` records: the non-training exchange whose bytes a line counts; ``failure`` and
+    ``rejected`` records: the exchange that failed."""
 
     EVAL = "eval"  # an evaluation broadcast and the clients' metric replies
+    FIT = "fit"  # failure and rejected records: a round's local training and its update
     PERSONALIZE = "personalize"  # the post-federation broadcast and the clients' records
 
 
@@ -91,6 +93,9 @@ class Field(StrEnum):
     SECONDS = "seconds"
     OVERHEAD_SECONDS = "overhead_seconds"
     CLIENTS = "clients"
+    FAILURES = "failures"  # round records: clients whose reply never arrived usable (every attempt counted)
+    REJECTIONS = "rejections"  # round records: updates the server's screening refused
+    ATTEMPT = "attempt"  # failure records: 0 for a round's first request, then 1, 2... for its retries
     LOSS = "loss"
     WEIGHT = "weight"
     FEDAVG_WEIGHT = "fedavg_weight"  # weights records: the FedAvg weight n_k/N beside the chosen one
@@ -100,6 +105,17 @@ class Field(StrEnum):
     PRECISION = "precision"
     RECALL = "recall"
     N = "n"
+    SAMPLE_EPSILON = "sample_epsilon"  # train/personalize records under DP-SGD: the client's epsilon so far
+    SAMPLE_DELTA = "sample_delta"  # ... at this delta (privacy.sample.delta, default 1/n_k^1.1)
+    # client-level DP (``kind: privacy`` lines; ``update_norm`` on train lines)
+    EPSILON = "epsilon"  # privacy spent so far, at ``delta``
+    DELTA = "delta"
+    NOISE_MULTIPLIER = "noise_multiplier"  # z: noise std in units of the clipping norm (on the sum)
+    CLIPPING_NORM = "clipping_norm"  # C: L2 bound of each client's update
+    SAMPLE_RATE = "sample_rate"  # q = m / K, clients sampled per round over training clients
+    ROUNDS = "rounds"  # rounds composed by the accountant
+    NOISE_STD = "noise_std"  # std of the noise on each entry of this round's aggregate (z C / m)
+    UPDATE_NORM = "update_norm"  # ||w_k - w|| before the client clipped it
 
 
 METRIC_KEYS: tuple[str, ...] = (Field.DICE, Field.IOU, Field.HD95, Field.PRECISION, Field.RECALL, Field.N)
@@ -125,6 +141,9 @@ class SummaryKey(StrEnum):
     TEST_LAST = "test_last"  # the same on the last round's model (shown beside it, never chosen on)
     MEAN = "mean"  # {model kind: {"dice": site mean, "dice_image": image-weighted mean}}
     BYTES = "bytes"  # {"up", "down", "total", "up_raw", "down_raw", "total_raw"}: every round and comm line
+    FAILURES = "failures"  # {site: {"failure": n, "rejected": n}}: sites with failed or rejected exchanges
+    SAMPLE_PRIVACY = "sample_privacy"  # DP-SGD only: {site: {"sample_epsilon", "sample_delta"}} at the run's end
+    PRIVACY = "privacy"  # client-level DP: the last ``kind: privacy`` line's epsilon, delta and settings
 
 
 class InfoKey(StrEnum):
@@ -146,6 +165,9 @@ class InfoKey(StrEnum):
     JUDGED_BY = "judged_by"
     UNSEEN_POLICY = "unseen_policy"  # what the method uses on a site that never trained (text)
     INIT_CHECKPOINT = "init_checkpoint"  # {"path", "sha256"} of model.init_checkpoint; absent when unset
+    AGGREGATION = "aggregation"  # the aggregation section (rule, clip_norm...) the server combined with
+    ATTACK = "attack"  # {"kind", "sites", ...} of a simulated attack; absent when the run was not attacked
+    PRIVACY = "privacy"  # the privacy section as run (client-level DP: delta, K, m, q, accountant)
 
 
 class BytesKey(StrEnum):

@@ -25,6 +25,10 @@ __all__ = [
     "MessageKey",
     "MessageError",
     "check_message",
+    "check_extras",
+    "DATA_FILE_SUFFIXES",
+    "extras_allowed",
+    "looks_like_path",
 ]
 
 Params: TypeAlias = dict[str, torch.Tensor]
@@ -106,8 +110,21 @@ class MessageError(TypeError):
     """A message holds something other than named tensors and scalars."""
 
 
+DATA_FILE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".nii", ".nii.gz", ".npy", ".npz", ".dcm",
+                      ".mha", ".mhd", ".nrrd")
+"""Suffixes of image, mask and array files: a string ending in one names a data file."""
+
+
+def looks_like_path(text: str) -> bool:
+    """True when ``text`` could name a file: it holds ``/`` or ``\\``, or ends in a data-file suffix
+    (case-insensitive), e.g. ``GE_Logiq7/images/case_001.png`` or ``case_001.nii.gz``."""
+    return "/" in text or "\\" in text or text.lower().endswith(DATA_FILE_SUFFIXES)
+
+
 def check_message(message: ClientUpdate | Broadcast) -> None:
-    """Raise :class:`MessageError` unless every field is a named tensor or a scalar."""
+    """Raise :class:`MessageError` unless every field is a named tensor or a scalar, and (client ->
+    server) no string scalar or metric name looks like a file path (:func:`looks_like_path`): a
+    site's file names never leave it."""
     kind = type(message).__name__
     tensor_fields = {"params": message.params, "extras": message.extras}
     for fname, mapping in tensor_fields.items():
@@ -126,3 +143,35 @@ def check_message(message: ClientUpdate | Broadcast) -> None:
             raise MessageError(
                 f"{kind} scalar {key!r} is a {type(scalar).__name__}; allowed: int, float, bool, str"
             )
+        if isinstance(message, ClientUpdate) and (
+            looks_like_path(str(key)) or (isinstance(scalar, str) and looks_like_path(scalar))
+        ):
+            raise MessageError(
+                f"{kind} from {message.client_id!r}: metric {str(key)[:40]!r} looks like a file path (a '/' or '\\', "
+                "or an image suffix); file names and case ids never leave a site"
+            )
+
+
+def extras_allowed(key: str, allowed: frozenset[str]) -> bool:
+    """Whether extras ``key`` is on an algorithm's allow-list: an entry ending in ``.`` is a
+    prefix (``net2.`` admits a second network's state dict), any other entry an exact key."""
+    return key in allowed or any(a.endswith(".") and key.startswith(a) for a in allowed)
+
+
+def check_extras(message: ClientUpdate | Broadcast, allowed: frozenset[str]) -> None:
+    """Refuse extras keys that are not on the allow-list (``Algorithm.message_extras``).
+
+    The server's update validation calls it for every update, before aggregation, so a client
+    cannot smuggle other tensors (an image batch, a mask) under an extras key.
+
+    Raises:
+        MessageError: names the sender, the first unexpected keys and the allowed ones.
+    """
+    unexpected = sorted(k for k in message.extras if not extras_allowed(k, allowed))
+    if unexpected:
+        sender = f" from {message.client_id!r}" if isinstance(message, ClientUpdate) else ""
+        shown = ", ".join(repr(k) for k in unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
+        raise MessageError(
+            f"{type(message).__name__}{sender}: extras {shown} not on the algorithm's allow-list "
+            f"({', '.join(sorted(allowed)) or 'none: it sends no extras'})"
+        )

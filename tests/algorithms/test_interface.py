@@ -25,6 +25,7 @@ class ScoreWeighted(Algorithm):
     """Weights by local validation Dice; sends a 'prototype' up and a global one down."""
 
     name: ClassVar[str] = "score_weighted"
+    message_extras: ClassVar[frozenset[str]] = frozenset({"prototype"})  # the server refuses any other extras
 
     def client_update(self, model: nn.Module, ctx: ClientContext, num_examples: int,
                       train_metrics: Mapping[str, float]) -> ClientUpdate:

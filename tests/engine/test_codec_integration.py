@@ -112,10 +112,11 @@ def test_resume_with_error_feedback_matches_uninterrupted(tmp_path: Path) -> Non
 
 
 def test_bad_codec_config_fails_before_training(tmp_path: Path) -> None:
-    from fedseg.codecs import CodecError
+    from fedseg.config import ConfigError
 
-    with pytest.raises(CodecError, match=r"codec.up\[0\].name"):
+    with pytest.raises(ConfigError, match=r"codec.up\[0\].name"):  # before any directory or data
         _run(tmp_path, "bad", tiny_config("fedavg", rounds=1, codec={"up": [{"name": "top-k"}]}))
+    assert not (tmp_path / "bad").exists()
     assert CodecConfig().up == [] and CodecConfig().error_feedback
 
 

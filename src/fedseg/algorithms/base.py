@@ -12,7 +12,8 @@ and Flower) call the hooks in this order for every sampled client in round ``t``
              update = alg.client_update(model, ctx, metrics)               # -> server
              alg.on_round_end(model, ctx)                                  # stash local keys in state
     server:  agg = alg.aggregate(t, updates, global_params, server_state)  # -> Aggregate
-                 (default: weights from alg.aggregation_weights(updates, global_params, server_state))
+                 (default: weights from alg.aggregation_weights(updates, global_params, server_state),
+                  tensors from alg.combine(params, weights, global_params): the config's rule)
 
 What each family overrides:
 
@@ -52,6 +53,7 @@ import torch
 from torch import nn
 
 from fedseg.algorithms.params import module_keys, norm_layer_keys, shared_params, weighted_average
+from fedseg.algorithms.robust import Combiner
 from fedseg.algorithms.training import (
     Batch,
     BatchLoss,
@@ -67,6 +69,7 @@ from fedseg.types import Broadcast, ClientState, ClientUpdate, Params, Scalar, S
 __all__ = [
     "Aggregate",
     "Algorithm",
+    "Combiner",
     "Batch",
     "ClientContext",
     "LocalTrainer",
@@ -148,9 +151,18 @@ class Algorithm:
     ``personal`` (the client's own model, for methods that keep local state)."""
     unseen_policy: ClassVar[str] = "the global model"
     """What the method uses on a site that never trained (one line, shown in reports)."""
+    message_extras: ClassVar[frozenset[str]] = frozenset()
+    """Extras keys the method sends (either direction); an entry ending in ``.`` is a prefix. The
+    server refuses an update with any other extras key (:func:`fedseg.types.check_extras`)."""
     optimizer_state: ClassVar[str] = "reset"
     """The optimizer policy ``train.optimizer_state: auto`` resolves to: ``reset`` (a fresh optimizer
     every round, as most FL baselines) or ``persist`` (ordinary training: local-only, centralized)."""
+
+    combine: Combiner = field(default_factory=Combiner, init=False, repr=False, compare=False)
+    """How :meth:`aggregate` turns the updates' tensors into global ones, ``combine(updates, weights,
+    reference)``: every algorithm's aggregation goes through it. Default: the weighted average; the
+    builder sets it from the ``aggregation`` config section (robust rules, clipping;
+    :mod:`fedseg.algorithms.robust`). Not a hyperparameter: configured once per run, never state."""
 
     def resolved_optimizer_state(self, configured: str) -> str:
         """``train.optimizer_state`` with ``auto`` replaced by this method's own policy."""
@@ -277,14 +289,15 @@ class Algorithm:
     def aggregate(
         self, rnd: int, updates: Sequence[ClientUpdate], global_params: Params, server_state: ServerState
     ) -> Aggregate:
-        """New global parameters: the weighted average of the updates, over the keys they carry;
-        the weights (normalised, with their factors) are returned for the round's log."""
+        """New global parameters: the updates combined by :attr:`combine` (default: their weighted
+        average), over the keys they carry; the weights (normalised, with their factors) are
+        returned for the round's log."""
         ordered = sorted(updates, key=lambda u: u.client_id)
         shared = [u for u in ordered if u.params]
         if not shared:
             return Aggregate(global_params, server_state)
         weighting = self.aggregation_weights(shared, global_params, server_state)
-        averaged = weighted_average([u.params for u in shared], weighting.weights)
+        averaged = self.combine([u.params for u in shared], weighting.weights, global_params)
         return Aggregate({**global_params, **averaged}, server_state, weights=weight_rows(shared, weighting))
 
     # ---- evaluation side

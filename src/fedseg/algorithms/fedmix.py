@@ -22,7 +22,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from fedseg.algorithms.base import (Aggregate, Algorithm, Batch, BatchLoss, ClientContext, LocalTrainer, Weighting,
-                                   weight_rows, weighted_average)
+                                   weight_rows)
 from fedseg.algorithms.registry import ALGORITHMS
 from fedseg.data.supervision import SupervisionKind, WeakKey
 from fedseg.records import Field
@@ -254,6 +254,7 @@ class FedMix(Algorithm):
         "FedMix: mixed supervision (pixel/box/image sites), two nets with cross pseudo-labels, weights n/N + lam*l^beta"
     )
     weak_supervision: ClassVar[bool] = True
+    message_extras: ClassVar[frozenset[str]] = frozenset({FedMixKey.NET2_PREFIX.value})  # net 2 travels in extras
     lam: float = 10.0
     beta: float = 1.5
     threshold: float = 0.9
@@ -412,8 +413,9 @@ class FedMix(Algorithm):
         if not ordered:
             return Aggregate(global_params, server_state, weights=logged)
         weighting = self.aggregation_weights(ordered, global_params, server_state)
-        g1 = weighted_average([u.params for u in ordered], weighting.weights)
-        g2 = weighted_average([_unprefixed(u.extras) for u in ordered], weighting.weights)
+        g1 = self.combine([u.params for u in ordered], weighting.weights, global_params)
+        g2 = self.combine([_unprefixed(u.extras) for u in ordered], weighting.weights,
+                          server_state[FedMixKey.NET2_STATE.value])
         server_state[FedMixKey.NET2_STATE.value] = {**server_state[FedMixKey.NET2_STATE.value], **g2}
         logged.update(weight_rows(ordered, weighting))
         return Aggregate({**global_params, **g1}, server_state, weights=logged)

@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 __all__ = ["app", "find_preset", "resolve_data_config"]
@@ -28,7 +29,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -141,7 +142,7 @@ def check(
             table.add_column(name, overflow="fold")
         for row in rows:
             style = "red" if row[0] == "error" else "yellow"
-            table.add_row(f"[{style}]{row[0]}[/]", *row[1:])
+            table.add_row(f"[{style}]{row[0]}[/]", *(escape(c) for c in row[1:]))
         console.print(table)
     sites = Table(title="sites")
     for name in ("site", "cases", "groups", "train", "val", "test", "labels found", "shape after preprocessing"):

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 __all__ = ["app", "run_flower_engine"]
 
@@ -30,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -153,7 +154,9 @@ def app_dir(
         "--sign-key", help="the operator's app signing key (app-signing.key): sign the configuration")] = None,
 ) -> None:
     """Write the Flower app that `flwr run` submits: fedseg's ServerApp/ClientApp + this config."""
+    from fedseg.algorithms import AlgorithmConfigError
     from fedseg.config import ConfigError, load_config
+    from fedseg.registry import UnknownNameError
     from fedseg.runtime.common import RunError
     from fedseg.runtime.flower.project import write_app
     from fedseg.runtime.flower.server_app import check_flower_config
@@ -161,7 +164,7 @@ def app_dir(
     try:
         cfg = load_config(config, set_ or [])
         check_flower_config(cfg)
-    except (ConfigError, RunError) as exc:
+    except (ConfigError, AlgorithmConfigError, UnknownNameError, RunError) as exc:
         _fail(str(exc))
         return
     sets = " ".join(f"--set {s}" for s in set_ or [])

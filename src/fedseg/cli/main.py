@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from fedseg.cli import data_cmd, flower_cmd, predict_cmd
@@ -21,7 +22,7 @@ err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}")
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -70,17 +71,23 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
          engine: str | None = None) -> Path:
     from fedseg.algorithms import AlgorithmConfigError, build_algorithm
     from fedseg.cli.progress import RichProgress
+    from fedseg.codecs import check_codec_config
     from fedseg.config import ConfigError, load_config
     from fedseg.data.base import DataError
+    from fedseg.engine.dpsgd import check_sample_dp
     from fedseg.registry import UnknownNameError
     from fedseg.runtime.sim import RunError, run_inprocess
 
-    try:
+    try:  # everything a config can get wrong, before any data is loaded
         cfg = load_config(cfg_path, overrides)
-        build_algorithm(cfg.algorithm)
+        check_sample_dp(cfg, build_algorithm(cfg.algorithm))  # DP-SGD refuses some algorithms before data loads
+        check_codec_config(cfg.codec)
     except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
         _fail(str(exc))
         raise AssertionError from None
+    missing = _missing_files(cfg)
+    if missing:
+        _fail("; ".join(missing))
     run_dir = out or Path("runs") / f"{cfg.name}_{cfg.algorithm['name']}_s{cfg.seed}"
     if engine not in (None, "inprocess", "flower-sim"):
         _fail(f"--engine {engine!r}: allowed inprocess, flower-sim (a deployment is submitted with flwr run, "
@@ -95,11 +102,32 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
             summary = run_flower_engine(cfg, run_dir, engine=engine or cfg.engine, resume=resume, command=command)
         else:
             summary = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress()).summary
-    except (RunError, DataError) as exc:
+    except (RunError, DataError, ConfigError) as exc:
         _fail(str(exc))
         raise AssertionError from None
     _print_summary(summary, run_dir)
     return run_dir
+
+
+def _missing_files(cfg: Any) -> list[str]:
+    """The files and folders this machine's run reads that are not there, each with its key (so a
+    typo is reported before any case is decoded, not after)."""
+    wanted: list[tuple[str, Any, bool]] = [
+        ("model.init_checkpoint", cfg.model.init_checkpoint, False),
+        ("data.split_file", cfg.data.split_file, False),
+    ]
+    if cfg.data.source == "folder":
+        wanted.append(("data.root", cfg.data.root, True))
+    if cfg.data.weak_labels.source == "files" and cfg.data.weak_labels.root is not None:
+        wanted.append(("data.weak_labels.root", cfg.data.weak_labels.root, True))
+    out = []
+    for key, value, folder in wanted:
+        if value is None:
+            continue
+        path = Path(value)
+        if not (path.is_dir() if folder else path.is_file()):
+            out.append(f"{key}: no such {'folder' if folder else 'file'}: {path}")
+    return out
 
 
 def _print_summary(summary: dict[str, Any], run_dir: Path) -> None:

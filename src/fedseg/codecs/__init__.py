@@ -19,6 +19,7 @@ from fedseg.codecs.chain import (
     WireCodecs,
     build_chain,
     build_wire_codecs,
+    check_codec_config,
     pack,
     unpack,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "WireCodecs",
     "build_chain",
     "build_wire_codecs",
+    "check_codec_config",
     "pack",
     "unpack",
     "PACK_PREFIX",

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from fedseg.codecs.base import Codec, CodecError, TensorSpec, build_codec
-from fedseg.config import CodecConfig
+from fedseg.config import CodecConfig, ConfigError
 from fedseg.types import ClientState, Params
 
 __all__ = [
@@ -47,6 +47,7 @@ __all__ = [
     "WireCodecs",
     "build_chain",
     "build_wire_codecs",
+    "check_codec_config",
 ]
 
 PACK_PREFIX = "__codec__"
@@ -335,8 +336,21 @@ class WireCodecs:
 
 
 def build_chain(specs: Sequence[Mapping[str, Any]], where: str) -> CodecChain:
-    """A chain from config entries such as ``[{name: topk, ratio: 0.01}, {name: int8}]``."""
-    return CodecChain(tuple(build_codec(s, f"{where}[{i}]") for i, s in enumerate(specs)))
+    """A chain from config entries such as ``[{name: topk, ratio: 0.01}, {name: int8}]``.
+
+    Raises:
+        CodecError: an entry is not a mapping, names an unknown codec or key, has a bad value,
+            or the chain is in the wrong order; the message starts with ``where``.
+    """
+    stages = []
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            raise CodecError(f"{where}[{i}]: got {spec!r}; each entry is a mapping such as {{name: int8}}")
+        stages.append(build_codec(spec, f"{where}[{i}]"))
+    try:
+        return CodecChain(tuple(stages))
+    except CodecError as exc:
+        raise CodecError(f"{where}: {exc}") from None
 
 
 def build_wire_codecs(cfg: CodecConfig) -> WireCodecs:
@@ -349,3 +363,17 @@ def build_wire_codecs(cfg: CodecConfig) -> WireCodecs:
         up=UpdateCodec(build_chain(cfg.up, "codec.up"), error_feedback=cfg.error_feedback),
         down=BroadcastCodec(build_chain(cfg.down, "codec.down")),
     )
+
+
+def check_codec_config(cfg: CodecConfig) -> WireCodecs:
+    """Build both chains of the ``codec`` section as a check before any data is loaded (``fedseg
+    run`` and every Flower entry point call it while validating the config).
+
+    Raises:
+        fedseg.config.ConfigError: what :func:`build_wire_codecs` refuses, as a config error
+            naming ``codec.up[i]`` or ``codec.down``.
+    """
+    try:
+        return build_wire_codecs(cfg)
+    except CodecError as exc:
+        raise ConfigError(f"invalid config: {exc}") from None

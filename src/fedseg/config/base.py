@@ -12,6 +12,7 @@ class ConfigError(ValueError):
 
 
 class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, and assignments are validated too."""
+    """A config section: unknown keys are errors, assignments are validated too, and every float
+    must be finite (NaN or inf reach no setting meaningfully; a setting that can be off takes null)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)

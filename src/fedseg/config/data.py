@@ -118,7 +118,7 @@ class PartitionConfig(StrictModel):
     bins: int | None = Field(None, ge=2, description="foreground-size bins; default num_sites")
     site_names: list[str] | None = Field(None, description="names of the simulated sites; default site0, site1...")
     min_groups: int = Field(1, ge=1, description="every site gets at least this many groups (3: train+val+test)")
-    seed: int | None = Field(None, description="partition seed; default the run seed")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="partition seed (0 <= seed < 2**32); default the run seed")
 
     @model_validator(mode="after")
     def _names(self) -> PartitionConfig:
@@ -161,7 +161,8 @@ class WeakLabelConfig(StrictModel):
         default_factory=lambda: [1, 10],
         description="derive: pixels added to each box side, fixed (int) or drawn per side from [lo, hi] (inclusive)",
     )
-    seed: int | None = Field(None, description="derive: seed of the random box margins; default the run seed")
+    seed: int | None = Field(None, ge=0, lt=2**32, description="derive: seed of the random box margins (0 <= seed < "
+                             "2**32); default the run seed")
 
     @field_validator("box_margin")
     @classmethod
@@ -226,6 +227,24 @@ class DataConfig(StrictModel):
         "(image-level class labels); sites not named are pixel (fedseg.data.supervision)"
     )
     weak_labels: WeakLabelConfig = Field(default_factory=WeakLabelConfig)
+
+    @field_validator("sites")
+    @classmethod
+    def _plain_site_names(cls, value: list[str] | None) -> list[str] | None:
+        """Site names are folder names directly under ``data.root``: not empty, not repeated, and
+        no path separators or ``..`` (a site must not point outside the root)."""
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("data.sites is empty; list the site folders to use, or leave it unset for all of them")
+        bad = [s for s in value if not s.strip() or s in (".", "..") or "/" in s or "\\" in s]
+        if bad:
+            raise ValueError(f"data.sites: {bad} are not folder names directly under data.root (no '/', '\\', "
+                             "'..' or empty names)")
+        repeated = sorted({s for s in value if value.count(s) > 1})
+        if repeated:
+            raise ValueError(f"data.sites names {repeated} more than once")
+        return value
 
     @model_validator(mode="after")
     def _root_for_folder(self) -> DataConfig:

@@ -1,4 +1,4 @@
-"""The ``flower`` section: the Flower engines, their timeouts and central differential privacy."""
+"""The ``flower`` section: the Flower engines and their timeouts (differential privacy: ``privacy.client``)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,27 @@ __all__ = ["FlowerDPConfig", "FlowerConfig"]
 
 
 class FlowerDPConfig(StrictModel):
-    """Central differential privacy on Flower: clients clip their update with Flower's
-    ``fixedclipping_mod`` (train messages only), the server adds Gaussian noise to the aggregate
-    with ``DifferentialPrivacyClientSideFixedClipping`` (std = noise_multiplier * clipping_norm / m)."""
+    """Replaced by ``privacy.client`` (both engines, uniform aggregation, an accountant): only
+    ``enabled: false`` is accepted, so old configs still load; ``true`` is refused with the keys to use.
+
+    The old Flower-only mechanism added noise sized for a uniform average (``z C / m``) to the
+    algorithm's ``n_k``-weighted average, so the largest site got a fraction of the stated protection.
+    """
 
     enabled: bool = False
     noise_multiplier: float = Field(1.0, ge=0)
-    clipping_norm: float = Field(1.0, gt=0, description="L2 bound of each client's update (all shared tensors)")
+    clipping_norm: float = Field(1.0, gt=0)
+
+    @field_validator("enabled")
+    @classmethod
+    def _replaced(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "flower.dp was replaced by privacy.client (client-level DP on both engines: uniform aggregation of "
+                "clipped updates, noise z*C/m, epsilon reported by an accountant; docs/privacy.md). Remove flower.dp "
+                "and set privacy: {client: {enabled: true, noise_multiplier: Z, clipping_norm: C}}"
+            )
+        return value
 
 
 class FlowerConfig(StrictModel):
@@ -33,7 +47,7 @@ class FlowerConfig(StrictModel):
     )
     sim_cpus_per_client: float = Field(1.0, gt=0, description="flower-sim: Ray CPUs per ClientApp")
     sim_num_cpus: int | None = Field(None, ge=1, description="flower-sim: CPUs Ray may use (default: all)")
-    dp: FlowerDPConfig = Field(default_factory=FlowerDPConfig)
+    dp: FlowerDPConfig = Field(default_factory=FlowerDPConfig, description="replaced by privacy.client")
     secure_aggregation: bool = Field(False, description="not available on Flower 1.41: see docs/deployment.md")
 
     @field_validator("secure_aggregation")

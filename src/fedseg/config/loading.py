@@ -52,68 +52,137 @@ def _belongs_to(key: str, loc: tuple[Any, ...]) -> str:
     return f" {key!r} is a field of model {', '.join(repr(o) for o in owners)}." if owners else ""
 
 
+_SECTIONS = frozenset(name for name in RunConfig.model_fields if name not in ("name", "seed", "engine"))
+"""Top-level keys that hold a section (a mapping)."""
+
+_MAX_SHOWN = 80
+"""Characters of a rejected value shown in an error message (a whole section would flood it)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= _MAX_SHOWN else text[: _MAX_SHOWN - 3] + "..."
+
+
 def _format_errors(err: ValidationError, raw: Any) -> str:
+    """One line per problem (one line in all when there is one), each naming its key."""
     lines = []
     for e in err.errors():
-        loc = tuple(p for p in e["loc"] if not isinstance(p, int) or True)
-        key = ".".join(str(p) for p in loc) or "<root>"
+        loc = tuple(e["loc"])
+        key = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc).lstrip(".") or "<root>"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(RunConfig, loc, raw)
             hint = suggest(str(loc[-1]), allowed) or _belongs_to(str(loc[-1]), loc)
             lines.append(f"unknown key '{key}'; allowed here: {', '.join(allowed)}.{hint}")
         else:
-            value = e.get("input")
-            lines.append(f"'{key}': {e['msg']} (got {value!r})")
+            message = str(e["msg"]).replace("\n", " ")
+            lines.append(f"'{key}': {message} (got {_shown(e.get('input'))})")
+    if len(lines) == 1:
+        return f"invalid config: {lines[0]}"
     return "invalid config:\n  " + "\n  ".join(lines)
 
 
 def config_from_dict(raw: dict[str, Any]) -> RunConfig:
-    """Validate a plain mapping into a :class:`RunConfig` or raise :class:`ConfigError`."""
+    """Validate a plain mapping into a :class:`RunConfig` or raise :class:`ConfigError`.
+
+    Raises:
+        ConfigError: ``raw`` is not a mapping, or a key or value is invalid (every problem is
+            listed, each naming its dotted key).
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config: the top level must be a mapping of sections, got {type(raw).__name__}")
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as err:
         raise ConfigError(_format_errors(err, raw)) from None
+    except (TypeError, ValueError, KeyError) as err:  # a validator that met a value of an unexpected type
+        raise ConfigError(f"invalid config: {err}") from None
 
 
-def _parse_value(text: str) -> Any:
-    """Parse a ``--set`` value with YAML rules (numbers, bools, lists)."""
-    return yaml.safe_load(text) if text != "" else ""
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error in one line: what went wrong and where (``line L, column C``)."""
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{problem}{where}"
+
+
+def _parse_value(key: str, text: str) -> Any:
+    """Parse a ``--set`` value with YAML rules (numbers, bools, lists, mappings).
+
+    Raises:
+        ConfigError: the value is not valid YAML (the message names the key).
+    """
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}={text}: the value is not valid YAML ({_yaml_problem(exc)}); quote a "
+                          "string, write a list as [a, b] and a mapping as {k: v}") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` overrides to a raw config mapping (returns a new mapping)."""
+    """Apply ``key.sub=value`` overrides to a raw config mapping (returns a new mapping).
+
+    Values are parsed as YAML. Keys are not checked here (the validation that follows names an
+    unknown key with the allowed ones); the form of each override is.
+
+    Raises:
+        ConfigError: an override without ``=``, with an empty key or key part, a value that is
+            not valid YAML, or a key that descends into a value (``name.x`` when ``name`` is a
+            string); the message quotes the override.
+    """
     import copy
 
+    if not isinstance(raw, dict):
+        raise ConfigError(f"invalid config: the top level must be a mapping of sections, got {type(raw).__name__}")
     out = copy.deepcopy(raw)
     for item in overrides:
-        if "=" not in item:
+        if not isinstance(item, str) or "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. federation.rounds=5")
         key, value = item.split("=", 1)
-        parts = key.strip().split(".")
+        key = key.strip()
+        parts = key.split(".")
+        if not key or any(not p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r}: empty key or key part; expected a dotted key such as "
+                              "federation.rounds=5")
+        parts = [p.strip() for p in parts]
         node = out
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
             nxt = node.setdefault(part, {})
+            if nxt is None:  # an empty section in YAML (`codec:`) is an empty mapping
+                nxt = node[part] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"--set {key}: '{part}' is a value, not a section")
+                where = ".".join(parts[: depth + 1])
+                raise ConfigError(f"--set {key}: '{where}' is a value ({_shown(nxt)}), not a section")
             node = nxt
-        node[parts[-1]] = _parse_value(value)
+        node[parts[-1]] = _parse_value(key, value)
     return out
 
 
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read YAML at ``path`` (or defaults when None), apply overrides, validate."""
+    """Read YAML at ``path`` (or defaults when None), apply overrides, validate.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not a YAML mapping, an override is
+            malformed, or the result does not validate (see :func:`config_from_dict`).
+    """
     raw: dict[str, Any] = {}
     if path is not None:
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from None
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        raw = loaded
+        # a section whose keys are all commented out (`codec:`) is YAML null: it means the defaults
+        raw = {k: {} if v is None and k in _SECTIONS else v for k, v in loaded.items()}
     raw = apply_overrides(raw, overrides or [])
     return config_from_dict(raw)

@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, SerializeAsAny, ValidatorFunctionWrapHandler, field_validator, model_validator
 
 from fedseg.config.aggregation import AggregationConfig
-from fedseg.config.attack import AttackConfig
+from fedseg.config.attack import AttackConfig, check_attack_sites, known_site_names
 from fedseg.config.base import StrictModel
 from fedseg.config.codec import CodecConfig
 from fedseg.config.data import DataConfig
@@ -15,16 +15,19 @@ from fedseg.config.eval import EvalConfig
 from fedseg.config.federation import FederationConfig
 from fedseg.config.flower import FlowerConfig
 from fedseg.config.loss import LossConfig
-from fedseg.config.privacy import PrivacyConfig
+from fedseg.config.privacy import PrivacyConfig, check_sample_dp_norm
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
 from fedseg.config.train import TrainConfig
 
-__all__ = ["RunConfig"]
+__all__ = ["RunConfig", "SEED_LIMIT"]
+
+SEED_LIMIT = 2**32
+"""Seeds are below this (numpy's ``np.random.seed`` takes 32-bit unsigned integers)."""
 
 
 class RunConfig(StrictModel):
     name: str = "run"
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=SEED_LIMIT, description="run seed, 0 <= seed < 2**32 (the range numpy accepts)")
     engine: Literal["inprocess", "flower-sim", "flower"] = Field(
         "inprocess", description="inprocess | flower-sim (Flower simulation) | flower (set by a deployed ServerApp)"
     )
@@ -44,6 +47,15 @@ class RunConfig(StrictModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, value: str) -> str:
+        """The name becomes part of the default run directory (runs/<name>_<algorithm>_s<seed>)."""
+        if not value.strip() or value in (".", "..") or "/" in value or "\\" in value:
+            raise ValueError("the run name must be a non-empty plain name (no '/', '\\', '.' or '..'), e.g. "
+                             "busbra_fedavg")
+        return value
+
     @field_validator("algorithm")
     @classmethod
     def _has_name(cls, value: dict[str, Any]) -> dict[str, Any]:
@@ -58,6 +70,11 @@ class RunConfig(StrictModel):
         return checked
 
     @model_validator(mode="after")
+    def _attack_sites_exist(self) -> RunConfig:
+        check_attack_sites(self.attack, known_site_names(self.data))  # folder roots: checked once discovered
+        return self
+
+    @model_validator(mode="after")
     def _windows_fit_the_model(self) -> RunConfig:
         step = 1
         for s in self.model.strides:
@@ -67,4 +84,9 @@ class RunConfig(StrictModel):
             if size is not None and any(n % step for n in size):
                 raise ValueError(f"{key} {size}: every entry must be a multiple of {step} (the product of "
                                  f"model.strides {self.model.strides}), e.g. {[max(step, n // step * step) for n in size]}")
+        return self
+
+    @model_validator(mode="after")
+    def _sample_dp_without_batch_norm(self) -> RunConfig:
+        check_sample_dp_norm(self.privacy.sample, self.model.norm)
         return self

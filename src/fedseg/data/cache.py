@@ -9,8 +9,10 @@ preprocessed image, mask, spacing and geometry info. The key is a SHA-256 over
 * the preprocessing settings that shape the arrays (channels, labels, spacing policy, ...);
 * :data:`CACHE_VERSION`, bumped whenever preprocessing code changes its output.
 
-Entries are written atomically (temporary file + rename), so concurrent loaders and killed runs
-never leave a torn entry; unreadable entries count as misses. Nothing is ever evicted: delete
+Entries are written atomically (:func:`fedseg.io.atomic.atomic_open`: temporary file + fsync +
+rename), so concurrent loaders and killed runs never leave a torn entry; unreadable entries count
+as misses. Temporary files of killed writers are deleted when a cache opens (those of processes
+no longer running, older than :data:`ORPHAN_AGE`). Nothing is ever evicted: delete
 the folder (``make clean``) to reclaim space.
 """
 
@@ -20,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +29,15 @@ import numpy as np
 from fedseg.config import DataConfig
 from fedseg.data.layout import CaseFiles
 from fedseg.data.preprocess import GeometryInfo, PreprocessedCase
+from fedseg.io.atomic import atomic_open, remove_orphans
 
-__all__ = ["CACHE_VERSION", "CaseCache", "default_cache_dir", "preprocessing_key"]
+__all__ = ["CACHE_VERSION", "ORPHAN_AGE", "CaseCache", "default_cache_dir", "preprocessing_key"]
 
 CACHE_VERSION = 2
+
+ORPHAN_AGE = 3600.0
+"""Seconds after which a dead writer's temporary file in the cache is deleted: a cache may be
+shared between machines, where a process id says nothing, and no entry takes this long to write."""
 log = logging.getLogger(__name__)
 
 
@@ -60,6 +66,7 @@ class CaseCache:
         self._settings = preprocessing_key(cfg)
         self.hits = 0
         self.misses = 0
+        remove_orphans(self.directory, min_age=ORPHAN_AGE)
 
     def key(self, case: CaseFiles) -> str:
         digest = hashlib.sha256(self._settings.encode("utf-8"))
@@ -104,13 +111,7 @@ class CaseCache:
             small = case.mask.size == 0 or (case.mask.min() >= 0 and case.mask.max() < 256)
             arrays["mask"] = case.mask.astype(np.uint8 if small else np.int32)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{key[:12]}.", suffix=".npz", dir=path.parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    np.savez(fh, allow_pickle=False, **arrays)
-                os.replace(tmp, path)
-            finally:
-                Path(tmp).unlink(missing_ok=True)
+            with atomic_open(path) as fh:
+                np.savez(fh, allow_pickle=False, **arrays)
         except OSError as exc:
             log.warning("cannot write cache entry %s (%s); continuing without caching it", path, exc)

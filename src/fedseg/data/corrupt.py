@@ -26,7 +26,7 @@ from monai.transforms.utils_morphological_ops import dilate, erode
 from fedseg.config import LabelCorruptionConfig
 from fedseg.data.base import DataError, FederatedData, SegmentationSet
 
-__all__ = ["corrupt_masks", "apply_label_corruption"]
+__all__ = ["corrupt_masks", "flip_labels", "apply_label_corruption"]
 
 
 def corrupt_masks(masks: torch.Tensor, mode: str, *, radius: int = 5, seed: int = 0) -> torch.Tensor:
@@ -73,6 +73,29 @@ def corrupt_masks(masks: torch.Tensor, mode: str, *, radius: int = 5, seed: int 
             kept = erode(region, filter_size=size) > 0.5
             out[(masks == c) & ~kept] = 0
     return out
+
+
+def flip_labels(masks: torch.Tensor, num_classes: int, mode: str = "invert") -> torch.Tensor:
+    """A label-flipped copy of ``masks`` (the ``attack.kind: label_flip`` data poisoning).
+
+    Args:
+        masks: ``(N, 1, *spatial)`` int64 class indices in ``[0, num_classes)``.
+        num_classes: C, background included (>= 2).
+        mode: ``"invert"``: class c becomes C-1-c (foreground <-> background with C = 2);
+            ``"permute"``: c becomes (c+1) mod C (every class moves).
+
+    Raises:
+        ValueError: an unknown ``mode``, ``num_classes < 2`` or a label outside ``[0, num_classes)``.
+    """
+    if num_classes < 2:
+        raise ValueError(f"label flipping needs at least 2 classes, got {num_classes}")
+    if masks.numel() and (int(masks.min()) < 0 or int(masks.max()) >= num_classes):
+        raise ValueError(f"mask labels must lie in [0, {num_classes}), got [{int(masks.min())}, {int(masks.max())}]")
+    if mode == "invert":
+        return (num_classes - 1) - masks
+    if mode == "permute":
+        return (masks + 1) % num_classes
+    raise ValueError(f"attack.label_mode {mode!r} is unknown; allowed: invert, permute")
 
 
 def apply_label_corruption(data: FederatedData, cfg: LabelCorruptionConfig, seed: int) -> FederatedData:

@@ -26,12 +26,14 @@ from pathlib import Path
 from typing import Literal
 
 from fedseg.config import DataConfig
+from fedseg.data.scan import broken_link, case_variant, scan_root
 from fedseg.io import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, SUFFIXES, DataError, Problem, file_stem, file_suffix, read_image
 
 __all__ = [
     "CaseFiles",
     "SiteIndex",
     "discover_sites",
+    "scan_root",
     "index_site",
     "index_dataset",
     "infer_spatial_dims",
@@ -75,7 +77,7 @@ class SiteIndex:
 
 def discover_sites(root: Path) -> list[str]:
     """Every subdirectory of ``root`` that has an ``images/`` folder, sorted by name."""
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and (p / "images").is_dir())
+    return scan_root(root)[0]
 
 
 def _shown(items: list[str]) -> str:
@@ -87,18 +89,36 @@ def _list(folder: Path, site: str) -> tuple[dict[str, Path], list[Problem]]:
     """stem -> file for the recognised files of ``folder``; duplicates and stray files as problems."""
     found: dict[str, list[Path]] = {}
     stray = []
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file():
+    problems: list[Problem] = []
+    subfolders = []
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as exc:
+        return {}, [Problem(str(folder), f"cannot list the folder ({exc.strerror or exc})", site)]
+    for p in entries:
+        if p.name.startswith("."):
+            continue
+        broken = broken_link(p)
+        if broken is not None:
+            problems.append(Problem(str(p), f"{broken}: skipped", site, "warning"))
+            continue
+        if p.is_dir():
+            subfolders.append(p.name)
+            continue
+        if not p.is_file():
             continue
         if file_suffix(p):
             found.setdefault(file_stem(p), []).append(p)
         elif p.name.lower() not in ("thumbs.db", "desktop.ini"):
             stray.append(p.name)
-    problems = [
+    problems += [
         Problem(str(folder), f"several files share the stem {stem!r}: {', '.join(f.name for f in files)}", site)
         for stem, files in found.items()
         if len(files) > 1
     ]
+    if subfolders:
+        problems.append(Problem(str(folder), f"subfolder(s) ignored (cases must be files directly in "
+                                             f"{folder.name}/): {_shown(subfolders)}", site, "warning"))
     if stray:
         known = ", ".join(sorted({*IMAGE_2D_SUFFIXES, *NIFTI_SUFFIXES}))
         problems.append(Problem(str(folder), f"ignored file(s) that are not images ({known}): {_shown(stray)}", site,
@@ -190,7 +210,9 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     problems: list[Problem] = []
     images_dir, masks_dir = site_dir / "images", site_dir / "masks"
     if not images_dir.is_dir():
-        return SiteIndex(site, site_dir, []), [Problem(str(site_dir), "no images/ folder", site)]
+        variant = case_variant(site_dir, "images")
+        fix = f" (found '{variant}/': the name must be lower case)" if variant else ""
+        return SiteIndex(site, site_dir, []), [Problem(str(site_dir), f"no images/ folder{fix}", site)]
     images, found = _list(images_dir, site)
     problems += found
     masks: dict[str, Path] = {}
@@ -198,7 +220,9 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
         masks, found = _list(masks_dir, site)
         problems += found
     elif not optional:
-        problems.append(Problem(str(site_dir), "no masks/ folder", site))
+        variant = case_variant(site_dir, "masks")
+        fix = f" (found '{variant}/': the name must be lower case)" if variant else ""
+        problems.append(Problem(str(site_dir), f"no masks/ folder{fix}", site))
     if not images:
         problems.append(Problem(str(images_dir), "site folder has no images (empty site)", site))
         return SiteIndex(site, site_dir, []), problems
@@ -286,11 +310,10 @@ def index_dataset(cfg: DataConfig) -> tuple[list[SiteIndex], int, list[Problem]]
     root = Path(cfg.root)
     if not root.is_dir():
         return [], 2, [Problem(f"data.root {root}", "not a directory")]
-    available = discover_sites(root)
+    available, problems = scan_root(root, cfg.sites)
     names = list(cfg.sites) if cfg.sites is not None else available
     if not names:
-        return [], 2, [Problem(f"data.root {root}", "no site folder with an images/ subfolder")]
-    problems = []
+        return [], 2, [*problems, Problem(f"data.root {root}", "no site folder with an images/ subfolder")]
     present = []
     for name in names:
         if not (root / name).is_dir():

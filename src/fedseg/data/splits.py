@@ -20,6 +20,7 @@ import numpy as np
 
 from fedseg.config import SplitConfig
 from fedseg.data.base import DataError, FederatedData
+from fedseg.io.atomic import atomic_write_text
 
 __all__ = [
     "SPLITS",
@@ -106,10 +107,7 @@ def splits_of(data: FederatedData) -> SplitAssignment:
 def write_splits(path: Path, data: FederatedData, seed: int) -> None:
     """Write ``splits.json`` (atomically) so the run's splits can be inspected and reused."""
     payload = {"format": SPLIT_FORMAT, "seed": int(seed), "sites": splits_of(data)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(payload, indent=1) + "\n")
 
 
 def _ids(value: Any, where: str) -> list[str]:

@@ -15,9 +15,12 @@ from fedseg.codecs import build_wire_codecs
 from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import SegmentationSet
 from fedseg.engine import wire
+from fedseg.engine.attack import update_attack
+from fedseg.engine.dpsgd import check_sample_dp, privacy_record
 from fedseg.engine.evaluate import evaluate, improves, load_eval_model, sliding_window_for
 from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.messages import decode_broadcast
+from fedseg.engine.privacy import clip_update
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
@@ -133,6 +136,7 @@ class ClientRuntime:
         self.num_classes = num_classes
         self.device = device
         self.codecs = build_wire_codecs(cfg.codec)
+        self.attack = update_attack(cfg.attack, client_id, seed=cfg.seed, client_index=client_index)
         train = self.splits.get("train")
         self.trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
         """Whether this client trains (``federation.train_sites``); one that never does has no
@@ -142,6 +146,7 @@ class ClientRuntime:
                 f"site {client_id} is {train.supervision}-supervised (data.supervision); algorithm {algorithm.name} "
                 "needs pixel masks; use fedmix or leave the site out of training with federation.train_sites"
             )
+        check_sample_dp(cfg, algorithm, model)  # DP-SGD: the algorithm's hooks and the model's layers
 
     def _broadcast(self, payload: bytes) -> Broadcast:
         """Decode the server's payload (wire format, then the down codec against the model's init)."""
@@ -173,6 +178,7 @@ class ClientRuntime:
             num_classes=self.num_classes,
             eval_batch_size=self.cfg.eval.batch_size,
             window=sliding_window_for(self.cfg),
+            dp=self.cfg.privacy.sample,
         )
         return broadcast, trainer
 
@@ -189,6 +195,10 @@ class ClientRuntime:
             trainer=trainer,
         )
         seconds = time.perf_counter() - start
+        dp = self.cfg.privacy.client
+        norm = clip_update(update.params, self._broadcast(payload).params, dp.clipping_norm) if dp.enabled else None
+        if self.attack is not None:  # a simulated hostile site (the attack section; benchmarks only)
+            update = self.attack.apply(update, self._broadcast(payload), rnd)
         raw = wire.encoded_size(update)  # the same update without the up codec
         if self.codecs.up.active:
             # Delta against a fresh decode: hooks may have modified the broadcast they were given
@@ -199,7 +209,8 @@ class ClientRuntime:
         record: dict[str, Any] = {
             Field.ROUND: rnd, Field.SITE: self.client_id, Field.KIND: Kind.TRAIN, Field.LOSS: loss,
             Field.N: update.num_examples, Field.BYTES_UP: len(data), Field.BYTES_DOWN: len(payload),
-            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds,
+            Field.BYTES_UP_RAW: raw, Field.SECONDS: seconds, **privacy_record(state),
+            **({Field.UPDATE_NORM: norm} if norm is not None else {}),
         }
         return data, record
 

@@ -31,37 +31,52 @@ Key names are :class:`fedseg.records.Field` members.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RunDir", "atomic_write_text", "read_metrics"]
+from fedseg.io.atomic import atomic_write_text, remove_orphans
+
+__all__ = ["RunDir", "MetricsError", "atomic_write_text", "read_metrics"]
+
+logger = logging.getLogger(__name__)
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+class MetricsError(ValueError):
+    """A ``metrics.jsonl`` line that is complete but not a JSON object (not written by fedseg)."""
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """All records of a metrics.jsonl (a torn last line from a killed run is skipped)."""
+    """All records of a metrics.jsonl.
+
+    Records are appended whole lines at a time, so a killed run can leave only its *last* line
+    torn (no final newline): that line is dropped here and rewritten away on ``--resume``
+    (:meth:`RunDir.truncate_metrics_after`). Any other undecodable line is an error.
+
+    Raises:
+        MetricsError: a complete line that is not a JSON object; names the file and line.
+    """
     records: list[dict[str, Any]] = []
     if not path.is_file():
         return records
-    for line in path.read_text(encoding="utf-8").splitlines():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends with a newline, else an unfinished last record
+    if torn.strip():
+        logger.warning("%s: dropping a torn last line (%d characters) left by an interrupted write", path, len(torn))
+    for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise MetricsError(f"{path}:{number}: not a JSON record ({exc.msg}); fedseg appends whole lines, so only "
+                               "a torn last line is expected after a crash. Remove or fix the line") from None
+        if not isinstance(record, dict):
+            raise MetricsError(f"{path}:{number}: a JSON {type(record).__name__}, not a record (object)")
+        records.append(record)
     return records
 
 
@@ -85,12 +100,51 @@ class RunDir:
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
 
+    def remove_orphans(self) -> list[Path]:
+        """Delete temporary files that killed writes left in the run directory (only those of
+        processes no longer running: see :func:`fedseg.io.atomic.remove_orphans`)."""
+        return remove_orphans(self.root, legacy=True)
+
     def append_metrics(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append records as whole lines in one write, then fsync (append-only: a kill can only
+        tear the last line, which :func:`read_metrics` drops)."""
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        if not lines:
+            return
+        self._drop_torn_tail()
         with open(self.metrics, "a", encoding="utf-8") as fh:
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def _drop_torn_tail(self) -> None:
+        """Cut an unfinished last line (a killed append) so the next record starts on its own line."""
+        try:
+            with open(self.metrics, "rb+") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                if size == 0:
+                    return
+                fh.seek(size - 1)
+                if fh.read(1) == b"\n":
+                    return
+                block = min(size, 1 << 20)
+                while True:  # find the last newline, reading backwards a block at a time
+                    fh.seek(size - block)
+                    cut = fh.read(block).rfind(b"\n")
+                    if cut >= 0:
+                        keep = size - block + cut + 1
+                        break
+                    if block == size:
+                        keep = 0
+                        break
+                    block = min(size, block * 2)
+                logger.warning("%s: dropping a torn last line (%d bytes) left by an interrupted write",
+                               self.metrics, size - keep)
+                fh.truncate(keep)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except FileNotFoundError:
+            return
 
     def truncate_metrics_after(self, rnd: int, *, keep_personalize: bool = False) -> None:
         """Drop records of rounds after ``rnd`` and the final test records (a resumed run

@@ -10,7 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Collection, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -21,62 +21,23 @@ from fedseg.registry import suggest
 from fedseg.engine import wire
 from fedseg.engine.client import overrides_personalize
 from fedseg.engine.evaluate import improves
+from fedseg.engine.executor import ClientExecutor, sample_clients
+from fedseg.engine.failures import FitRound, QuorumError, exception_reason, failure_record, gather_fit, split_replies
 from fedseg.engine.messages import encode_broadcast
+from fedseg.engine.privacy import ClientDP, check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir, read_metrics
+from fedseg.engine.screening import Screening, screen_updates
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
 from fedseg.engine.summary import summarize
 from fedseg.engine.traffic import comm_record
+from fedseg.io.safe import load_checkpoint
 from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Phase, Selection, Split
-from fedseg.types import ClientState, ClientUpdate, Params, Scalar, ServerState
+from fedseg.types import ClientFailure, ClientState, ClientUpdate, Params, Scalar, ServerState
 
-__all__ = ["ClientExecutor", "FederationServer", "sample_clients", "SERVER", "METRIC_KEYS"]
+__all__ = ["ClientExecutor", "FederationServer", "QuorumError", "sample_clients", "SERVER", "METRIC_KEYS"]
 
 logger = logging.getLogger(__name__)
-
-
-def sample_clients(clients: Sequence[str], fraction: float, min_clients: int, seed: int, rnd: int) -> list[str]:
-    """The clients of round ``rnd``: ``max(min_clients, round(fraction*K))`` of K, seeded."""
-    k = min(len(clients), max(min_clients, int(round(fraction * len(clients)))))
-    if k == len(clients):
-        return list(clients)
-    rng = np.random.default_rng([seed, rnd])
-    chosen = sorted(rng.choice(len(clients), size=k, replace=False).tolist())
-    return [clients[i] for i in chosen]
-
-
-class ClientExecutor(Protocol):
-    """Delivers encoded messages to clients and returns their answers (the transport).
-
-    Every reply is the serialized message the client sent (:mod:`fedseg.engine.wire` bytes), so
-    the server counts what crosses the wire in both directions.
-    """
-
-    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
-        """Local training on each client: ``{client: (encoded ClientUpdate, train record)}``."""
-        ...
-
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
-        """Evaluation records (global and personalised models) from each client, as the reply it
-        sent: ``wire.encode_records(records)``."""
-        ...
-
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
-        """The algorithm's post-federation local phase on each client; each reply is
-        ``wire.encode_records([record])``."""
-        ...
-
-    def state_snapshot(self) -> Any:
-        """Client states to checkpoint with the server (None when clients keep their own)."""
-        ...
-
-    def restore(self, snapshot: Any) -> None:
-        """Restore client states from a checkpoint's snapshot."""
-        ...
-
-    def committed(self) -> None:
-        """Called after a checkpoint is on disk (e.g. to prune superseded state files)."""
-        ...
 
 
 class FederationServer:
@@ -89,6 +50,12 @@ class FederationServer:
         eval_clients: the clients that evaluate (every site).
         frozen: the algorithm's frozen keys (``Algorithm.frozen_keys``), left out of the global
             parameters; ``init_params`` stays the codec template both sides know.
+        local: the algorithm's local keys (``Algorithm.local_keys``): every update must carry
+            exactly the global keys without them. None: unknown (only keys outside the global
+            parameters are refused).
+        declared_sizes: each training client's training-split size as declared at the start of
+            the run (in-process: from its data; Flower: from the sites' reports); an update's
+            ``num_examples`` is checked against it (:mod:`fedseg.engine.screening`). Settable later.
 
     Raises:
         ConfigError: ``federation.train_sites`` or ``data.supervision`` names a site that is not
@@ -106,10 +73,13 @@ class FederationServer:
         eval_clients: list[str],
         progress: ProgressSink | None = None,
         frozen: Collection[str] = (),
+        local: Collection[str] | None = None,
+        declared_sizes: Mapping[str, int] | None = None,
     ) -> None:
         self.cfg = cfg
         self.algorithm = algorithm
         self.run = run
+        check_client_dp(cfg, algorithm)
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
         self.progress = progress or ProgressSink()
@@ -122,6 +92,11 @@ class FederationServer:
         self.best: dict[str, Any] | None = None  # {"round", "dice"} of checkpoints/best.pt
         self.num_examples: dict[str, int] = {}  # each client's last n_k (weights of unseen models)
         self.unseen: Params | None = None  # the last round's unseen model, once computed
+        self.shared_keys: set[str] | None = None if local is None else set(self.global_params) - set(local)
+        self.declared_sizes: dict[str, int] = dict(declared_sizes or {})
+        self.client_dp = ClientDP.for_run(cfg, run.root, population=len(self.fit_clients), sampled=len(
+            sample_clients(self.fit_clients, cfg.federation.fraction, cfg.federation.min_clients, cfg.seed, 1))
+        ) if cfg.privacy.client.enabled else None  # client-level DP replaces the algorithm's aggregate
 
     @staticmethod
     def _training_clients(cfg: RunConfig, algorithm: Algorithm, fit: list[str], sites: list[str]) -> list[str]:
@@ -162,9 +137,7 @@ class FederationServer:
 
     def load_checkpoint(self, executor: ClientExecutor) -> int:
         """Restore the last checkpoint; returns its round."""
-        import torch
-
-        ckpt = torch.load(self.run.checkpoint, map_location="cpu", weights_only=False)
+        ckpt = load_checkpoint(self.run.checkpoint, what="--resume")
         self.global_params = ckpt["global_params"]
         self.server_state = ckpt["server_state"]
         self.phase = str(ckpt.get("phase", "federated"))
@@ -215,6 +188,32 @@ class FederationServer:
         broadcast = wire.decode(payload)
         return self.codecs.down.decode(broadcast.params, self.codec_template)
 
+    def _decode_update(self, client_id: str, data: bytes, reference: Params) -> ClientUpdate:
+        update = wire.decode(data)
+        if not isinstance(update, ClientUpdate) or update.client_id != client_id:
+            raise TypeError("the reply is not this client's ClientUpdate")
+        update.params = self.codecs.up.decode(update.params, reference)  # w + Delta_hat
+        return update
+
+    def _fit(self, executor: ClientExecutor, rnd: int, sampled: list[str], payload: bytes, reference: Params,
+             down_raw: int) -> FitRound:
+        """The round's training exchange under failures (:func:`~fedseg.engine.failures.gather_fit`):
+        replies decoded, every update screened (:mod:`fedseg.engine.screening`) against the global
+        parameters the round started from.
+
+        Raises:
+            QuorumError: fewer usable updates than the quorum after the retries.
+        """
+        fed = self.cfg.federation
+
+        def screen(updates: list[ClientUpdate]) -> Screening:
+            return screen_updates(updates, self.global_params, self.algorithm, shared_keys=self.shared_keys,
+                                  declared_sizes=self.declared_sizes, max_norm_ratio=fed.max_norm_ratio)
+
+        return gather_fit(executor, rnd, sampled, payload,
+                          decode=lambda client, data: self._decode_update(client, data, reference), screen=screen, down_raw=down_raw, quorum=min(fed.min_clients, len(sampled)),
+                          retries=fed.quorum_retries, run=self.run)
+
     def run_round(self, executor: ClientExecutor, rnd: int) -> None:
         t_round = time.perf_counter()
         fed = self.cfg.federation
@@ -224,23 +223,14 @@ class FederationServer:
         payload, down_raw = self._sized_payload(rnd)
         reference = self._received_params(payload) if self.codecs.up.active else {}
         overhead = time.perf_counter() - t0
-        replies = executor.fit(rnd, sampled, payload)
-        updates: list[ClientUpdate] = []
-        records: list[dict[str, Any]] = []
-        for client_id in sampled:
-            data, record = replies[client_id]
-            record[Field.BYTES_DOWN_RAW] = down_raw  # the server alone knows the uncoded broadcast
-            t0 = time.perf_counter()
-            update = wire.decode(data)
-            if not isinstance(update, ClientUpdate) or update.client_id != client_id:
-                raise TypeError(f"{client_id}: the reply is not this client's ClientUpdate")
-            update.params = self.codecs.up.decode(update.params, reference)  # w + Delta_hat
-            overhead += time.perf_counter() - t0
-            self.num_examples[client_id] = int(update.num_examples)
-            updates.append(update)
-            records.append(record)
+        fit = self._fit(executor, rnd, sampled, payload, reference, down_raw)
+        overhead += fit.overhead
+        for update in fit.updates:
+            self.num_examples[update.client_id] = int(update.num_examples)
+        records = [*fit.records, *fit.problems]
         t0 = time.perf_counter()
-        agg = self.algorithm.aggregate(rnd, updates, self.global_params, self.server_state)
+        aggregate = self.algorithm.aggregate if self.client_dp is None else self.client_dp.aggregate
+        agg = aggregate(rnd, fit.updates, self.global_params, self.server_state)
         self.global_params, self.server_state = agg.params, agg.server_state
         overhead += time.perf_counter() - t0
         records.append(
@@ -249,14 +239,18 @@ class FederationServer:
                 Field.SITE: SERVER,
                 Field.KIND: Kind.ROUND,
                 Field.CLIENTS: len(sampled),
-                Field.BYTES_UP: sum(len(replies[c][0]) for c in sampled),  # what reached the server
-                Field.BYTES_DOWN: len(payload) * len(sampled),
-                Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in records),
-                Field.BYTES_DOWN_RAW: down_raw * len(sampled),
+                Field.FAILURES: fit.failures,
+                Field.REJECTIONS: fit.rejections,
+                Field.BYTES_UP: fit.bytes_up,  # what reached the server (every attempt)
+                Field.BYTES_DOWN: len(payload) * fit.sends,
+                Field.BYTES_UP_RAW: sum(int(r[Field.BYTES_UP_RAW]) for r in fit.records),
+                Field.BYTES_DOWN_RAW: down_raw * fit.sends,
                 Field.SECONDS: time.perf_counter() - t_round,
                 Field.OVERHEAD_SECONDS: overhead,
             }
         )
+        if self.client_dp is not None:
+            records.append(self.client_dp.record(rnd, len(fit.updates)))
         # the round metrics aggregate returned: per-client weights (and their factors), other rows
         for kind, rows in ((Kind.WEIGHTS, agg.weights), (Kind.AGGREGATE, agg.metrics)):
             records.extend({Field.ROUND: rnd, Field.SITE: site, Field.KIND: kind, **row} for site, row in rows.items())
@@ -278,11 +272,27 @@ class FederationServer:
         line (bytes both ways, written to metrics.jsonl at once). Records in client order."""
         clients = self.eval_clients if clients is None else clients
         data, raw = self._sized_payload(rnd + 1, phase="eval") if payload is None else payload
-        replies = executor.evaluate(rnd, clients, data, split)
+        replies, decoded, failures = self._records(clients, executor.evaluate(rnd, clients, data, split))
         self.run.append_metrics([comm_record(rnd, Phase.EVAL, down=len(data), down_raw=raw, replies=replies,
-                                             split=split)])
-        decoded = {c: wire.decode_records(reply) for c, reply in replies.items()}
+                                             split=split),
+                                 *(failure_record(rnd, f, Phase.EVAL, split=split) for f in failures)])
         return [r for c in clients for r in decoded.get(c, [])]
+
+    @staticmethod
+    def _records(clients: list[str], answers: Mapping[str, bytes | ClientFailure]
+                 ) -> tuple[dict[str, bytes], dict[str, list[dict[str, Any]]], list[ClientFailure]]:
+        """Replies of an evaluation or personalize exchange: those that arrived, their decoded
+        records, and a failure for every client that did not answer readably (logged here)."""
+        replies, failures = split_replies(clients, answers)
+        decoded: dict[str, list[dict[str, Any]]] = {}
+        for client, reply in replies.items():
+            try:
+                decoded[client] = wire.decode_records(reply)
+            except Exception as exc:  # an unreadable reply is that client's failure, not the run's
+                failures.append(ClientFailure(client, f"unreadable reply: {exception_reason(exc)}"))
+        for failure in failures:
+            logger.warning("client %s failed (%s)", failure.client_id, failure.reason)
+        return replies, decoded, failures
 
     def personalize(self, executor: ClientExecutor) -> None:
         """The algorithm's post-federation local phase, once, then a checkpoint."""
@@ -290,10 +300,12 @@ class FederationServer:
         if self.phase == "personalized" or not overrides_personalize(self.algorithm):
             return
         payload, raw = self._sized_payload(rounds + 1, phase="personalize")
-        replies = executor.personalize(rounds + 1, self.fit_clients, payload)
-        records = [r for c in self.fit_clients if c in replies for r in wire.decode_records(replies[c])]
+        replies, decoded, failures = self._records(self.fit_clients,
+                                                   executor.personalize(rounds + 1, self.fit_clients, payload))
+        records = [r for c in self.fit_clients for r in decoded.get(c, [])]
         comm = comm_record(rounds, Phase.PERSONALIZE, down=len(payload), down_raw=raw, replies=replies)
-        self.run.append_metrics([*records, comm])
+        # a client whose local phase failed keeps its federated state and is evaluated with it
+        self.run.append_metrics([*records, comm, *(failure_record(rounds, f, Phase.PERSONALIZE) for f in failures)])
         self.phase = "personalized"
         self.save_checkpoint(executor, rounds)
 
@@ -320,15 +332,13 @@ class FederationServer:
         """``(selection, global params, server state, round)`` to score on test: with ``best_val``
         the best-validation checkpoint first (the last round when none was written), then the last
         round's model beside it."""
-        import torch
-
         rounds = self.cfg.federation.rounds
         last = (Selection.LAST.value, self.global_params, self.server_state, rounds)
         if self.cfg.eval.select != Selection.BEST_VAL.value:
             return [last]
         if self.best is None or not self.run.best_checkpoint.is_file():
             return [(Selection.BEST_VAL.value, *last[1:]), last]
-        best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False)
+        best = load_checkpoint(self.run.best_checkpoint, what="eval.select best_val")
         return [(Selection.BEST_VAL.value, best["global_params"], best["server_state"], int(best["round"])), last]
 
     def _client_states(self, executor: ClientExecutor) -> dict[str, ClientState] | None:
@@ -350,8 +360,6 @@ class FederationServer:
         computed here from the client states and stored in the checkpoint (best.pt / last.pt), or
         reported unavailable where the server holds no client states (a deployment).
         """
-        import torch
-
         rounds = self.cfg.federation.rounds
         states = self._client_states(executor)
         trained = set(self._selection_sites())
@@ -367,7 +375,7 @@ class FederationServer:
             if selection == Selection.LAST.value:
                 self.unseen = unseen
             else:  # best.pt is the selected checkpoint, also when no round beat another (or no global model)
-                best = torch.load(self.run.best_checkpoint, map_location="cpu", weights_only=False) \
+                best = load_checkpoint(self.run.best_checkpoint, what="eval.select best_val") \
                     if self.best is not None and self.run.best_checkpoint.is_file() else \
                     {"round": chosen, "global_params": params, "server_state": server_state, "val_dice": float("nan")}
                 atomic_torch_save({**best, "unseen_params": unseen}, self.run.best_checkpoint)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from fedseg.io.safe import CheckpointError, load_checkpoint, save_checkpoint
 from fedseg.types import ClientState
 
 __all__ = ["ClientStateStore", "state_nbytes", "atomic_torch_save"]
@@ -25,14 +25,9 @@ def state_nbytes(obj: Any) -> int:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a temporary file, fsync, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        torch.save(obj, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Save a checkpoint or state atomically as plain data (:func:`fedseg.io.safe.save_checkpoint`:
+    temp file + fsync + rename; refuses values ``torch.load(weights_only=True)`` would not load)."""
+    save_checkpoint(obj, path)
 
 
 class ClientStateStore:
@@ -51,7 +46,7 @@ class ClientStateStore:
         if client_id in self._memory:
             return self._memory[client_id]
         if client_id in self._disk:
-            state: ClientState = torch.load(self._disk[client_id], map_location="cpu", weights_only=False)
+            state: ClientState = load_checkpoint(self._disk[client_id], what=f"the state of client {client_id!r}")
             return state
         return {}
 
@@ -72,6 +67,15 @@ class ClientStateStore:
         return {"memory": self._memory, "disk": {c: p.name for c, p in self._disk.items()}}
 
     def restore(self, snap: dict[str, Any]) -> None:
+        """Take the states of a checkpoint's :meth:`snapshot`.
+
+        Raises:
+            CheckpointError: a spilled state's file name is not a plain name in :attr:`directory`.
+        """
+        for client, name in snap["disk"].items():
+            if not isinstance(name, str) or Path(name).name != name or name in (".", ".."):
+                raise CheckpointError(f"the checkpoint names client {client!r}'s state file {name!r}; expected a file "
+                                      f"name inside {self.directory}")
         self._memory = dict(snap["memory"])
         self._disk = {c: self.directory / name for c, name in snap["disk"].items()}
 

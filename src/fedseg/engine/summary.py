@@ -7,12 +7,16 @@ Keys are :class:`~fedseg.records.SummaryKey` members::
      "test":      {"global": {site: {dice, iou, hd95, precision, recall, n}}, "personal": {...}},
      "test_last": {...},
      "mean": {"global": {"dice": site mean, "dice_image": mean weighted by n}, ...},
-     "bytes": {"up", "down", "total", "up_raw", "down_raw", "total_raw"}}
+     "bytes": {"up", "down", "total", "up_raw", "down_raw", "total_raw"},
+     "failures": {"siteB": {"failure": 1, "rejected": 0}},
+     "sample_privacy": {site: {"sample_epsilon", "sample_delta"}}}   (DP-SGD runs only)
 
 ``test`` holds the selected checkpoint's scores (``eval.select``), ``test_last`` the last round's
 beside it; ``mean`` is computed on ``test``. ``selection.round`` is the global model's selected
 round (None without a global model), ``per_client`` each personalised model's (methods judged by
-personal models only).
+personal models only). ``failures`` counts, per site with any, its ``failure`` lines (a client that
+raised, timed out or disconnected, every attempt) and ``rejected`` lines (updates the server's
+screening refused) over the whole run.
 """
 
 from __future__ import annotations
@@ -25,10 +29,12 @@ import numpy as np
 
 from fedseg.algorithms.base import Algorithm
 from fedseg.config import RunConfig
+from fedseg.engine.dpsgd import sample_privacy_summary
+from fedseg.engine.privacy import privacy_summary
 from fedseg.engine.traffic import bytes_totals
 from fedseg.records import METRIC_KEYS, Field, Kind, ModelKind, Selection, SelectionKey, SummaryKey
 
-__all__ = ["summarize", "site_means"]
+__all__ = ["summarize", "site_means", "failure_counts"]
 
 
 def summarize(
@@ -71,7 +77,11 @@ def summarize(
         SummaryKey.TEST_LAST: tables[Selection.LAST.value],
         SummaryKey.MEAN: {kind: site_means(sites) for kind, sites in tables[mode].items()},
         SummaryKey.BYTES: {str(k): v for k, v in bytes_totals(metrics).items()},
+        SummaryKey.FAILURES: failure_counts(metrics),
+        **({SummaryKey.PRIVACY: spent} if (spent := privacy_summary(metrics)) else {}),
     }
+    if cfg.privacy.sample.enabled:  # DP-SGD: each client's epsilon over the run
+        summary[SummaryKey.SAMPLE_PRIVACY] = sample_privacy_summary(metrics)
     return {str(k): v for k, v in summary.items()}
 
 
@@ -83,3 +93,15 @@ def site_means(sites: Mapping[str, Mapping[str, Any]]) -> dict[str, float]:
     weight = sum(n for _, n in rows)
     return {"dice": float(np.mean([d for d, _ in rows])) if rows else float("nan"),
             "dice_image": sum(d * n for d, n in rows) / weight if weight > 0 else float("nan")}
+
+
+def failure_counts(metrics: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """``{site: {"failure": n, "rejected": n}}`` over the ``failure`` and ``rejected`` lines (sites
+    without any are left out)."""
+    counts: dict[str, dict[str, int]] = {}
+    for r in metrics:
+        kind = r.get(Field.KIND)
+        if kind in (Kind.FAILURE, Kind.REJECTED):
+            site = counts.setdefault(str(r[Field.SITE]), {Kind.FAILURE.value: 0, Kind.REJECTED.value: 0})
+            site[str(kind)] += 1
+    return counts

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from fedseg.algorithms.base import Batch, BatchLoss, EpochHook, ExtraLoss
-from fedseg.config import TrainConfig
+from fedseg.config import SampleDPConfig, TrainConfig
 from fedseg.data.augment import BatchAugmenter
 from fedseg.data.base import SegmentationSet
 from fedseg.data.patches import PatchSampler, pad_to_size
+from fedseg.engine.dpsgd import SampleDP, private_training
 from fedseg.engine.evaluate import SlidingWindow, evaluate
 from fedseg.engine.seeding import derive_seed
 from fedseg.models.taps import capture_outputs, check_captured
@@ -80,6 +81,8 @@ class Trainer:
         num_classes: classes including background.
         eval_batch_size: cases per evaluation forward pass.
         window: sliding-window settings for evaluation (``None``: whole images).
+        dp: ``privacy.sample``: when enabled, :meth:`fit` trains with DP-SGD (Poisson batches,
+            per-sample clipping and noise; :mod:`fedseg.engine.dpsgd`).
     """
 
     def __init__(
@@ -97,6 +100,7 @@ class Trainer:
         num_classes: int = 2,
         eval_batch_size: int = 16,
         window: SlidingWindow | None = None,
+        dp: SampleDPConfig | None = None,
     ) -> None:
         self.cfg = cfg
         self.loss_fn = loss_fn
@@ -140,6 +144,8 @@ class Trainer:
             spatial = list(cfg.patch_size)
         if cfg.augment.enabled and self.num_examples > 0:
             self._augment = BatchAugmenter(cfg.augment, spatial, derive_seed(seed, 2), device)
+        self._dp = (SampleDP(dp, num_examples=self.num_examples, train=cfg, seed=derive_seed(seed, 3), device=device,
+                             state=state) if dp is not None and dp.enabled and self.num_examples > 0 else None)
 
     def task_loss(self, logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         loss: torch.Tensor = self.loss_fn(logits, mask)
@@ -173,6 +179,7 @@ class Trainer:
         augment: bool,
         extras: Mapping[str, torch.Tensor] | None = None,
         subset: torch.Tensor | None = None,
+        dp: SampleDP | None = None,
     ) -> Iterator[Batch]:
         n, bs = self.num_examples, self.cfg.batch_size
         extras = extras or {}
@@ -182,6 +189,8 @@ class Trainer:
         if (extras or subset is not None) and (self._patches is not None or self._augment is not None):
             raise ValueError("per-sample extras and subsets need whole, unaugmented images: unset train.patch_size "
                              "and set train.augment.enabled: false")
+        if dp is not None and subset is not None:
+            raise ValueError("DP-SGD draws Poisson batches over the whole training split; fit(subset=...) is refused")
         if subset is not None:
             subset = subset.to(torch.int64).cpu()
             pick = torch.randperm(len(subset), generator=self._gen) if shuffle else torch.arange(len(subset))
@@ -194,16 +203,16 @@ class Trainer:
         if self._patches is None and self._augment is None:
             # the plain path: index the device tensors directly (what the throughput benchmark measures)
             order = order.to(self.device)
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
+            for idx in self._chunks(order, dp):
+                idx = idx.to(self.device)
                 mask = None if self._masks is None else self._masks.index_select(0, idx)
                 yield Batch(image=self._images.index_select(0, idx), mask=mask, extras=self._per_sample(idx, extras))
             return
         masks = self._masks
         if masks is None:  # refused in __init__; kept for the type checker
             raise ValueError("patches and augmentation need pixel masks")
-        for start in range(0, len(order), bs):
-            cases = order[start : start + bs].tolist()
+        for chunk in self._chunks(order, dp):
+            cases = chunk.tolist()
             if self._patches is not None and self._patch_gen is not None:
                 image, mask = self._patches.sample(self._images, masks, cases, self._patch_gen)
             else:
@@ -212,6 +221,11 @@ class Trainer:
             if augment and self._augment is not None:
                 image, mask = self._augment(image, mask)
             yield Batch(image=image, mask=mask)
+
+    def _chunks(self, order: torch.Tensor, dp: SampleDP | None) -> Iterator[torch.Tensor]:
+        """Each batch's indices: consecutive slices of ``order``, or DP-SGD's Poisson draws of cases."""
+        bs = self.cfg.batch_size
+        return dp.batches() if dp is not None else (order[s : s + bs] for s in range(0, len(order), bs))
 
     def fit(
         self,
@@ -244,13 +258,14 @@ class Trainer:
         total = task_total = 0.0
         steps = 0
         try:
-            with capture_outputs(model, outputs) as captured:
+            with (capture_outputs(model, outputs) as captured,
+                  private_training(self._dp, model, optimizer) as optimizer):  # DP-SGD: the DPOptimizer
                 for epoch in range(1, epochs + 1):
                     if on_epoch_start is not None:
                         on_epoch_start(model, epoch, epochs)
                     epoch_loss = 0.0
                     epoch_steps = 0
-                    for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset):
+                    for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset, dp=self._dp):
                         optimizer.zero_grad(set_to_none=True)
                         logits = model(batch.image)
                         if outputs:
@@ -281,4 +296,5 @@ class Trainer:
                 p.requires_grad_(True)
         if persist:
             self.state[optimizer_key] = _to_cpu(optimizer.state_dict())
-        return {"loss": total / max(steps, 1), "task_loss": task_total / max(steps, 1), "steps": float(steps)}
+        metrics = {"loss": total / max(steps, 1), "task_loss": task_total / max(steps, 1), "steps": float(steps)}
+        return metrics if self._dp is None else self._dp.released(metrics)

@@ -70,7 +70,9 @@ def decode_tensors(data: bytes) -> tuple[dict[str, TensorDict], dict[str, Any]]:
     for group, entries in header["groups"].items():
         out: TensorDict = {}
         for name, dtype, shape, off, size in entries:
-            dt = getattr(torch, dtype)
+            dt = getattr(torch, dtype, None) if isinstance(dtype, str) else None
+            if not isinstance(dt, torch.dtype):  # a name, never an arbitrary torch attribute
+                raise ValueError(f"not a fedseg message: tensor {name!r} has dtype {dtype!r}")
             if size:
                 buf = torch.frombuffer(bytearray(body[off : off + size]), dtype=torch.uint8)
                 out[name] = buf.view(dt).reshape(shape)

@@ -1,7 +1,10 @@
 """File I/O for images and masks (NIfTI via nibabel, PNG/JPG/BMP via Pillow).
 
 Sits below :mod:`fedseg.data` (beside :mod:`fedseg.config`): it imports neither, so the dataset
-layer, the CLI and prediction share one reader and one error vocabulary.
+layer, the CLI and prediction share one reader and one error vocabulary. Two submodules serve
+every layer above: :mod:`fedseg.io.atomic` (every file fedseg writes: temp file + fsync + rename,
+orphan temp removal) and :mod:`fedseg.io.safe` (checkpoints: saved as plain data, loaded with
+``torch.load(weights_only=True)``).
 """
 
 from __future__ import annotations

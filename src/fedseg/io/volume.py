@@ -14,8 +14,6 @@ the channel files of one case, ...).
 from __future__ import annotations
 
 import gzip
-import os
-import tempfile
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ import nibabel as _nibabel
 import numpy as np
 from PIL import Image
 
+from fedseg.io.atomic import atomic_open
 from fedseg.io.errors import DataError
 
 __all__ = [
@@ -349,13 +348,6 @@ def _label_dtype(mask: np.ndarray) -> type[np.integer[Any]]:
     return np.int32
 
 
-def _atomic_target(path: Path) -> Path:
-    suffix = file_suffix(path) or path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{file_stem(path)}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_mask(path: Path | str, mask: np.ndarray, like: Volume) -> None:
     """Write a label map on ``like``'s voxel grid, atomically (temporary file + rename).
 
@@ -400,12 +392,11 @@ def write_mask(path: Path | str, mask: np.ndarray, like: Volume) -> None:
     else:
         raise DataError.at(path, f"cannot write a mask as {suffix or path.suffix or 'no suffix'!r}; use .nii.gz, .nii "
                         "or .png (JPEG is lossy and would change labels)")
-    tmp = _atomic_target(path)
-    try:
+    with atomic_open(path) as fh:
         if suffix in NIFTI_SUFFIXES:
-            nib.save(image, str(tmp))
+            # nibabel picks the format from a file name; serialise in memory instead (gzip with a
+            # fixed mtime, so the same mask gives the same bytes)
+            raw = image.to_bytes()
+            fh.write(gzip.compress(raw, compresslevel=6, mtime=0) if suffix == ".nii.gz" else raw)
         else:
-            image.save(tmp, format="PNG" if suffix == ".png" else "BMP")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            image.save(fh, format="PNG" if suffix == ".png" else "BMP")

@@ -2,7 +2,8 @@
 
 The file holds a state dict, or a checkpoint dict holding one under ``state_dict``, ``model`` or
 ``global_params`` (a fedseg ``checkpoints/*.pt``). It is read with ``torch.load(weights_only=True)``
-(tensors and plain containers only: a pickle that would run code is refused), or with
+(:func:`fedseg.io.safe.load_checkpoint`: tensors and plain containers only, a pickle that would
+run code is refused), or with
 ``safetensors`` when the name ends in ``.safetensors``. Loading is strict: every key of the model
 must be in the file with the same shape, and the file may hold nothing else, so a checkpoint of
 another architecture never half-loads.
@@ -12,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import io
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from fedseg.io.safe import CheckpointError, UnsafeCheckpointError, load_checkpoint
 
 __all__ = ["InitCheckpointError", "STATE_DICT_KEYS", "read_init_checkpoint", "check_state_dict",
            "load_init_checkpoint"]
@@ -85,20 +86,11 @@ def read_init_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], str
             raise InitCheckpointError(f"{file}: not a readable safetensors file ({exc})") from exc
     else:
         try:
-            obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            # torch reports both a forbidden global and plain garbage as UnpicklingError; the
-            # underlying unpickler error (its context) tells them apart
-            detail = str(exc.__context__ or exc).split(". Please")[0].strip()
-            if "Unsupported global" not in str(exc):
-                raise InitCheckpointError(f"{file}: not a readable torch checkpoint ({detail})") from exc
-            raise InitCheckpointError(
-                f"{file}: refused by torch.load(weights_only=True): it holds objects other than tensors and "
-                f"plain containers, which could run code when unpickled ({detail}). "
-                "Save only the state dict (torch.save(model.state_dict(), path))"
-            ) from exc
-        except Exception as exc:  # truncated or not a torch file: zipfile, EOF, runtime errors
-            raise InitCheckpointError(f"{file}: not a readable torch checkpoint ({type(exc).__name__}: {exc})") from exc
+            obj = load_checkpoint(raw, source=str(file))
+        except UnsafeCheckpointError as exc:
+            raise InitCheckpointError(f"{exc}. Save only the state dict (torch.save(model.state_dict(), path))") from exc
+        except CheckpointError as exc:
+            raise InitCheckpointError(str(exc)) from exc
     return _state_dict_in(obj, file), digest
 
 

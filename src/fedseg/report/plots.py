@@ -7,7 +7,6 @@ the same folder, then rename), so a report can be regenerated while a run is sti
 from __future__ import annotations
 
 import math
-import os
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
@@ -25,6 +24,7 @@ if "matplotlib.pyplot" not in sys.modules:
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from fedseg.io.atomic import atomic_open  # noqa: E402
 from fedseg.records import SERVER, Field, Kind, ModelKind, Split  # noqa: E402
 from fedseg.report.fmt import MB, finite  # noqa: E402
 from fedseg.report.runs import RunRecords  # noqa: E402
@@ -36,14 +36,9 @@ _PNG_DPI = 100
 
 
 def _save_png(fig: Figure, path: Path) -> Path:
-    """Render ``fig`` to ``path`` atomically (temp name in the same folder, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, format="png", dpi=_PNG_DPI, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Render ``fig`` to ``path`` atomically (:func:`fedseg.io.atomic.atomic_open`)."""
+    with atomic_open(path) as fh:
+        fig.savefig(fh, format="png", dpi=_PNG_DPI, bbox_inches="tight")
     return path
 
 

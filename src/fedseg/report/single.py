@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any
 
+from fedseg.engine.privacy import privacy_words
 from fedseg.engine.rundir import RunDir, atomic_write_text
 from fedseg.records import SERVER, Field, InfoKey, Kind, ModelKind, Selection, Split
 from fedseg.report.fmt import (
@@ -111,6 +112,8 @@ def _method_section(run: RunRecords) -> list[str]:
              f"| optimizer state | {optimizer_words(run)} |"]
     if run.unseen_policy:
         lines.append(f"| on a site that never trained | {md_cell(run.unseen_policy)} |")
+    if dp := privacy_words(run.summary, run.records):
+        lines.append(f"| privacy | {md_cell(dp)} |")
     return lines + [""]
 
 
@@ -348,6 +351,31 @@ def _communication(run: RunRecords) -> list[str]:
     return lines
 
 
+def _failures_section(run: RunRecords, limit: int = 20) -> list[str]:
+    """Clients that failed and updates the server rejected (``failure`` / ``rejected`` lines): a
+    count per site, then the first ``limit`` events with their reasons. Nothing when there were none."""
+    events = [r for r in run.records if r.get(Field.KIND) in (Kind.FAILURE, Kind.REJECTED)]
+    if not events:
+        return []
+    counts: dict[str, dict[str, int]] = {}
+    for r in events:
+        site = counts.setdefault(str(r.get(Field.SITE)), {Kind.FAILURE.value: 0, Kind.REJECTED.value: 0})
+        site[str(r[Field.KIND])] += 1
+    per_site = ", ".join(f"{md_cell(s)}: {c[Kind.FAILURE]} failed, {c[Kind.REJECTED]} rejected"
+                         for s, c in sorted(counts.items()))
+    lines = ["## Failures and rejected updates", "",
+             f"{len(events)} event(s) ({per_site}). A failed client (it raised, timed out or disconnected) or a "
+             "rejected update (docs/reliability.md) is left out of that round; the round went on with the others.",
+             "", "| round | site | phase | event | reason |", "|---:|---|---|---|---|"]
+    for r in events[:limit]:
+        phase = str(r.get(Field.PHASE, "")) + (f" ({r[Field.SPLIT]})" if r.get(Field.SPLIT) else "")
+        lines.append(f"| {r.get(Field.ROUND)} | {md_cell(str(r.get(Field.SITE)))} | {md_cell(phase)} | "
+                     f"{r[Field.KIND]} | {md_cell(str(r.get(Field.REASON, '')))} |")
+    if len(events) > limit:
+        lines.append(f"| | | | | … {len(events) - limit} more in metrics.jsonl |")
+    return lines + [""]
+
+
 def _render_report(run: RunRecords, plots: Mapping[str, Path]) -> str:
     params = fmt_params(run.hyperparams)
     lines = [f"# {run.name} — {run.algorithm}" + (f" ({params})" if params else ""), ""]
@@ -356,6 +384,7 @@ def _render_report(run: RunRecords, plots: Mapping[str, Path]) -> str:
     lines += _data_section(run)
     lines += _results_section(run)
     lines += _selection_section(run)
+    lines += _failures_section(run)
     lines += _communication(run)
     if plots:
         lines += ["## Plots", ""]

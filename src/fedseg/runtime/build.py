@@ -30,13 +30,16 @@ import torch
 from torch import nn
 
 from fedseg.algorithms import Algorithm, build_algorithm
-from fedseg.config import RunConfig
+from fedseg.algorithms.robust import Combiner
+from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import DataError, SegmentationSet, SiteData
+from fedseg.engine.attack import attack_info, attack_splits, require_known_sites
 from fedseg.engine.client import ClientRuntime
+from fedseg.engine.privacy import privacy_info
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
-from fedseg.engine.server import FederationServer
+from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.losses import build_loss
 from fedseg.models import build_model
 from fedseg.models.init import InitCheckpointError, load_init_checkpoint
@@ -55,6 +58,7 @@ __all__ = [
     "concat_sets",
     "client_splits",
     "write_run_info",
+    "build_combiner",
 ]
 
 POOLED_CLIENT = "pooled"
@@ -177,6 +181,37 @@ def write_run_info(
             **(extra or {}),
         },
     )
+
+
+def build_combiner(cfg: RunConfig, algorithm: Algorithm, fit_clients: Sequence[str] | None = None) -> Combiner:
+    """The algorithm's combine step from the ``aggregation`` section (:mod:`fedseg.algorithms.robust`).
+
+    Args:
+        fit_clients: every training client of the federation (the server's view); given, a robust
+            rule is checked against the clients sampled per round. None (a ClientApp): unchecked.
+
+    Raises:
+        ConfigError: a robust rule or clipping for an algorithm with nothing to combine (the
+            centralised reference, local-only training), or too few clients per round for the rule.
+    """
+    agg = cfg.aggregation
+    combiner = Combiner(rule=agg.rule, clip_norm=agg.clip_norm, trim_fraction=agg.trim_fraction,
+                        num_malicious=agg.num_malicious, num_selected=agg.num_selected)
+    if combiner.is_plain_mean or fit_clients is None:
+        return combiner
+    if algorithm.pooled_data or not algorithm.has_global_model:
+        raise ConfigError(
+            f"aggregation.rule {agg.rule} / aggregation.clip_norm {agg.clip_norm}: algorithm {algorithm.name!r} "
+            f"{'trains one pooled client' if algorithm.pooled_data else 'shares no parameters'}, so there is "
+            "nothing to combine; remove the aggregation section for it"
+        )
+    fed = cfg.federation
+    training = [c for c in fit_clients if fed.train_sites is None or c in fed.train_sites]
+    try:
+        combiner.check(len(sample_clients(training, fed.fraction, fed.min_clients, cfg.seed, 1)))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return combiner
 
 
 @dataclass
@@ -316,12 +351,20 @@ def build_federation(
         RunError: the engine cannot run the algorithm, the init checkpoint is refused, or (on
             resume) it is not the file the run started from.
         fedseg.data.base.DataError: a held site has an empty training split.
+        ConfigError: ``attack.sites`` names an unknown site, or the ``aggregation`` rule does not fit
+            the algorithm or the clients per round (:func:`build_combiner`).
     """
     algorithm = algorithm if algorithm is not None else build_algorithm(cfg.algorithm)
     check_engine(algorithm, engine)
-    splits = client_splits(data, algorithm)
     site_names = list(sites) if sites is not None else [s.name for s in data]
     fit_clients = [POOLED_CLIENT] if algorithm.pooled_data else list(site_names)
+    if run is not None:  # the server's view: every site is known (a ClientApp knows its own only)
+        require_known_sites(cfg.attack, site_names)
+    if cfg.attack.kind != "none" and algorithm.pooled_data:
+        raise ConfigError(f"attack: algorithm {algorithm.name!r} trains one pooled client, not the attacking sites; "
+                          "simulate attacks with a federated algorithm")
+    algorithm.combine = build_combiner(cfg, algorithm, fit_clients if run is not None else None)
+    splits = attack_splits(client_splits(data, algorithm), cfg.attack, spec.num_classes)
     model, init_params, digest = init_model(cfg, spec, device)
     federation = Federation(
         cfg=cfg, spec=spec, device=device, engine=engine, algorithm=algorithm, model=model, init_params=init_params,
@@ -336,7 +379,14 @@ def build_federation(
             _check_same_init(run, record)
         federation.built_server = FederationServer(cfg, algorithm, init_params, run, fit_clients=fit_clients,
                                                    eval_clients=site_names, progress=progress,
-                                                   frozen=algorithm.frozen_keys(model))
+                                                   frozen=algorithm.frozen_keys(model),
+                                                   local=algorithm.local_keys(model))
+        record[InfoKey.AGGREGATION] = cfg.aggregation.model_dump()
+        if cfg.attack.kind != "none":
+            record[InfoKey.ATTACK] = attack_info(cfg.attack)
+        server = federation.built_server
+        privacy = {InfoKey.PRIVACY.value: privacy_info(cfg, len(server.fit_clients), server.client_dp.sampled)
+                   } if server.client_dp is not None else {}
         write_run_info(run, cfg, algorithm, engine=engine, sites=site_names, clients=fit_clients, spec=spec,
-                       device=device_label or device, extra={**record, **(info or {})})
+                       device=device_label or device, extra={**record, **privacy, **(info or {})})
     return federation

@@ -25,8 +25,10 @@ from fedseg.data.base import DataError, SiteData
 from fedseg.data.build import build_federated_data
 from fedseg.data.folder import load_site_folder
 from fedseg.data.preprocess import preprocess_case, restore_geometry
+from fedseg.data.scan import scan_root
 from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
+from fedseg.io.atomic import atomic_open
 from fedseg.records import Field
 from fedseg.runtime.trained import EvalError, open_run
 
@@ -69,7 +71,11 @@ def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData
     dcfg = _folder_config(cfg, info)
     if (path / "images").is_dir():
         return [load_site_folder(path, dcfg, cfg.seed, all_to_test=True)]
-    subdirs = sorted(p for p in path.iterdir() if (p / "images").is_dir())
+    names, problems = scan_root(path)  # a folder that is not a site is an error, never skipped
+    errors = [str(p) for p in problems if p.severity == "error"]
+    if errors:
+        raise EvalError(f"--data {path}: {'; '.join(errors)}")
+    subdirs = [path / name for name in names]
     if not subdirs:
         raise EvalError(f"--data {path}: neither a site folder (with images/ and masks/) nor a root of site folders")
     return [load_site_folder(p, dcfg, cfg.seed, all_to_test=True) for p in subdirs]
@@ -188,8 +194,8 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
         out[region] = (1 - alpha) * out[region] + alpha * colour
         outline = region & ~ndimage.binary_erosion(region)
         out[outline] = colour
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(path)
+    with atomic_open(path) as fh:
+        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(fh, format="PNG")
 
 
 @torch.no_grad()

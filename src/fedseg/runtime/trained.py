@@ -29,6 +29,7 @@ from fedseg.engine.messages import decode_broadcast, encode_broadcast
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
+from fedseg.io.safe import CheckpointError, load_checkpoint
 from fedseg.records import Field, ModelKind, Selection
 from fedseg.runtime.build import init_model
 from fedseg.runtime.common import DataSpec
@@ -166,7 +167,7 @@ def _selected_checkpoint(run: RunDir, cfg: RunConfig, last: dict[str, Any], chec
     if (checkpoint or ("best" if mode == Selection.BEST_VAL.value else "last")) == "last":
         return Selection.LAST.value, last
     if run.best_checkpoint.is_file():
-        return Selection.BEST_VAL.value, torch.load(run.best_checkpoint, map_location="cpu", weights_only=False)
+        return Selection.BEST_VAL.value, load_checkpoint(run.best_checkpoint, what="--checkpoint best")
     return Selection.BEST_VAL.value, last  # no global model, or never validated: the last round, as in the run
 
 
@@ -183,14 +184,17 @@ def open_run(run_dir: Path, checkpoint: str | None = None) -> TrainedRun:
             raise EvalError(f"{run_dir} is not a finished fedseg run: missing {path.name} ({path})")
     cfg = load_config(run.config)
     info = json.loads(run.info.read_text())
-    last = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
-    selection, ckpt = _selected_checkpoint(run, cfg, last, checkpoint)
-    states = None
-    if last.get("client_states") is not None:
-        store = ClientStateStore(run.client_states, 0)
-        store.restore(last["client_states"])
-        names = {*last["client_states"].get("memory", {}), *last["client_states"].get("disk", {})}
-        states = {str(c): store.load(str(c)) for c in sorted(names)}
+    try:  # every file through torch.load(weights_only=True): a tampered run directory runs no code
+        last = load_checkpoint(run.checkpoint, what="the run's checkpoint")
+        selection, ckpt = _selected_checkpoint(run, cfg, last, checkpoint)
+        states = None
+        if last.get("client_states") is not None:
+            store = ClientStateStore(run.client_states, 0)
+            store.restore(last["client_states"])
+            names = {*last["client_states"].get("memory", {}), *last["client_states"].get("disk", {})}
+            states = {str(c): store.load(str(c)) for c in sorted(names)}
+    except CheckpointError as exc:
+        raise EvalError(str(exc)) from exc
     spec = DataSpec(int(info["spatial_dims"]), int(info["in_channels"]), int(info["num_classes"]))
     model, init_params, _ = init_model(cfg, spec, resolve_device(cfg.train.device))
     model.eval()

@@ -143,28 +143,6 @@ def test_a_client_error_reaches_the_server_with_the_site_named(tmp_path: Path) -
         run_server(grid, run_config, engine="flower-sim", expected_nodes=1, write_report=False)
 
 
-def test_central_dp_clips_and_noises_through_flower(tmp_path: Path) -> None:
-    plain, _ = _run_flower(tmp_path / "plain", tiny_config("fedavg", rounds=1, sites=2), expected_nodes=2)
-    clear_cache()
-    dp_cfg = tiny_config("fedavg", rounds=1, sites=2, flower={"dp": {"enabled": True, "noise_multiplier": 0.1,
-                                                                      "clipping_norm": 0.5}})
-    noisy, grid = _run_flower(tmp_path / "dp", dp_cfg, expected_nodes=2)
-    train = [m for m in grid.sent if m.metadata.message_type == "train"]
-    assert all(m.content.config_records[Record.CONFIG.value]["clipping_norm"] == 0.5 for m in train)
-    floating = [k for k, v in plain.global_params.items() if v.is_floating_point()]
-    assert any(not torch.equal(plain.global_params[k], noisy.global_params[k]) for k in floating)
-    # integer buffers stay on the clients under DP: the global ones are never updated
-    for key, value in noisy.global_params.items():
-        if not value.is_floating_point():
-            assert int(value.max()) == 0, key
-
-
-def test_dp_refuses_algorithms_with_local_layers(tmp_path: Path) -> None:
-    cfg = tiny_config("fedbn", sites=2, flower={"dp": {"enabled": True}})
-    with pytest.raises(RunError, match="fedbn keeps .* local"):
-        _run_flower(tmp_path, cfg, expected_nodes=2)
-
-
 def test_update_codecs_pass_through_flower_unchanged(tmp_path: Path) -> None:
     """Codecs run inside ClientRuntime/FederationServer; Flower carries their packed tensors."""
     cfg = tiny_config("fedbn", rounds=2, sites=2,

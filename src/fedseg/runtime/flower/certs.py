@@ -53,14 +53,12 @@ class CertificateFiles:
 def _write(path: Path, data: bytes, *, private: bool, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise CertificateError(f"{path} exists; pass --overwrite to replace it (and re-distribute the CA)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if private:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(path, 0o600)
-    else:
-        path.write_bytes(data)
+    from fedseg.io.atomic import atomic_open  # temp file + fsync + rename
+
+    with atomic_open(path) as fh:
+        if private:  # before any byte is written: a key is never readable by others, not even half-written
+            os.chmod(fh.fileno(), 0o600)
+        fh.write(data)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

@@ -35,8 +35,6 @@ import torch
 import yaml
 from flwr.app import ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
-from flwr.clientapp.mod import fixedclipping_mod
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedseg.config import RunConfig, config_from_dict
 from fedseg.data.base import DataError, FederatedData, SiteData
@@ -46,7 +44,6 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
-from fedseg.records import Field as RecordField
 from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
 from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
@@ -187,13 +184,6 @@ def _site(context: Context, defaults: Mapping[str, Any]) -> _Site:
         return entry
 
 
-def _control(message: Message) -> dict[str, Any]:
-    record = message.content.config_records.get(Record.CONFIG.value)
-    if record is None:
-        raise ClientSetupError(f"{message.metadata.message_type} message without a {Record.CONFIG.value!r} record")
-    return dict(record)
-
-
 def _payload(message: Message, site: _Site) -> tuple[bytes, dict[str, Any]]:
     broadcast, control = broadcast_from_content(message.content)
     name = control.get(Field.CLIENT_ID.value)
@@ -232,7 +222,9 @@ def _load_state(context: Context, control: Mapping[str, Any], state_dir: Path | 
                 path = state_dir / want
                 if not path.is_file():
                     raise ClientSetupError(f"the server's checkpoint refers to client state {path}, which is missing")
-                state = torch.load(path, map_location="cpu", weights_only=False)
+                from fedseg.io.safe import load_checkpoint  # weights_only: a state file never runs code
+
+                state = load_checkpoint(path, what="client state")
             state_to_records(state, context.state)
             context.state[Record.STATE_FILE.value] = ConfigRecord({Field.STATE_FILE.value: want})
             return state
@@ -259,11 +251,6 @@ def _train(message: Message, context: Context, defaults: Mapping[str, Any], stat
     update = wire.decode(data)
     if not isinstance(update, ClientUpdate):
         raise TypeError(f"{site.site.name}: the client runtime did not return a ClientUpdate")
-    if KEY_CLIPPING_NORM in control:
-        # Flower's clipping scales the update in place, which integer buffers
-        # (BatchNorm's num_batches_tracked) cannot take; with DP they stay on the client.
-        update.params = {k: v for k, v in update.params.items() if v.is_floating_point()}
-        record[RecordField.BYTES_UP] = record[RecordField.BYTES_UP_RAW] = len(wire.encode(update))  # DP: no codec
     return Message(update_content(update, record, pack=bool(control[PACKED])), reply_to=message)
 
 
@@ -317,10 +304,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
 
     @client_app.train()
     def train(message: Message, context: Context) -> Message:
-        if KEY_CLIPPING_NORM in _control(message):
-            # central DP: Flower's clipping mod, attached to training messages only
-            return fixedclipping_mod(message, context, lambda m, c: _train(m, c, base, state_dir))
-        return _train(message, context, base, state_dir)
+        return _train(message, context, base, state_dir)  # privacy.client clips inside ClientRuntime.fit
 
     @client_app.train(_action(Action.PERSONALIZE))
     def personalize(message: Message, context: Context) -> Message:

@@ -24,7 +24,6 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedseg.config import FlowerConfig
 from fedseg.engine import wire
@@ -215,8 +214,6 @@ class FlowerExecutor:
         settings: the ``flower`` section of the run config.
         local_keys: the algorithm's local keys on the server's model: a reply carrying one raises
             :class:`PrivacyError` (the client checks first; this is the server's own check).
-        clip: central DP: the clipping norm sent with training messages (Flower's
-            ``fixedclipping_mod`` reads it), or None.
         audit_path: where :meth:`committed` writes every tensor name each site sent.
         state_dir: simulation only: the run's ``client_states/``, where each ClientApp writes its
             state after every round (``state_file_name``). The checkpoint's client states are
@@ -243,7 +240,6 @@ class FlowerExecutor:
         settings: FlowerConfig,
         *,
         local_keys: set[str],
-        clip: float | None = None,
         audit_path: Path | None = None,
         state_dir: Path | None = None,
         round_timeout: float | None = None,
@@ -253,14 +249,12 @@ class FlowerExecutor:
         self.indices = dict(indices)
         self.settings = settings
         self.local_keys = set(local_keys)
-        self.clip = clip
         self.audit_path = audit_path
         self.state_dir = state_dir
         self.timeout, self.timeout_setting = ((round_timeout, "federation.round_timeout") if round_timeout is not None
                                               else (settings.reply_timeout, "flower.reply_timeout"))
         self.state_files: dict[str, str] = {}
         self.received: dict[str, dict[str, set[str]]] = {}
-        self.last_fit_replies: list[Message] = []
 
     # ------------------------------------------------------------------ messages
     def _messages(self, action: Action, rnd: int, clients: Iterable[str], payload: bytes,
@@ -268,9 +262,6 @@ class FlowerExecutor:
         broadcast = wire.decode(payload)
         if not isinstance(broadcast, Broadcast):
             raise TypeError("the server payload did not decode to a Broadcast")
-        if self.clip is not None and action is Action.TRAIN:
-            # see client_app._train: integer buffers cannot be clipped, they stay on the clients
-            broadcast.params = {k: v for k, v in broadcast.params.items() if v.is_floating_point()}
         pack = self.settings.pack_arrays
         params = convert_params(broadcast.params, pack=pack)
         out = []
@@ -322,16 +313,7 @@ class FlowerExecutor:
     # ------------------------------------------------------------------ ClientExecutor
     def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, Any]:
         """``{client: (encoded ClientUpdate, train record) | ClientFailure}``, one per client."""
-        control: dict[str, Any] = {KEY_CLIPPING_NORM: self.clip} if self.clip is not None else {}
-        if self.clip is not None:
-            decoded = wire.decode(payload)
-            if decoded.extras:
-                raise FlowerRunError(
-                    "flower.dp: Flower's fixedclipping_mod clips exactly one ArrayRecord, but this algorithm "
-                    f"broadcasts extras ({', '.join(sorted(decoded.extras))}); disable flower.dp.enabled"
-                )
-        replies, failures = self._send(Action.TRAIN, rnd, clients, payload, control)
-        self.last_fit_replies = [replies[c] for c in clients if c in replies]
+        replies, failures = self._send(Action.TRAIN, rnd, clients, payload)
         out: dict[str, Any] = {}
         for client in clients:
             if client in failures:

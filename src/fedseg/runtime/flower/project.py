@@ -18,6 +18,7 @@ from typing import Any
 import tomli_w
 
 from fedseg.config import RunConfig
+from fedseg.io.atomic import atomic_write_text
 from fedseg.runtime.common import config_text
 from fedseg.runtime.flower.keys import RunKey
 
@@ -91,9 +92,9 @@ def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | No
         signature = sign_config(config_text(cfg), load_signing_key(sign_key))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "pyproject.toml"
-    path.write_text(tomli_w.dumps(app_pyproject(cfg, run_dir, command=command, signature=signature),
-                                  multiline_strings=True))
-    (out_dir / "fedseg.yaml").write_text(config_text(cfg))
+    atomic_write_text(path, tomli_w.dumps(app_pyproject(cfg, run_dir, command=command, signature=signature),
+                                          multiline_strings=True))
+    atomic_write_text(out_dir / "fedseg.yaml", config_text(cfg))
     return path
 
 
@@ -138,5 +139,5 @@ def write_connection(
     superlink[name] = entry
     if default or "default" not in superlink:
         superlink["default"] = name
-    path.write_text(tomli_w.dumps(data))
+    atomic_write_text(path, tomli_w.dumps(data))  # the user's flwr connections: never half-written
     return path

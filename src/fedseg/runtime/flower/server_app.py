@@ -21,14 +21,16 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedseg.algorithms import Algorithm, build_algorithm
+from fedseg.codecs import check_codec_config
 from fedseg.config import RunConfig
+from fedseg.engine.dpsgd import check_sample_dp
+from fedseg.engine.failures import QuorumError
+from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.engine.server import sample_clients
 from fedseg.runtime.build import build_federation, check_engine
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
-from fedseg.runtime.flower.dp import CentralDP, check_dp
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.types import Params
@@ -65,10 +67,15 @@ def check_flower_config(cfg: RunConfig) -> Algorithm:
 
     Raises:
         RunError: the centralised reference (pooled data has no place in a federation).
+        fedseg.config.ConfigError: ``privacy.client`` with what it cannot protect (``check_client_dp``).
         fedseg.algorithms.AlgorithmConfigError: bad algorithm hyperparameters.
+        fedseg.config.ConfigError: a bad codec chain, or ``privacy.sample`` with what DP-SGD cannot train.
     """
     algorithm = build_algorithm(cfg.algorithm)
     check_engine(algorithm, "flower")
+    check_codec_config(cfg.codec)  # codec chains, before any site is waited for or data loaded
+    check_client_dp(cfg, algorithm)
+    check_sample_dp(cfg, algorithm)  # DP-SGD refuses some algorithms and BatchNorm, before any site is waited for
     return algorithm
 
 
@@ -81,7 +88,9 @@ def check_resumable(run: RunDir) -> None:
     """
     if not run.checkpoint.is_file():
         raise RunError(f"--resume: no checkpoint at {run.checkpoint}; start the run without --resume")
-    ckpt = torch.load(run.checkpoint, map_location="cpu", weights_only=False)
+    from fedseg.io.safe import load_checkpoint  # weights_only: a checkpoint never runs code
+
+    ckpt = load_checkpoint(run.checkpoint, what="--resume")
     if ckpt.get("client_states") is None:
         raise RunError(
             f"--resume: the checkpoint {run.checkpoint} holds no client states (a deployed Flower run keeps them "
@@ -144,24 +153,16 @@ def run_server(
                          for s, i in sites.items()}},
     )
     model, server = federation.model, federation.server
-    clip = None
-    if cfg.flower.dp.enabled:
-        check_dp(cfg, algorithm, model)
-        clip = cfg.flower.dp.clipping_norm
-    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model), clip=clip,
+    server.declared_sizes = {s: int(i.sizes[0]) for s, i in sites.items()}  # update screening checks n_k against it
+    # client-level DP (privacy.client) runs inside ClientRuntime and FederationServer, as in-process
+    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model),
                               audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir,
-                              # the per-round deadline (engineer "resil" adds the key; until then reply_timeout)
-                              round_timeout=getattr(cfg.federation, "round_timeout", None))
-    if cfg.flower.dp.enabled:
-        fed = cfg.federation
-        sampled = len(sample_clients(names, fed.fraction, fed.min_clients, cfg.seed, 1))
-        # instance attribute: the server calls algorithm.aggregate at each round; the noise wraps it
-        setattr(algorithm, "aggregate", CentralDP(
-            algorithm.aggregate, lambda: executor.last_fit_replies, noise_multiplier=cfg.flower.dp.noise_multiplier,
-            clipping_norm=cfg.flower.dp.clipping_norm, num_sampled_clients=sampled,
-        ))
+                              round_timeout=cfg.federation.round_timeout)
     logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
-    summary = server.run_all(executor, resume=resume)
+    try:
+        summary = server.run_all(executor, resume=resume)
+    except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
+        raise FlowerRunError(str(exc)) from None
     if write_report:
         from fedseg.report import write_report as _write_report
 
