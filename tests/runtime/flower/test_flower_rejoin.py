@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import tiny_config
-from fedseg.config import FederationConfig, config_from_dict
+from fedseg.config import config_from_dict
 from fedseg.engine.rundir import read_metrics
 from fedseg.records import Field, Kind
 from fedseg.runtime.flower.certs import make_app_signing_key, make_certificates, make_supernode_keys
@@ -29,7 +29,6 @@ SITES = ["site0", "site1", "site2"]
 VICTIM = "site2"
 REPLY_TIMEOUT = 12.0
 ROUNDS = 8
-SERVER_HANDLES_FAILURES = "round_timeout" in FederationConfig.model_fields  # resil's change is merged
 
 
 class Deployment:
@@ -87,8 +86,6 @@ def _train_rounds(run_dir: Path, site: str) -> set[int]:
     return {int(r["round"]) for r in records if r.get("kind") == "train" and r.get("site") == site}
 
 
-@pytest.mark.xfail(not SERVER_HANDLES_FAILURES, strict=False,
-                   reason="needs the FederationServer's ClientFailure handling (engineer resil)")
 def test_a_killed_supernode_rejoins_the_same_run(deployment: Deployment) -> None:
     fed = deployment.fed
     cfg = config_from_dict(tiny_config("fedavg", rounds=ROUNDS, sites=3, federation={"min_clients": 2},
