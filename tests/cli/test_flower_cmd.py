@@ -40,7 +40,7 @@ def test_certs_make_a_ca_a_server_certificate_for_the_hosts_and_supernode_keys(t
     assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"10.1.2.3", "127.0.0.1"}
     key = load_pem_private_key((out / "server.key").read_bytes(), None)
     assert key.public_key().public_numbers() == server.public_key().public_numbers()  # type: ignore[union-attr]
-    for private in ("ca.key", "server.key", "hospital-a"):
+    for private in ("ca.key", "server.key", "hospital-a", "app-signing.key"):
         assert stat.S_IMODE((out / private).stat().st_mode) == 0o600, private
     node_key = load_ssh_private_key((out / "hospital-a").read_bytes(), None)
     node_pub = load_ssh_public_key((out / "hospital-a.pub").read_bytes())
@@ -151,9 +151,9 @@ def test_insecure_site_processes_warn_and_tls_is_the_default(monkeypatch: pytest
     import fedseg.runtime.flower.worker as worker
 
     started: list[tuple[object, ...]] = []
-    monkeypatch.setattr(supernode, "run_supernode", lambda args, idle_poll: started.append(("supernode", *args)))
+    monkeypatch.setattr(supernode, "run_supernode", lambda args, **kw: started.append(("supernode", *args)))
     monkeypatch.setattr(worker, "serve_clientapps",
-                        lambda address, insecure, root_certificates, poll_interval: started.append(
+                        lambda address, insecure, root_certificates, **kw: started.append(
                             ("clientapp", address, insecure)) or 0)
 
     tls = runner.invoke(app, ["flower", "supernode", "--superlink", "fl:9093", "--root-certificates", "ca.crt"])
@@ -168,3 +168,39 @@ def test_insecure_site_processes_warn_and_tls_is_the_default(monkeypatch: pytest
     remote = runner.invoke(app, ["flower", "clientapp", "--runtime-api-address", "10.0.0.5:9094", "--insecure"])
     assert remote.exit_code == 0 and "warning" in remote.output and "unencrypted" in remote.output
     assert started[2:] == [("clientapp", "127.0.0.1:9094", True), ("clientapp", "10.0.0.5:9094", True)]
+
+
+def test_a_signed_app_passes_the_sites_check_and_an_unsigned_one_does_not(tmp_path: Path) -> None:
+    from flwr.cli.build import build_fab_from_disk
+
+    from fedseg.runtime.flower.trust import AppRefused, check_fab, check_signature, load_trusted_keys
+
+    certs = tmp_path / "certs"
+    assert runner.invoke(app, ["flower", "certs", str(certs), "--host", "fl"]).exit_code == 0
+    cfg = _cfg(tmp_path, tiny_config("fedavg"))
+    signed = runner.invoke(app, ["flower", "app", str(tmp_path / "signed"), str(cfg), "--run-dir", "/r",
+                                 "--sign-key", str(certs / "app-signing.key")])
+    assert signed.exit_code == 0 and "signed" in signed.output, signed.output
+    unsigned = runner.invoke(app, ["flower", "app", str(tmp_path / "unsigned"), str(cfg), "--run-dir", "/r"])
+    assert unsigned.exit_code == 0 and "unsigned" in unsigned.output
+    trusted = load_trusted_keys([certs / "app-signing.pub"])
+    for name in ("signed", "unsigned"):
+        check_fab(build_fab_from_disk(tmp_path / name))  # both are fedseg apps
+    check_signature(tomllib.loads((tmp_path / "signed" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+                    ["config"], trusted)
+    with pytest.raises(AppRefused):
+        check_signature(tomllib.loads((tmp_path / "unsigned" / "pyproject.toml").read_text())["tool"]["flwr"]["app"]
+                        ["config"], trusted)
+    wrong = runner.invoke(app, ["flower", "app", str(tmp_path / "x"), str(cfg), "--run-dir", "/r",
+                                "--sign-key", str(certs / "ca.key")])  # not an Ed25519 key
+    assert wrong.exit_code == 2 and "--sign-key" in wrong.output and "Ed25519" in wrong.output
+
+
+def test_clientapp_and_superlink_options_are_checked(tmp_path: Path) -> None:
+    (tmp_path / "bad.pub").write_text("not a key\n")
+    bad = runner.invoke(app, ["flower", "clientapp", "--trusted-app-key", str(tmp_path / "bad.pub")])
+    assert bad.exit_code == 2 and "--trusted-app-key" in bad.output
+    no_port = runner.invoke(app, ["flower", "superlink", "--fleet-address", "0.0.0.0"])
+    assert no_port.exit_code == 2 and "HOST:PORT" in no_port.output
+    wait = runner.invoke(app, ["flower", "supernode", "--heartbeat-interval", "3"])
+    assert wait.exit_code == 2 and "--heartbeat-interval" in wait.output

@@ -6,6 +6,7 @@
 * ``fedseg flower clientapp``: the long-lived ClientApp process of a SuperNode started with
   ``--isolation process``.
 * ``fedseg flower supernode``: Flower's SuperNode with its polling sleeps shortened (optional).
+* ``fedseg flower superlink``: Flower's SuperLink whose public port serves only the Fleet API.
 
 Flower itself (``flwr``) is imported only when a command runs.
 """
@@ -88,13 +89,21 @@ def certs(
     ] = None,
     days: Annotated[int, typer.Option(help="validity of the certificates in days")] = 365,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace existing files")] = False,
+    app_signing_key: Annotated[bool, typer.Option(
+        "--app-signing-key/--no-app-signing-key", help="also make the operator's app signing key pair")] = True,
 ) -> None:
-    """Make a CA, the SuperLink's TLS certificate for --host names, and SuperNode key pairs."""
-    from fedseg.runtime.flower.certs import CertificateError, make_certificates, make_supernode_keys
+    """Make a CA, the SuperLink's TLS certificate for --host names, SuperNode key pairs and the app signing key."""
+    from fedseg.runtime.flower.certs import (
+        CertificateError,
+        make_app_signing_key,
+        make_certificates,
+        make_supernode_keys,
+    )
 
     try:
         files = make_certificates(out_dir, host, days=days, overwrite=overwrite)
         keys = make_supernode_keys(out_dir, supernode or [], overwrite=overwrite)
+        signing = make_app_signing_key(out_dir, overwrite=overwrite) if app_signing_key else None
     except CertificateError as exc:
         _fail(str(exc))
         return
@@ -105,6 +114,9 @@ def certs(
     console.print(f"CA key (keep offline): {files.ca_key}")
     for name, (private, public) in keys.items():
         console.print(f"SuperNode {name}: private key {private} (stays on the site), public key {public} (register)")
+    if signing is not None:
+        console.print(f"app signing key (stays with the operator, `fedseg flower app --sign-key`): {signing[0]}; "
+                      f"its public key (every site, `fedseg flower clientapp --trusted-app-key`): {signing[1]}")
 
 
 @app.command()
@@ -138,6 +150,8 @@ def app_dir(
     config: Annotated[Path, typer.Argument(help="fedseg YAML run configuration")],
     run_dir: Annotated[Path, typer.Option("--run-dir", help="run directory on the SuperLink machine")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=5")] = None,
+    sign_key: Annotated[Path | None, typer.Option(
+        "--sign-key", help="the operator's app signing key (app-signing.key): sign the configuration")] = None,
 ) -> None:
     """Write the Flower app that `flwr run` submits: fedseg's ServerApp/ClientApp + this config."""
     from fedseg.algorithms import AlgorithmConfigError
@@ -155,8 +169,13 @@ def app_dir(
         return
     sets = " ".join(f"--set {s}" for s in set_ or [])
     command = f"flwr run {out_dir}  # fedseg flower app {out_dir} {config} --run-dir {run_dir} {sets}".rstrip()
-    path = write_app(out_dir, cfg, run_dir, command=command)
-    console.print(f"Flower app: {path} (run directory on the SuperLink machine: {run_dir})")
+    try:
+        path = write_app(out_dir, cfg, run_dir, command=command, sign_key=sign_key)
+    except ValueError as exc:
+        _fail(f"--sign-key: {exc}")
+        return
+    signed = "signed" if sign_key is not None else "unsigned: sites with --trusted-app-key refuse it"
+    console.print(f"Flower app: {path} ({signed}; run directory on the SuperLink machine: {run_dir})")
 
 
 @app.command()
@@ -169,10 +188,20 @@ def clientapp(
     ] = None,
     insecure: Annotated[bool, typer.Option("--insecure", help="plain HTTP to a non-loopback Runtime API")] = False,
     poll_interval: Annotated[float, typer.Option(help="seconds between task polls when idle")] = 0.05,
+    trusted_app_key: Annotated[list[Path] | None, typer.Option(
+        "--trusted-app-key", help="the operator's app-signing.pub: run only apps it signed (repeat for several)")
+    ] = None,
 ) -> None:
     """Serve a SuperNode's ClientApp tasks in one long-lived process (SuperNode --isolation process)."""
     from fedseg.runtime.flower.simulation import apply_env_defaults
+    from fedseg.runtime.flower.trust import load_trusted_keys
     from fedseg.runtime.flower.worker import WorkerError, serve_clientapps
+
+    try:
+        trusted = load_trusted_keys(trusted_app_key or [])
+    except ValueError as exc:
+        _fail(f"--trusted-app-key: {exc}")
+        return
 
     if insecure and root_certificates is not None:
         _fail("give --root-certificates or --insecure, not both")
@@ -189,7 +218,7 @@ def clientapp(
         logging.getLogger("fedseg").setLevel(logging.INFO)
     try:
         done = serve_clientapps(runtime_api_address, insecure=plain, root_certificates=root_certificates,
-                                poll_interval=poll_interval)
+                                poll_interval=poll_interval, trusted_keys=trusted)
     except WorkerError as exc:
         _fail(str(exc))
         return
@@ -200,6 +229,11 @@ def clientapp(
 def supernode(
     ctx: typer.Context,
     idle_poll: Annotated[float, typer.Option("--idle-poll", help="cap of the SuperNode's polling sleeps (s)")] = 0.2,
+    rejoin_wait: Annotated[float, typer.Option(
+        "--rejoin-wait", help="after a restart, retry activation this long while the SuperLink still sees the node "
+                              "online (s)")] = 90.0,
+    heartbeat_interval: Annotated[float | None, typer.Option(
+        "--heartbeat-interval", help="seconds between heartbeats (Flower: 30, min 10)")] = None,
 ) -> None:
     """Flower's SuperNode (every flower-supernode option passes through) with shorter polling sleeps."""
     from fedseg.runtime.flower.simulation import apply_env_defaults
@@ -207,7 +241,32 @@ def supernode(
 
     if idle_poll <= 0:
         _fail(f"--idle-poll must be > 0, got {idle_poll}")
+    if rejoin_wait < 0:
+        _fail(f"--rejoin-wait must be >= 0, got {rejoin_wait}")
+    if heartbeat_interval is not None and heartbeat_interval < 10:
+        _fail(f"--heartbeat-interval must be >= 10 (Flower's minimum), got {heartbeat_interval}")
     if "--insecure" in ctx.args:
         _warn_insecure("this SuperNode's connection to the SuperLink")
     apply_env_defaults()
-    run_supernode(list(ctx.args), idle_poll=idle_poll)
+    run_supernode(list(ctx.args), idle_poll=idle_poll, rejoin_wait=rejoin_wait, heartbeat_interval=heartbeat_interval)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def superlink(
+    ctx: typer.Context,
+    fleet_address: Annotated[str, typer.Option(
+        "--fleet-address", help="HOST:PORT the sites reach (e.g. 0.0.0.0:9093): the Fleet API only")],
+) -> None:
+    """Flower's SuperLink (every flower-superlink option passes through; its --host/--port must be loopback:
+    the operator's Control API) that also serves the Fleet API, and only it, on --fleet-address."""
+    from fedseg.runtime.flower.simulation import apply_env_defaults
+    from fedseg.runtime.flower.superlink import parse_address, run_superlink
+
+    try:
+        parse_address(fleet_address, what="--fleet-address")
+    except ValueError as exc:
+        _fail(str(exc))
+    if "--insecure" in ctx.args:
+        _warn_insecure("this SuperLink")
+    apply_env_defaults()
+    run_superlink(list(ctx.args), fleet_address=fleet_address)

@@ -87,3 +87,35 @@ def write_folder_sites(root: Path, sites: list[str], *, n: int = 8, size: int = 
             image[mask == 1] += 120
             Image.fromarray(image).save(root / site / "images" / f"case{i:02d}.png")
             Image.fromarray(mask).save(root / site / "masks" / f"case{i:02d}.png")
+
+
+FOREIGN_APP = '''"""Not fedseg: a ClientApp that would list the site's files."""
+from pathlib import Path
+
+from flwr.app import Message
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
+
+client = ClientApp()
+server = ServerApp()
+
+
+@client.query()
+def snoop(message: Message, context) -> Message:
+    Path("PWNED").write_text("\\n".join(str(p) for p in Path("/").iterdir()))
+    return Message(message.content, reply_to=message)
+'''
+
+
+def write_foreign_app(app_dir: Path, *, publisher: str = "mole", name: str = "mole-app") -> Path:
+    """A Flower app that is not fedseg's (its own code): what an intruder would submit."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    (app_dir / "mole_app.py").write_text(FOREIGN_APP)
+    (app_dir / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n\n'
+        f'[project]\nname = "{name}"\nversion = "1.0.0"\ndependencies = []\n\n'
+        f'[tool.flwr.app]\npublisher = "{publisher}"\n\n'
+        '[tool.flwr.app.components]\nserverapp = "mole_app:server"\nclientapp = "mole_app:client"\n\n'
+        '[tool.flwr.app.config]\n'
+    )
+    return app_dir

@@ -1,7 +1,8 @@
 """docs/deployment.md, executed: every ``bash`` block of the page runs, in order, on 127.0.0.1 with
 the page's variables set for a loopback "three machines" (server, hospital-a, hospital-b; TLS,
 SuperNode authentication, folder data). A documented command that breaks fails this test. Then:
-a SuperNode without valid credentials cannot join."""
+a SuperNode without valid credentials cannot join; someone holding only ``ca.crt`` can neither
+register a SuperNode key nor submit a run; a site refuses a run the operator did not sign."""
 
 from __future__ import annotations
 
@@ -15,11 +16,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flower_testlib import write_folder_sites
+from flower_testlib import write_folder_sites, write_foreign_app
 from fedseg.config import config_from_dict
 from fedseg.engine.rundir import read_metrics
 from fedseg.runtime.flower.certs import make_supernode_keys
 from fedseg.runtime.flower.loopback import LoopbackFederation, bin_path, free_port, wait_for_port
+from fedseg.runtime.flower.project import write_app, write_connection
 
 pytestmark = pytest.mark.slow
 
@@ -70,10 +72,11 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Loopbac
     (work / "multicenter.yaml").write_text(yaml.safe_dump(raw))
     port = free_port()
     server = {"SUPERLINK_HOST": "127.0.0.1", "SUPERLINK_PORT": str(port), "SUPERLINK_BIND": "127.0.0.1",
-              "CERTS": str(work / "certs"), "CONFIG": str(work / "multicenter.yaml"), "APP": str(work / "app"),
+              "CONTROL_PORT": str(free_port()), "CERTS": str(work / "certs"), "CONFIG": str(work / "multicenter.yaml"), "APP": str(work / "app"),
               "RUN_DIR": str(work / "runs" / "multicenter_fedbn")}
     sites = {site: {**server, "SITE": site, "SITE_KEY": str(work / "certs" / site), "CA_CERT": str(work / "certs/ca.crt"),
-                    "DATA_ROOT": str(work / "data"), "RUNTIME_PORT": str(free_port())} for site in SITES}
+                    "APP_KEY": str(work / "certs/app-signing.pub"), "DATA_ROOT": str(work / "data"),
+                    "RUNTIME_PORT": str(free_port())} for site in SITES}
     prelude = ""
     with LoopbackFederation(work) as fed:
         for step in doc_steps(text):
@@ -134,3 +137,49 @@ def test_a_supernode_without_valid_credentials_cannot_join(deployed: tuple[Loopb
                      env=env)
     nodes = json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]
     assert len(nodes) == 2  # the two registered hospitals, nobody else
+
+
+def _nodes(fed: LoopbackFederation, env: dict[str, str]) -> set[str]:
+    listed = fed.run([bin_path("flwr"), "supernode", "list", "fedseg", "--format", "json"], timeout=60, env=env)
+    return {str(n["node-id"]) for n in json.loads(listed.stdout[listed.stdout.index("{"):])["nodes"]}
+
+
+def test_a_holder_of_ca_crt_can_neither_register_a_node_nor_submit(deployed: tuple[LoopbackFederation,
+                                                                                      dict[str, str]]) -> None:
+    """The probe's attack: a second Flower home with only ``ca.crt``, on the port the sites reach."""
+    fed, env = deployed
+    home = fed.workdir / "intruder_home"
+    write_connection("mole", f"127.0.0.1:{env['SUPERLINK_PORT']}", root_certificates=Path(env["CERTS"]) / "ca.crt",
+                     home=home)
+    mole_env = {**env, "FLWR_HOME": str(home)}
+    (_, public), = make_supernode_keys(fed.workdir / "mole_keys", ["mole"]).values()
+    before = _nodes(fed, env)
+    attempts = {
+        "register": ["supernode", "register", str(public), "mole"],
+        "list": ["supernode", "list", "mole"],
+        "submit": ["run", str(write_foreign_app(fed.workdir / "mole_app")), "mole"],
+        "submit-fedseg": ["run", str(fed.workdir / "app"), "mole"],
+    }
+    for name, args in attempts.items():
+        done = fed.run([bin_path("flwr"), *args], timeout=120, check=False, env=mole_env)
+        out = done.stdout + done.stderr
+        assert done.returncode != 0 and "forbidden" in out, f"{name} was not refused:\n{out[-1500:]}"
+    assert _nodes(fed, env) == before  # nothing registered
+    runs = fed.run([bin_path("flwr"), "list", "fedseg", "--format", "json"], timeout=60, env=env)
+    assert "mole" not in runs.stdout
+    assert not list(fed.workdir.rglob("PWNED"))
+
+
+def test_a_site_refuses_a_run_the_operator_did_not_sign(deployed: tuple[LoopbackFederation, dict[str, str]]) -> None:
+    """What remains if the Control API were reached anyway: the sites run only signed fedseg runs."""
+    fed, env = deployed
+    cfg = config_from_dict(yaml.safe_load(Path(env["CONFIG"]).read_text()))
+    run_dir = fed.workdir / "runs" / "unsigned"
+    write_app(fed.workdir / "unsigned_app", cfg, run_dir)  # no --sign-key
+    fed.run([bin_path("flwr"), "run", str(fed.workdir / "unsigned_app"), "fedseg", "--stream"], timeout=240,
+            check=False, env=env)
+    for site in SITES:
+        log = fed.log_text(f"clientapp_{site}")
+        assert "refused a ClientApp task" in log and "not signed" in log, site
+    assert not (run_dir / "metrics.jsonl").is_file() or not [
+        r for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "train"]

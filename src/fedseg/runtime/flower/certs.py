@@ -6,7 +6,10 @@
   (``localhost`` and ``127.0.0.1`` are always included, for the ServerApp on the same machine);
 * one EC key pair per SuperNode for Flower's SuperNode authentication (``<name>`` and
   ``<name>.pub``, OpenSSH format as ``flower-supernode --auth-supernode-private-key`` and
-  ``flwr supernode register`` expect).
+  ``flwr supernode register`` expect);
+* the operator's app signing key (``app-signing.key``, Ed25519, secret: stays with the operator;
+  ``app-signing.pub``: every site), with which ``fedseg flower app --sign-key`` signs each run's
+  configuration and each site's ``fedseg flower clientapp --trusted-app-key`` checks it.
 
 Private keys are written with mode 0600 and never overwritten unless asked.
 """
@@ -25,7 +28,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateFiles", "CertificateError", "make_certificates", "make_supernode_keys"]
+__all__ = ["CertificateFiles", "CertificateError", "make_certificates", "make_supernode_keys",
+           "make_app_signing_key", "APP_SIGNING_KEY"]
 
 _ALWAYS = ("localhost", "127.0.0.1")
 
@@ -174,3 +178,22 @@ def make_supernode_keys(out_dir: Path, names: Sequence[str], *, overwrite: bool 
         _write(pub_path, public + b"\n", private=False, overwrite=overwrite)
         out[name] = (priv_path, pub_path)
     return out
+
+
+APP_SIGNING_KEY = "app-signing"
+"""File stem of the operator's app signing key pair (``app-signing.key``, ``app-signing.pub``)."""
+
+
+def make_app_signing_key(out_dir: Path, *, overwrite: bool = False) -> tuple[Path, Path]:
+    """The operator's Ed25519 app signing key pair: (``app-signing.key``, ``app-signing.pub``).
+
+    Raises:
+        CertificateError: a file exists and ``overwrite`` is False.
+    """
+    from fedseg.runtime.flower.trust import make_signing_key
+
+    private, public = make_signing_key()
+    priv_path, pub_path = out_dir / f"{APP_SIGNING_KEY}.key", out_dir / f"{APP_SIGNING_KEY}.pub"
+    _write(priv_path, private, private=True, overwrite=overwrite)
+    _write(pub_path, public, private=False, overwrite=overwrite)
+    return priv_path, pub_path

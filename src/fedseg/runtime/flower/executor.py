@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 
 from fedseg.config import FlowerConfig
 from fedseg.engine import wire
@@ -39,7 +39,7 @@ from fedseg.runtime.flower.records import (
     eval_from_content,
     update_from_content,
 )
-from fedseg.types import Broadcast
+from fedseg.types import Broadcast, ClientFailure
 
 __all__ = ["FlowerExecutor", "FlowerRunError", "SiteInfo", "discover_sites", "RECEIVED_KEYS_FILE"]
 
@@ -78,20 +78,38 @@ def _reason(text: str | None) -> str:
     return f"{m['type']}: {m['message']}" if m else text
 
 
+_EXPIRED = (ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE)
+"""Error replies the SuperLink makes for a message or reply whose TTL ran out: no reply in time."""
+
+
 def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float, poll: float,
-              what: str, errors: dict[str, str] | None = None) -> dict[str, Message]:
-    """Push messages (``(site, message)``) and pull every reply; raise on timeout or error replies
-    (or, with ``errors``, collect each error reply's reason there and go on)."""
+              what: str, setting: str = "flower.reply_timeout", errors: dict[str, str] | None = None
+              ) -> dict[str, Message]:
+    """Push messages (``(site, message)``) and pull every reply.
+
+    Args:
+        timeout: seconds to wait for every reply; ``setting`` names the config key it comes from.
+        errors: None: raise on the first error reply or at the timeout; else collect there, by
+            site, each error reply's reason and, for each missing reply, a message naming
+            ``setting``, and go on.
+
+    Raises:
+        FlowerRunError: an error reply or a missing reply, when ``errors`` is None.
+    """
     if not messages:
         return {}
     ids = list(grid.push_messages([m for _, m in messages]))
     pending = {mid: site for mid, (site, _) in zip(ids, messages, strict=True)}
     replies: dict[str, Message] = {}
     deadline = time.monotonic() + timeout
+    expired: list[str] = []
     while pending:
         for reply in grid.pull_messages(list(pending)):
             site = pending.pop(reply.metadata.reply_to_message_id, None)
             if site is None:
+                continue
+            if reply.has_error() and reply.error.code in _EXPIRED:  # the message's TTL (= the deadline) ran out
+                expired.append(site)
                 continue
             if reply.has_error():
                 if errors is None:
@@ -100,13 +118,16 @@ def _exchange(grid: Grid, messages: list[tuple[str, Message]], *, timeout: float
                 errors[site] = _reason(reply.error.reason)
                 continue
             replies[site] = reply
-        if not pending:
+        if not pending and not expired:
             break
-        if time.monotonic() > deadline:
-            raise FlowerRunError(
-                f"no reply to the {what} message from {', '.join(sorted(pending.values()))} within {timeout:.0f} s "
-                "(flower.reply_timeout); check that their SuperNodes and ClientApp processes are running"
-            )
+        if not pending or time.monotonic() > deadline:
+            late = sorted([*pending.values(), *expired])
+            reason = (f"no reply to the {what} message from {{site}} within {timeout:g} s ({setting}); check that "
+                      "its SuperNode and ClientApp process are running")
+            if errors is None:
+                raise FlowerRunError(reason.format(site=", ".join(late)))
+            errors.update({site: reason.format(site=site) for site in late})
+            break
         time.sleep(poll)
     return replies
 
@@ -138,7 +159,8 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
             ]
             errors: dict[str, str] = {}
             replies = _exchange(grid, messages, timeout=max(1.0, deadline - time.monotonic()),
-                                poll=settings.poll_interval, what="hello", errors=errors)
+                                poll=settings.poll_interval, what="hello", setting="flower.connect_timeout",
+                                errors=errors)
             if errors:
                 raise FlowerRunError(
                     f"{len(errors)} SuperNode(s) could not start their site, so no training started:\n"
@@ -192,14 +214,22 @@ class FlowerExecutor:
         settings: the ``flower`` section of the run config.
         local_keys: the algorithm's local keys on the server's model: a reply carrying one raises
             :class:`PrivacyError` (the client checks first; this is the server's own check).
-        clip: central DP: the clipping norm sent with training messages (Flower's
-            ``fixedclipping_mod`` reads it), or None.
         audit_path: where :meth:`committed` writes every tensor name each site sent.
         state_dir: simulation only: the run's ``client_states/``, where each ClientApp writes its
             state after every round (``state_file_name``). The checkpoint's client states are
             then those files (the in-process ``ClientStateStore`` snapshot format, so
             ``--resume`` and ``fedseg eval --client`` work); every message names the file the
             client must hold. None (deployment): client states stay on the SuperNodes.
+        round_timeout: ``federation.round_timeout``: seconds to wait for the replies of one
+            exchange (a round's training, an evaluation, personalize); None: wait
+            ``flower.reply_timeout``. Every message expires (Flower TTL) at that deadline, so a
+            SuperNode that comes back later never runs a stale round.
+
+    Failures (the executor contract of :class:`~fedseg.engine.server.ClientExecutor`): ``fit``,
+    ``evaluate`` and ``personalize`` return one entry per requested client, the reply or a
+    :class:`~fedseg.types.ClientFailure` when that client answered with an error (its ClientApp
+    raised, its SuperNode became unavailable) or sent nothing by the deadline (the reason names
+    the setting that governs it). They never raise for one client; the FederationServer decides.
     """
 
     def __init__(
@@ -210,21 +240,21 @@ class FlowerExecutor:
         settings: FlowerConfig,
         *,
         local_keys: set[str],
-        clip: float | None = None,
         audit_path: Path | None = None,
         state_dir: Path | None = None,
+        round_timeout: float | None = None,
     ) -> None:
         self.grid = grid
         self.sites = dict(sites)
         self.indices = dict(indices)
         self.settings = settings
         self.local_keys = set(local_keys)
-        self.clip = clip
         self.audit_path = audit_path
         self.state_dir = state_dir
+        self.timeout, self.timeout_setting = ((round_timeout, "federation.round_timeout") if round_timeout is not None
+                                              else (settings.reply_timeout, "flower.reply_timeout"))
         self.state_files: dict[str, str] = {}
         self.received: dict[str, dict[str, set[str]]] = {}
-        self.last_fit_replies: list[Message] = []
 
     # ------------------------------------------------------------------ messages
     def _messages(self, action: Action, rnd: int, clients: Iterable[str], payload: bytes,
@@ -232,9 +262,6 @@ class FlowerExecutor:
         broadcast = wire.decode(payload)
         if not isinstance(broadcast, Broadcast):
             raise TypeError("the server payload did not decode to a Broadcast")
-        if self.clip is not None and action is Action.TRAIN:
-            # see client_app._train: integer buffers cannot be clipped, they stay on the clients
-            broadcast.params = {k: v for k, v in broadcast.params.items() if v.is_floating_point()}
         pack = self.settings.pack_arrays
         params = convert_params(broadcast.params, pack=pack)
         out = []
@@ -252,30 +279,51 @@ class FlowerExecutor:
                 params=params,
             )
             out.append((client, Message(content, dst_node_id=self.sites[client].node_id, message_type=action.value,
-                                        group_id=str(rnd))))
+                                        group_id=str(rnd), ttl=self.timeout)))
         return out
 
     def _send(self, action: Action, rnd: int, clients: list[str], payload: bytes,
-              control: Mapping[str, Any] | None = None) -> dict[str, Message]:
+              control: Mapping[str, Any] | None = None) -> tuple[dict[str, Message], dict[str, ClientFailure]]:
+        """Send one message per client; the replies and, for the others, why there is none."""
         messages = self._messages(action, rnd, clients, payload, control or {})
-        return _exchange(self.grid, messages, timeout=self.settings.reply_timeout, poll=self.settings.poll_interval,
-                         what=f"{action.value} (round {rnd})")
+        errors: dict[str, str] = {}
+        what = f"{action.value} (round {rnd})"
+        replies = _exchange(self.grid, messages, timeout=self.timeout, poll=self.settings.poll_interval, what=what,
+                            setting=self.timeout_setting, errors=errors)
+        failures = {}
+        for client, reason in errors.items():
+            if not reason.startswith("no reply"):
+                reason = f"{client} answered the {what} message with an error: {reason}"
+            logger.warning("%s", reason)
+            failures[client] = ClientFailure(client, reason)
+        return replies, failures
+
+    @staticmethod
+    def _decoded(client: str, what: str, decode: Any) -> Any:
+        """``decode()``, or a ClientFailure when the reply cannot be read (a broken or foreign client)."""
+        try:
+            return decode()
+        except PrivacyError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any malformed reply is that client's failure
+            reason = f"{client} sent an unreadable {what} reply: {type(exc).__name__}: {exc}"
+            logger.warning("%s", reason)
+            return ClientFailure(client, reason)
 
     # ------------------------------------------------------------------ ClientExecutor
-    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, tuple[bytes, dict[str, Any]]]:
-        control: dict[str, Any] = {KEY_CLIPPING_NORM: self.clip} if self.clip is not None else {}
-        if self.clip is not None:
-            decoded = wire.decode(payload)
-            if decoded.extras:
-                raise FlowerRunError(
-                    "flower.dp: Flower's fixedclipping_mod clips exactly one ArrayRecord, but this algorithm "
-                    f"broadcasts extras ({', '.join(sorted(decoded.extras))}); disable flower.dp.enabled"
-                )
-        replies = self._send(Action.TRAIN, rnd, clients, payload, control)
-        self.last_fit_replies = [replies[c] for c in clients]
-        out: dict[str, tuple[bytes, dict[str, Any]]] = {}
+    def fit(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, Any]:
+        """``{client: (encoded ClientUpdate, train record) | ClientFailure}``, one per client."""
+        replies, failures = self._send(Action.TRAIN, rnd, clients, payload)
+        out: dict[str, Any] = {}
         for client in clients:
-            update, record = update_from_content(replies[client].content)
+            if client in failures:
+                out[client] = failures[client]
+                continue
+            decoded = self._decoded(client, "train", lambda: update_from_content(replies[client].content))
+            if isinstance(decoded, ClientFailure):
+                out[client] = decoded
+                continue
+            update, record = decoded
             leaked = self.local_keys & set(update.params)
             if leaked:
                 raise PrivacyError(f"{client} sent parameters its algorithm keeps local: {sorted(leaked)[:5]}")
@@ -283,21 +331,30 @@ class FlowerExecutor:
             seen["params"].update(update.params)
             seen["extras"].update(update.extras)
             out[client] = (wire.encode(update), record)
-        self._states_written(clients, rnd)
+        self._states_written([c for c in clients if not isinstance(out[c], ClientFailure)], rnd)
         return out
 
-    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, bytes]:
-        replies = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+    def evaluate(self, rnd: int, clients: list[str], payload: bytes, split: str) -> dict[str, Any]:
+        """``{client: wire.encode_records(records) | ClientFailure}``, one per client."""
+        replies, failures = self._send(Action.EVALUATE, rnd, clients, payload, {Field.SPLIT.value: split})
+        out: dict[str, Any] = dict(failures)
+        for client, reply in replies.items():
+            # the records reply as the client's runtime serialized it in-process (a lossless conversion)
+            out[client] = self._decoded(client, "evaluate",
+                                        lambda r=reply: wire.encode_records(eval_from_content(r.content)))
         if split == Split.VAL:  # the clients saved their selection state (see client_app._evaluate)
-            self._states_written(clients, rnd)
-        # the records reply as the client's runtime serialized it in-process (a lossless conversion)
-        return {c: wire.encode_records(eval_from_content(r.content)) for c, r in replies.items()}
+            self._states_written([c for c in clients if not isinstance(out.get(c), ClientFailure)], rnd)
+        return {c: out[c] for c in clients}
 
-    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, bytes]:
-        replies = self._send(Action.PERSONALIZE, rnd, clients, payload)
-        self._states_written(clients, rnd)
-        return {c: wire.encode_records([config_to_dict(r.content.config_records[Record.RECORD.value])])
-                for c, r in replies.items()}
+    def personalize(self, rnd: int, clients: list[str], payload: bytes) -> dict[str, Any]:
+        """``{client: wire.encode_records([record]) | ClientFailure}``, one per client."""
+        replies, failures = self._send(Action.PERSONALIZE, rnd, clients, payload)
+        out: dict[str, Any] = dict(failures)
+        for client, reply in replies.items():
+            out[client] = self._decoded(client, "personalize", lambda r=reply: wire.encode_records(
+                [config_to_dict(r.content.config_records[Record.RECORD.value])]))
+        self._states_written([c for c in clients if not isinstance(out.get(c), ClientFailure)], rnd)
+        return {c: out[c] for c in clients}
 
     def _states_written(self, clients: list[str], rnd: int) -> None:
         if self.state_dir is not None:  # each client wrote its state of this round (see client_app)

@@ -81,6 +81,9 @@ class RunKey(StrEnum):
     """Where the ServerApp writes the run directory (a path on the SuperLink machine)."""
     COMMAND = "command"
     """The command line recorded in ``command.txt``."""
+    SIGNATURE = "fedseg-signature"
+    """The operator's Ed25519 signature of :attr:`CONFIG` (base64; ``fedseg flower app --sign-key``),
+    which a site's ``fedseg flower clientapp --trusted-app-key`` checks before running anything."""
     STATE_DIR = "client-state-dir"
     """Simulation only (read from the apps' built-in defaults, never from ``flwr run``): the run's
     ``client_states/`` folder, where each ClientApp writes its state after every round so that the

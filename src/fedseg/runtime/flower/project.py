@@ -22,7 +22,8 @@ from fedseg.io.atomic import atomic_write_text
 from fedseg.runtime.common import config_text
 from fedseg.runtime.flower.keys import RunKey
 
-__all__ = ["APP_COMPONENTS", "app_pyproject", "write_app", "write_connection", "flwr_home"]
+__all__ = ["APP_COMPONENTS", "APP_FILES", "APP_NAME", "APP_PUBLISHER", "app_pyproject", "write_app",
+           "write_connection", "flwr_home"]
 
 APP_COMPONENTS = {
     "serverapp": "fedseg.runtime.flower.server_app:app",
@@ -30,16 +31,26 @@ APP_COMPONENTS = {
 }
 """The ``[tool.flwr.app.components]`` of every fedseg Flower app."""
 
+APP_NAME = "fedseg-app"
+APP_PUBLISHER = "fedseg"
+APP_FILES = frozenset({"pyproject.toml", "fedseg.yaml"})
+"""The files of a fedseg app directory: a site refuses an app (FAB) holding any other
+(:func:`fedseg.runtime.flower.trust.check_fab`)."""
 
-def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, version: str = "1.0.0") -> dict[str, Any]:
-    """The ``pyproject.toml`` of a fedseg Flower app for ``cfg`` as a mapping."""
+
+def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, version: str = "1.0.0",
+                  signature: str | None = None) -> dict[str, Any]:
+    """The ``pyproject.toml`` of a fedseg Flower app for ``cfg`` as a mapping; ``signature``: the
+    operator's signature of ``config_text(cfg)`` (:func:`fedseg.runtime.flower.trust.sign_config`)."""
     config: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    if signature:
+        config[RunKey.SIGNATURE.value] = signature
     if command:
         config[RunKey.COMMAND.value] = command
     return {
         "build-system": {"requires": ["hatchling"], "build-backend": "hatchling.build"},
         "project": {
-            "name": "fedseg-app",
+            "name": APP_NAME,
             "version": version,
             "description": f"fedseg federation {cfg.name!r}: {cfg.algorithm['name']}",
             "license": "Apache-2.0",
@@ -48,7 +59,7 @@ def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, 
         "tool": {
             "flwr": {
                 "app": {
-                    "publisher": "fedseg",
+                    "publisher": APP_PUBLISHER,
                     "components": dict(APP_COMPONENTS),
                     "config": config,
                 }
@@ -57,20 +68,32 @@ def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, 
     }
 
 
-def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | None = None) -> Path:
+def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | None = None,
+              sign_key: Path | None = None) -> Path:
     """Write the Flower app directory for ``cfg`` (``pyproject.toml`` + a copy of the config).
 
     Args:
         out_dir: the app directory (created; an existing pyproject.toml is replaced).
         run_dir: where the ServerApp writes the run directory, on the SuperLink machine; a relative
             path is relative to the SuperLink's working directory.
+        sign_key: the operator's Ed25519 private key: sign the configuration, so that sites
+            started with ``--trusted-app-key`` run it (docs/deployment.md).
 
     Returns:
         The path of ``pyproject.toml``.
+
+    Raises:
+        ValueError: ``sign_key`` is not a readable Ed25519 private key.
     """
+    signature = None
+    if sign_key is not None:
+        from fedseg.runtime.flower.trust import load_signing_key, sign_config
+
+        signature = sign_config(config_text(cfg), load_signing_key(sign_key))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "pyproject.toml"
-    atomic_write_text(path, tomli_w.dumps(app_pyproject(cfg, run_dir, command=command), multiline_strings=True))
+    atomic_write_text(path, tomli_w.dumps(app_pyproject(cfg, run_dir, command=command, signature=signature),
+                                          multiline_strings=True))
     atomic_write_text(out_dir / "fedseg.yaml", config_text(cfg))
     return path
 

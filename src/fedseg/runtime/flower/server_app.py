@@ -23,9 +23,11 @@ from flwr.serverapp import Grid, ServerApp
 from fedseg.algorithms import Algorithm, build_algorithm
 from fedseg.codecs import check_codec_config
 from fedseg.config import RunConfig
+from fedseg.engine.dpsgd import check_sample_dp
+from fedseg.engine.failures import QuorumError
+from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.engine.privacy import check_client_dp
 from fedseg.runtime.build import build_federation, check_engine
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
@@ -67,12 +69,13 @@ def check_flower_config(cfg: RunConfig) -> Algorithm:
         RunError: the centralised reference (pooled data has no place in a federation).
         fedseg.config.ConfigError: ``privacy.client`` with what it cannot protect (``check_client_dp``).
         fedseg.algorithms.AlgorithmConfigError: bad algorithm hyperparameters.
-        fedseg.config.ConfigError: a bad codec chain.
+        fedseg.config.ConfigError: a bad codec chain, or ``privacy.sample`` with what DP-SGD cannot train.
     """
     algorithm = build_algorithm(cfg.algorithm)
     check_engine(algorithm, "flower")
     check_codec_config(cfg.codec)  # codec chains, before any site is waited for or data loaded
     check_client_dp(cfg, algorithm)
+    check_sample_dp(cfg, algorithm)  # DP-SGD refuses some algorithms and BatchNorm, before any site is waited for
     return algorithm
 
 
@@ -150,11 +153,16 @@ def run_server(
                          for s, i in sites.items()}},
     )
     model, server = federation.model, federation.server
+    server.declared_sizes = {s: int(i.sizes[0]) for s, i in sites.items()}  # update screening checks n_k against it
     # client-level DP (privacy.client) runs inside ClientRuntime and FederationServer, as in-process
     executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model),
-                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir)
+                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir,
+                              round_timeout=cfg.federation.round_timeout)
     logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
-    summary = server.run_all(executor, resume=resume)
+    try:
+        summary = server.run_all(executor, resume=resume)
+    except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
+        raise FlowerRunError(str(exc)) from None
     if write_report:
         from fedseg.report import write_report as _write_report
 
