@@ -19,9 +19,11 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedseg demo --out runs/demo
 
+# two pytest workers (pytest-xdist), one torch thread each: CI has 2 cores
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m mypy
-	$(PY) -m pytest -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest -p no:cacheprovider -n $(TEST_WORKERS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py
