@@ -10,7 +10,7 @@ from torch import nn
 from fedseg.registry import suggest
 from fedseg.types import Params
 
-__all__ = ["norm_layer_keys", "module_keys", "shared_params", "weighted_average"]
+__all__ = ["norm_layer_keys", "module_keys", "shared_params", "ordered_keys", "weighted_average"]
 
 
 def norm_layer_keys(model: nn.Module) -> set[str]:
@@ -45,6 +45,11 @@ def shared_params(model: nn.Module, local: set[str]) -> Params:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items() if k not in local}
 
 
+def ordered_keys(updates: Sequence[Params]) -> list[str]:
+    """Every key of the updates, once, in first-seen order."""
+    return list(dict.fromkeys(k for p in updates for k in p))
+
+
 def weighted_average(updates: Sequence[Params], weights: Sequence[float]) -> Params:
     """``sum_k w_k * params_k / sum_k w_k``, key by key, accumulated in float64.
 
@@ -55,14 +60,7 @@ def weighted_average(updates: Sequence[Params], weights: Sequence[float]) -> Par
     if len(updates) != len(weights):
         raise ValueError(f"{len(updates)} updates but {len(weights)} weights")
     out: Params = {}
-    keys: list[str] = []
-    seen: set[str] = set()
-    for p in updates:
-        for k in p:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-    for key in keys:
+    for key in ordered_keys(updates):
         items = [(p[key], float(w)) for p, w in zip(updates, weights, strict=True) if key in p]
         first = items[0][0]
         if first.is_floating_point():

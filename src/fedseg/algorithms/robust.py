@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fedseg.algorithms.params import weighted_average
+from fedseg.algorithms.params import ordered_keys, weighted_average
 from fedseg.types import Params
 
 __all__ = ["RULES", "Combiner", "clip_updates", "krum_scores", "multikrum_select"]
@@ -61,17 +61,6 @@ logger = logging.getLogger(__name__)
 
 RULES = ("mean", "median", "trimmed_mean", "krum", "multi_krum", "bulyan")
 """The ``aggregation.rule`` values."""
-
-
-def _ordered_keys(updates: Sequence[Params]) -> list[str]:
-    keys: list[str] = []
-    seen: set[str] = set()
-    for p in updates:
-        for k in p:
-            if k not in seen:
-                seen.add(k)
-                keys.append(k)
-    return keys
 
 
 def clip_updates(updates: Sequence[Params], reference: Params, clip_norm: float) -> list[Params]:
@@ -119,7 +108,7 @@ def krum_scores(updates: Sequence[Params], num_malicious: int) -> list[float]:
     """Krum score of each update: the sum of its squared L2 distances to its ``max(1, n - f - 2)``
     nearest other updates, over the floating keys every update carries (float64)."""
     n = len(updates)
-    common = [k for k in _ordered_keys(updates)
+    common = [k for k in ordered_keys(updates)
               if all(k in u and u[k].is_floating_point() for u in updates)]
     flat = [_flat(u, common) for u in updates]
     dist = torch.zeros(n, n, dtype=torch.float64)
@@ -235,7 +224,7 @@ class Combiner:
             updates = clip_updates(updates, reference, self.clip_norm)
         if self.rule == "mean":
             return weighted_average(updates, weights)
-        keys = _ordered_keys(updates)
+        keys = ordered_keys(updates)
         out: Params = {}
         for key in keys:  # integer buffers: today's treatment (the maximum), under every rule
             ints = [u[key] for u in updates if key in u and not u[key].is_floating_point()]

@@ -13,7 +13,6 @@ Flower itself (``flwr``) is imported only when a command runs.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,13 +42,9 @@ def _warn_insecure(what: str) -> None:
 
 
 def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from fedseg.runtime.flower.superlink import is_loopback
+
+    return is_loopback(address.rsplit(":", 1)[0].strip("[]"))
 
 
 def run_flower_engine(cfg: Any, run_dir: Path, *, engine: str, resume: bool, command: str | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import types
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["FleetOnlyGate", "run_superlink", "parse_address", "FLEET_PATHS"]
+__all__ = ["FleetOnlyGate", "run_superlink", "parse_address", "is_loopback", "FLEET_PATHS"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,8 @@ def parse_address(address: str, *, what: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an IP address, no port) is this machine's loopback."""
     if host == "localhost":
         return True
     try:
@@ -116,7 +117,7 @@ def _uvicorn_stand_in(fleet_host: str, fleet_port: int) -> types.ModuleType:
     import uvicorn
 
     def run(app: Any, *, host: str, port: int, **kwargs: Any) -> None:
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise SystemExit(f"fedseg flower superlink: --host {host} would expose the Control API; the operator "
                              "listener must be a loopback address (127.0.0.1); sites use --fleet-address")
         if port == fleet_port:
