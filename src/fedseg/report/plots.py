@@ -104,14 +104,15 @@ def _plot_dice(run: RunRecords, path: Path) -> Path | None:
 
 def _plot_loss(run: RunRecords, path: Path) -> Path | None:
     train = [r for r in run.by_kind(Kind.TRAIN) if r.get(Field.SITE) != SERVER]
-    if not train:
+    curves = {c: _series([r for r in train if r.get(Field.SITE) == c], Field.LOSS)
+              for c in dict.fromkeys(str(r.get(Field.SITE)) for r in train)}
+    curves = {c: curve for c, curve in curves.items() if curve}
+    if not curves:  # no training, or no loss released (DP-SGD keeps it on the sites)
         return None
     fig, ax = _new_axes("Mean training loss per site", "loss")
-    for client in dict.fromkeys(str(r.get(Field.SITE)) for r in train):
-        curve = _series([r for r in train if r.get(Field.SITE) == client], Field.LOSS)
-        if curve:
-            xs, ys = zip(*curve.items())
-            ax.plot(xs, ys, "-o", label=client)
+    for client, curve in curves.items():
+        xs, ys = zip(*curve.items())
+        ax.plot(xs, ys, "-o", label=client)
     ax.legend(fontsize="small")
     return _save_png(fig, path)
 
