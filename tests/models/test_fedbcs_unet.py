@@ -40,6 +40,38 @@ def test_refuses_fields_it_does_not_take(bad: dict[str, object]) -> None:
     assert next(iter(bad)) in str(err.value)
 
 
+def test_common_fields_follow_an_assigned_features() -> None:
+    cfg = FedBCSUNetConfig()
+    cfg.features = [8, 16, 32]
+    assert cfg.channels == [8, 16, 32] and cfg.strides == [2, 2]
+
+
+def _fsr_reference(fsr: FSR, x: torch.Tensor) -> torch.Tensor:
+    """The spec's formula on the full spectrum: Re(IFFT2(A e^{i phi})) * gamma + beta."""
+    w = torch.softmax(fsr.h / 0.1, dim=0)
+
+    def parts(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = torch.fft.fft2(t)
+        amp = torch.sqrt(replace_tiny(f.real**2 + f.imag**2))
+        return amp, torch.atan2(f.imag, replace_tiny(f.real))
+
+    amp_x, phase = parts(x)
+    amp_in, _ = parts(torch.nn.functional.instance_norm(x))
+    y = torch.fft.ifft2(torch.polar(w[0] * amp_in + w[1] * amp_x, phase)).real
+    return y * fsr.gamma.view(1, -1, 1, 1) + fsr.beta.view(1, -1, 1, 1)
+
+
+def test_fsr_matches_the_full_spectrum_formula() -> None:
+    torch.manual_seed(2)
+    fsr = FSR(3)
+    with torch.no_grad():
+        fsr.h.copy_(torch.tensor([0.03, -0.01]))
+        fsr.gamma.copy_(torch.tensor([1.0, 2.0, -0.5]))
+        fsr.beta.copy_(torch.tensor([0.0, 0.3, -1.0]))
+    x = torch.randn(2, 3, 12, 10).double()
+    assert torch.allclose(fsr.double()(x), _fsr_reference(fsr.double(), x), atol=1e-10)
+
+
 def test_fsr_identity_setting_returns_input_and_grad_reaches_h() -> None:
     torch.manual_seed(0)
     x = torch.randn(2, 3, 32, 32)

@@ -111,7 +111,8 @@ class FedBCSUNetConfig(ModelConfig):
     ``features`` sets the widths; ``channels`` and ``strides`` are derived from it (``channels =
     features``, ``strides = [2] * (len(features) - 1)``, the 2x2 max-pooling) so that code reading
     the common fields (image-size divisibility, inference padding) sees this network. Setting them
-    to anything else, or ``num_res_units``/``norm``/``dropout`` off their defaults, is an error.
+    to anything else without ``features`` is an error (with ``features``, it wins, with a warning);
+    ``num_res_units``/``norm``/``dropout`` off their defaults are errors.
     """
 
     name: Literal["fedbcs_unet"] = "fedbcs_unet"
@@ -133,12 +134,16 @@ class FedBCSUNetConfig(ModelConfig):
         out = dict(data)
         features = out.get("features", [32, 64, 128, 256, 512])
         if not isinstance(features, list) or len(features) < 3:
-            raise ValueError(f"model.features needs >= 3 widths (encoder stages, then the bottleneck), got {features!r}")
+            raise ValueError(f"model.features needs >= 3 widths (encoder stages, then the bottleneck), "
+                             f"got {features!r}")
         derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
         for key, value in derived.items():
             if key in out and list(out[key]) != value:
-                raise ValueError(f"model.{key} is derived from model.features for fedbcs_unet (would be {value}), "
-                                 f"got {out[key]!r}; set model.features instead")
+                if "features" not in out:
+                    raise ValueError(f"model.{key} is derived from model.features for fedbcs_unet (would be {value}), "
+                                     f"got {out[key]!r}; set model.features instead")
+                # an assignment to features, or a config.yaml edited in features only: features wins
+                log.warning("model.%s %r of fedbcs_unet follows model.features: %r", key, out[key], value)
             out[key] = value
         for key, value in _FEDBCS_FIXED.items():
             if key in out and out[key] != value:

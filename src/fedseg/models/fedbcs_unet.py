@@ -51,7 +51,7 @@ from fedseg.models.registry import MODELS
 __all__ = ["FSR", "FedBCSFeatures", "FedBCSUNet", "build_fedbcs_unet", "replace_tiny"]
 
 TINY = 1e-5
-"""Values with ``|v| < TINY`` are replaced by ``TINY`` before ``sqrt``/``atan2`` (the authors' ``replace_denormals``)."""
+"""Values with ``|v| < TINY`` become ``TINY`` before ``sqrt``/``atan2`` (the authors' ``replace_denormals``)."""
 
 FSR_TEMPERATURE = 0.1
 """The fixed softmax temperature T of FSR's mixing weights."""
@@ -169,7 +169,8 @@ class FedBCSUNet(nn.Module):
         self.bottleneck = _block(enc[-1], bottom, bn_running_stats)
         ups = list(reversed(enc))  # c_n, ..., c_1
         self.upconvs = nn.ModuleList(
-            nn.ConvTranspose2d(c_in, c, kernel_size=2, stride=2) for c_in, c in zip([bottom, *ups[:-1]], ups, strict=True)
+            nn.ConvTranspose2d(c_in, c, kernel_size=2, stride=2)
+            for c_in, c in zip([bottom, *ups[:-1]], ups, strict=True)
         )
         self.decoders = nn.ModuleList(_block(2 * c, c, bn_running_stats) for c in ups)
         self.head = nn.Conv2d(enc[0], out_channels, kernel_size=1)
