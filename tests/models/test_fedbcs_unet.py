@@ -1,14 +1,18 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+from conftest import tiny_config
 from pydantic import ValidationError
 
-from fedseg.config import FedBCSUNetConfig, RunConfig
+from fedseg.config import FedBCSUNetConfig, RunConfig, config_from_dict
 from fedseg.config.model import typed_model_config
 from fedseg.models import MODELS, build_model
 from fedseg.models.fedbcs_unet import FSR, FedBCSUNet, replace_tiny
 from fedseg.models.taps import capture_outputs, offered_outputs
+from fedseg.runtime.sim import run_inprocess
 
 TINY = {"name": "fedbcs_unet", "features": [4, 8, 8, 8, 8], "fusion_channels": 6}
 
@@ -33,6 +37,7 @@ def test_registered_with_its_config() -> None:
 
 
 @pytest.mark.parametrize("bad", [{"strides": [2, 2]}, {"channels": [8, 16]}, {"norm": "group"}, {"dropout": 0.1},
+                                 {"num_res_units": 1},
                                  {"features": [8, 16]}, {"features": [8, 0, 16]}, {"heads": 2}])
 def test_refuses_fields_it_does_not_take(bad: dict[str, object]) -> None:
     with pytest.raises(ValidationError) as err:
@@ -189,3 +194,11 @@ def test_builds_from_a_run_config_and_trains(in_channels: int) -> None:
 def test_refuses_3d() -> None:
     with pytest.raises(ValueError, match="2D only"):
         build_model(FedBCSUNetConfig(**TINY), 3, 1, 2)  # type: ignore[arg-type]
+
+
+def test_a_tiny_fedavg_run_trains_and_evaluates(tmp_path: Path) -> None:
+    """The whole runtime (image-size checks, padding at inference from the derived strides) takes it."""
+    cfg = tiny_config(rounds=1, model={"name": "fedbcs_unet", "features": [4, 8, 8], "fusion_channels": 4},
+                      eval={"batch_size": 2})
+    run_inprocess(config_from_dict(cfg), tmp_path / "run", write_report=False)
+    assert (tmp_path / "run").is_dir()

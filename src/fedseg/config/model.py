@@ -100,10 +100,6 @@ class TransUNetConfig(ModelConfig):
     pos_grid: int = Field(8, ge=1, description="side of the learned position grid (resized to the bottleneck)")
 
 
-_FEDBCS_FIXED = {"num_res_units": 1, "norm": "batch", "dropout": 0.0}
-"""Common fields the FedBCS U-Net does not take: only these (default) values are accepted."""
-
-
 @MODEL_CONFIGS.register("fedbcs_unet")
 class FedBCSUNetConfig(ModelConfig):
     """FedBCS's U-Net with FSR and the dual-level feature taps (:mod:`fedseg.models.fedbcs_unet`), 2D.
@@ -111,8 +107,9 @@ class FedBCSUNetConfig(ModelConfig):
     ``features`` sets the widths; ``channels`` and ``strides`` are derived from it (``channels =
     features``, ``strides = [2] * (len(features) - 1)``, the 2x2 max-pooling) so that code reading
     the common fields (image-size divisibility, inference padding) sees this network. Setting them
-    to anything else without ``features`` is an error (with ``features``, it wins, with a warning);
-    ``num_res_units``/``norm``/``dropout`` off their defaults are errors.
+    to anything else without ``features`` is an error (with ``features``, it wins, with a warning).
+    ``num_res_units``, ``norm`` and ``dropout`` are fixed (0, ``batch``, 0: plain conv blocks with
+    BatchNorm; ``norm`` tells the DP-SGD check that the model has BatchNorm).
     """
 
     name: Literal["fedbcs_unet"] = "fedbcs_unet"
@@ -125,6 +122,9 @@ class FedBCSUNetConfig(ModelConfig):
         False, description="BN with running statistics; false (the authors): batch statistics at test time too"
     )
     fusion_channels: int = Field(256, ge=1, description="output channels of each feature-level fusion 1x1 conv")
+    num_res_units: Literal[0] = Field(0, description="fixed: plain conv3x3-BN-ReLU blocks, no residual units")
+    norm: Literal["batch"] = Field("batch", description="fixed: BatchNorm without affine (see bn_running_stats)")
+    dropout: float = Field(0.0, ge=0, le=0, description="fixed: no dropout")
 
     @model_validator(mode="before")
     @classmethod
@@ -145,10 +145,6 @@ class FedBCSUNetConfig(ModelConfig):
                 # an assignment to features, or a config.yaml edited in features only: features wins
                 log.warning("model.%s %r of fedbcs_unet follows model.features: %r", key, out[key], value)
             out[key] = value
-        for key, value in _FEDBCS_FIXED.items():
-            if key in out and out[key] != value:
-                raise ValueError(f"model.{key} is not a setting of fedbcs_unet (only {value!r}); "
-                                 "its settings: features, fsr, bn_running_stats, fusion_channels")
         return out
 
     def arguments(self) -> dict[str, Any]:
