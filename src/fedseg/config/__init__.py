@@ -27,7 +27,7 @@ from fedseg.config.federation import FederationConfig
 from fedseg.config.flower import FlowerConfig, FlowerDPConfig
 from fedseg.config.loading import apply_overrides, config_from_dict, load_config
 from fedseg.config.loss import LossConfig
-from fedseg.config.model import MODEL_CONFIGS, ModelConfig, TransUNetConfig, UNetConfig
+from fedseg.config.model import MODEL_CONFIGS, FedBCSUNetConfig, ModelConfig, TransUNetConfig, UNetConfig
 from fedseg.config.privacy import ClientDPConfig, PrivacyConfig, SampleDPConfig
 from fedseg.config.run import RunConfig
 from fedseg.config.train import AugmentConfig, TrainConfig
@@ -44,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "UNetConfig",
     "TransUNetConfig",
+    "FedBCSUNetConfig",
     "MODEL_CONFIGS",
     "LossConfig",
     "AugmentConfig",

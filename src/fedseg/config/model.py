@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PositiveInt, ValidationError, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from fedseg.config.base import StrictModel
@@ -27,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "UNetConfig",
     "TransUNetConfig",
+    "FedBCSUNetConfig",
     "MODEL_CONFIGS",
     "DEFAULT_MODEL",
     "model_config_class",
@@ -97,6 +98,58 @@ class TransUNetConfig(ModelConfig):
     mlp_ratio: float = Field(2.0, gt=0, description="transformer MLP width / channels[-1]")
     pos_embed: Literal["learned", "sincos", "none"] = Field("learned", description="positional embedding")
     pos_grid: int = Field(8, ge=1, description="side of the learned position grid (resized to the bottleneck)")
+
+
+@MODEL_CONFIGS.register("fedbcs_unet")
+class FedBCSUNetConfig(ModelConfig):
+    """FedBCS's U-Net with FSR and the dual-level feature taps (:mod:`fedseg.models.fedbcs_unet`), 2D.
+
+    ``features`` sets the widths; ``channels`` and ``strides`` are derived from it (``channels =
+    features``, ``strides = [2] * (len(features) - 1)``, the 2x2 max-pooling) so that code reading
+    the common fields (image-size divisibility, inference padding) sees this network. Setting them
+    to anything else without ``features`` is an error (with ``features``, it wins, with a warning).
+    ``num_res_units``, ``norm`` and ``dropout`` are fixed (0, ``batch``, 0: plain conv blocks with
+    BatchNorm; ``norm`` tells the DP-SGD check that the model has BatchNorm).
+    """
+
+    name: Literal["fedbcs_unet"] = "fedbcs_unet"
+    features: list[PositiveInt] = Field(
+        default_factory=lambda: [32, 64, 128, 256, 512],
+        description="encoder widths then the bottleneck width (>= 3 entries; default: the authors' base 32)",
+    )
+    fsr: bool = Field(True, description="FSR after encoder stages 2..n (enc2, enc3, enc4); false: none")
+    bn_running_stats: bool = Field(
+        False, description="BN with running statistics; false (the authors): batch statistics at test time too"
+    )
+    fusion_channels: int = Field(256, ge=1, description="output channels of each feature-level fusion 1x1 conv")
+    num_res_units: Literal[0] = Field(0, description="fixed: plain conv3x3-BN-ReLU blocks, no residual units")
+    norm: Literal["batch"] = Field("batch", description="fixed: BatchNorm without affine (see bn_running_stats)")
+    dropout: float = Field(0.0, ge=0, le=0, description="fixed: no dropout")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_common(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        features = out.get("features", [32, 64, 128, 256, 512])
+        if not isinstance(features, list) or len(features) < 3:
+            raise ValueError(f"model.features needs >= 3 widths (encoder stages, then the bottleneck), "
+                             f"got {features!r}")
+        derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
+        for key, value in derived.items():
+            if key in out and list(out[key]) != value:
+                if "features" not in out:
+                    raise ValueError(f"model.{key} is derived from model.features for fedbcs_unet (would be {value}), "
+                                     f"got {out[key]!r}; set model.features instead")
+                # an assignment to features, or a config.yaml edited in features only: features wins
+                log.warning("model.%s %r of fedbcs_unet follows model.features: %r", key, out[key], value)
+            out[key] = value
+        return out
+
+    def arguments(self) -> dict[str, Any]:
+        """The builder's keyword arguments: ``features``, ``fsr``, ``bn_running_stats``, ``fusion_channels``."""
+        return {key: getattr(self, key) for key in ("features", "fsr", "bn_running_stats", "fusion_channels")}
 
 
 def model_config_class(raw: Any) -> type[ModelConfig]:
