@@ -10,6 +10,7 @@ import yaml
 from conftest import tiny_config
 from fedseg.config import config_from_dict
 from fedseg.engine.rundir import read_metrics
+from fedseg.runtime.inference import evaluate_run
 from fedseg.runtime.loso import data_sites, holdout_config, run_loso
 from fedseg.runtime.sim import RunError
 
@@ -66,6 +67,18 @@ def test_loso_runs_each_held_out_site_reads_its_unseen_dice_and_skips_finished_r
     assert again.skipped == [out / f"holdout_{s}" for s in SITES]
     assert {s: (out / f"holdout_{s}" / "summary.json").stat().st_mtime_ns for s in SITES} == mtimes
     assert [r.dice for r in again.rows] == [r.dice for r in result.rows]
+
+    # `fedseg eval RUN` scores the held-out site with the same (unseen) model and gets the same Dice
+    rows = evaluate_run(out / "holdout_site1")
+    held = next(r for r in rows if r["site"] == "site1")
+    assert held["model"] == "unseen" and held["dice"] == pytest.approx(again.rows[1].dice[0], abs=1e-6)
+
+    # an interrupted held-out run (checkpoint, no summary) is resumed, not restarted, and ends the same
+    (out / "holdout_site1" / "summary.json").unlink()
+    lines.clear()
+    resumed = run_loso(cfg, out, notify=lines.append)
+    assert "resuming" in lines[1] and resumed.skipped == [out / "holdout_site0", out / "holdout_site2"]
+    assert [r.dice for r in resumed.rows] == [r.dice for r in result.rows]
 
     with pytest.raises(RunError, match="holds a finished run of another configuration"):
         run_loso(config_from_dict(tiny_config("fedbn", rounds=2, sites=3)), out)
