@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedseg.cli import data_cmd, flower_cmd, predict_cmd
+from fedseg.cli import data_cmd, flower_cmd, loso_cmd, predict_cmd
 
 __all__ = ["app"]
 
@@ -215,6 +215,7 @@ def report(
 
 
 app.command("predict")(predict_cmd.predict)
+app.command("loso")(loso_cmd.loso)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 
