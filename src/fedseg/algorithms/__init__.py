@@ -9,6 +9,7 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     centralized,
     ditto,
     fedavg,
+    fedbcs,
     fedbn,
     fedmix,
     fedper,

@@ -33,7 +33,7 @@ the model, aggregated like the rest) but E and D are computed only when asked: b
 the tap module ``enc_features`` / ``dec_features`` (what the engine's trainer installs for an
 algorithm whose ``aux_outputs`` names them; see :mod:`fedseg.models.taps`). Plain training and
 evaluation compute neither. The offered names are :attr:`FedBCSUNet.aux_outputs`: ``"encoder"``
--> E, ``"decoder"`` -> D.
+-> E, ``"decoder"`` -> D, ``"last"`` -> dec1 (tap ``last_features``, the input of the head).
 """
 
 from __future__ import annotations
@@ -150,8 +150,9 @@ class FedBCSUNet(nn.Module):
         fusion_channels: output channels of each fusion conv.
     """
 
-    aux_outputs = {"encoder": "enc_features", "decoder": "dec_features"}
-    """Offered auxiliary outputs (:mod:`fedseg.models.taps`): E and D."""
+    aux_outputs = {"encoder": "enc_features", "decoder": "dec_features", "last": "last_features"}
+    """Offered auxiliary outputs (:mod:`fedseg.models.taps`): E, D and ``last``, the last decoder
+    feature map before the head (dec1, (B, c_1, H, W); the single-level FPL/FedProto level)."""
 
     head_module_names = ("head",)
     """The 1x1 output conv: the "head" of personalised FL."""
@@ -179,6 +180,7 @@ class FedBCSUNet(nn.Module):
         self.decoder_fusions = nn.ModuleList(nn.Conv2d(c + enc[-1], fusion_channels, 1) for c in ups[1:])
         self.enc_features = nn.Identity()
         self.dec_features = nn.Identity()
+        self.last_features = nn.Identity()
 
     def _stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
         """Logits, encoder stages [enc_1..enc_n] and decoder stages [dec_n..dec_1]."""
@@ -214,6 +216,8 @@ class FedBCSUNet(nn.Module):
             self.enc_features(self.encoder_level(encs))
         if self.dec_features._forward_hooks:
             self.dec_features(self.decoder_level(decs))
+        if self.last_features._forward_hooks:
+            self.last_features(decs[-1])
         return logits
 
 
