@@ -26,6 +26,10 @@ def _preprocessed_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
     mp.undo()
 
 
+PROTOTYPE_ALGORITHMS = ("fedbcs", "fpl", "fedproto")
+"""Algorithms that read feature taps only the FedBCS U-Net offers (2D): tiny_config gives them a tiny one."""
+
+
 def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, rounds: int = 2, sites: int = 2,
                 **extra: Any) -> dict[str, Any]:
     """A run config that trains in well under a second per round."""
@@ -42,7 +46,9 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
                 "samples_per_site": [8, 6, 5, 4][:sites],
             },
         },
-        "model": {"channels": [4, 8], "strides": [2], "num_res_units": 0},
+        "model": ({"name": "fedbcs_unet", "features": [4, 8, 16], "fusion_channels": 8}
+                  if algo.get("name") in PROTOTYPE_ALGORITHMS else
+                  {"channels": [4, 8], "strides": [2], "num_res_units": 0}),
         "train": {"batch_size": 4, "lr": 1e-2},
         "federation": {"rounds": rounds, "local_epochs": 1},
         "eval": {"every": 1},
