@@ -119,11 +119,14 @@ def summarise(run_dir: Path) -> dict[str, Any]:
 
 
 def _cell(values: list[float], digits: int = 3) -> str:
-    values = [v for v in values if v == v]  # drop NaN (HD95 of an empty prediction)
-    if not values:
-        return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+    """``mean ± sd`` of the finite values; NaN ones (none expected: the project's HD95 is finite
+    on empty masks) are left out and counted, ``[k n/a]``, never silently."""
+    finite = [v for v in values if v == v]
+    missing = f" [{len(values) - len(finite)} n/a]" if len(finite) < len(values) else ""
+    if not finite:
+        return "–" + missing
+    sd = statistics.stdev(finite) if len(finite) > 1 else 0.0
+    return f"{statistics.fmean(finite):.{digits}f} ± {sd:.{digits}f}" + missing
 
 
 def table(runs: dict[str, dict[str, Any]], methods: list[str], seeds: list[int]) -> str:

@@ -81,3 +81,44 @@ def test_fixture_preset_runs_one_round(name: str, algorithm: str, tmp_path: Path
     test = summary[SummaryKey.TEST][summary[SummaryKey.JUDGED_BY]]
     assert len(test) == sites and summary[SummaryKey.ROUNDS] == 1
     assert all(0.0 <= m[Field.DICE] <= 1.0 for m in test.values())
+
+
+def _bench() -> Any:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_fedbcs", REPO / "benchmarks" / "bench_fedbcs.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_configs_differ_from_the_preset_only_as_documented() -> None:
+    bench = _bench()
+    args = bench.argparse.Namespace(rounds=3, size=32, features="4,8,16", fusion_channels=4)
+    cfgs = {m: config_from_dict(bench.build_config(m, args, seed=1)) for m in bench.METHODS}
+    assert {m: c.algorithm for m, c in cfgs.items()}["fedbcs_enc"] == {"name": "fedbcs", "levels": ["encoder"]}
+    assert cfgs["fedbcs_dec"].algorithm["levels"] == ["decoder"]
+    assert [m for m, c in cfgs.items() if c.model.model_dump()["fsr"]] == ["fedbcs", "fedbcs_enc", "fedbcs_dec",
+                                                                         "fedavg_fsr"]
+    for cfg in cfgs.values():  # same data, optimiser, evaluation batch and selection for every method
+        assert cfg.seed == 1 and cfg.federation.rounds == 3 and cfg.data.preprocess.target_shape == [32, 32]
+        assert cfg.train == cfgs["fedavg"].train and cfg.eval == cfgs["fedavg"].eval
+        assert cfg.model.model_dump()["features"] == [4, 8, 16]
+
+
+def test_benchmark_table_means_sd_and_ratio_to_fedavg() -> None:
+    bench = _bench()
+
+    def run(dice: float, hd95: float, seconds: float) -> dict[str, Any]:
+        return {"dice": {"a": dice, "b": dice / 2}, "hd95": {"a": hd95, "b": float("nan")},
+                "round_seconds": seconds, "peak_mb": 100.0, "train_mb": 10.0}
+
+    runs = {"fedavg_s0": run(0.4, 10.0, 1.0), "fedavg_s1": run(0.6, 20.0, 3.0), "fedbcs_s0": run(0.5, 5.0, 4.0)}
+    lines = bench.table(runs, ["fedavg", "fedbcs", "fpl"], [0, 1]).splitlines()
+    assert len(lines) == 4  # header, rule, two methods that ran (fpl has no runs)
+    fedavg, fedbcs = lines[2].split(" | "), lines[3].split(" | ")
+    assert fedavg[0] == "| fedavg (2)" and fedavg[1] == "0.500 ± 0.141" and fedavg[3] == "0.375 ± 0.106"
+    assert fedavg[4] == "15.0 ± 7.1" and fedavg[5] == "– [2 n/a]"  # a NaN is counted, never averaged away
+    assert fedavg[6] == "– [2 n/a]" and fedavg[7] == "2.0 ± 1.4"  # a site mean with a NaN site is NaN
+    assert fedbcs[7] == "4.0 ± 0.0 (x2.00)" and fedbcs[8] == "100 ± 0 (x1.00)"
