@@ -1,6 +1,7 @@
 """The FedBCS presets (configs/fedbcs) validate and say what methods.md section 7 settles; the two
-fixture presets (6-site prostate, 4-site fundus) train one round in process with tiny overrides,
-for every algorithm name of the FedBCS comparison that is registered (the others are skipped)."""
+fixture presets (6-site prostate, 4-site fundus) train two rounds in process (the second with
+prototypes) with tiny overrides, for every algorithm name of the FedBCS comparison that is
+registered (the others are skipped); benchmarks/bench_fedbcs.py builds its configs and table."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _tiny(name: str, algorithm: str) -> dict[str, Any]:
     raw["data"]["preprocess"]["anti_aliasing"] = False
     raw["model"]["features"] = [4, 8, 16]
     raw["model"]["fusion_channels"] = 4
-    raw["federation"]["rounds"] = 1
+    raw["federation"]["rounds"] = 2  # round 2 is the first with prototype losses (FedBCS, FPL, FedProto)
     raw["train"]["device"] = "cpu"
     raw["algorithm"] = {"name": algorithm}
     return raw
@@ -71,7 +72,7 @@ def _tiny(name: str, algorithm: str) -> dict[str, Any]:
 @pytest.mark.realdata
 @pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
 @pytest.mark.parametrize("name", ["prostate_smoke", "fundus_smoke"])
-def test_fixture_preset_runs_one_round(name: str, algorithm: str, tmp_path: Path) -> None:
+def test_fixture_preset_runs_two_rounds(name: str, algorithm: str, tmp_path: Path) -> None:
     if algorithm not in ALGORITHMS.names():
         pytest.skip(f"algorithm {algorithm!r} is not registered yet")
     cfg = config_from_dict(_tiny(name, algorithm))
@@ -79,7 +80,7 @@ def test_fixture_preset_runs_one_round(name: str, algorithm: str, tmp_path: Path
     summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
     sites, *_ = EXPECTED[name]
     test = summary[SummaryKey.TEST][summary[SummaryKey.JUDGED_BY]]
-    assert len(test) == sites and summary[SummaryKey.ROUNDS] == 1
+    assert len(test) == sites and summary[SummaryKey.ROUNDS] == 2
     assert all(0.0 <= m[Field.DICE] <= 1.0 for m in test.values())
 
 
