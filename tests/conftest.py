@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +77,27 @@ def sent_updates(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
     monkeypatch.setattr(wire, "encode", spy)
     return sent
+
+
+@contextmanager
+def task_identity() -> Iterator[None]:
+    """Flower stamps run/node/task ids from the process's task identity into every new Message."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
+    try:
+        yield
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+
+
+@pytest.fixture
+def flower_process() -> Iterator[None]:
+    """A ServerApp and ClientApps driven in this process: a task identity and empty app caches."""
+    from fedseg.runtime.flower.client_app import clear_cache
+
+    clear_cache()
+    with task_identity():
+        yield
+    clear_cache()

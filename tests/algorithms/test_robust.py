@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from unittest import mock
 
@@ -12,8 +10,8 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import Bulyan, FedMedian, FedTrimmedAvg, Krum, MultiKrum
-from flwr.supercore.task_identity import TaskIdentity
 
+from conftest import task_identity
 from fedseg.algorithms import build_algorithm
 from fedseg.algorithms.params import weighted_average
 from fedseg.algorithms.robust import Combiner, clip_updates, krum_scores
@@ -32,17 +30,6 @@ def random_updates(n: int, seed: int) -> tuple[list[Params], list[float]]:
     updates = [{k: torch.from_numpy(rng.standard_normal(s).astype(np.float32)) for k, s in SHAPES.items()}
                for _ in range(n)]
     return updates, [float(w) for w in rng.integers(1, 50, size=n)]
-
-
-@contextmanager
-def task_identity() -> Iterator[None]:
-    """Flower stamps run/node/task ids from the process's task identity into every new Message."""
-    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
-    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 1, 1
-    try:
-        yield
-    finally:
-        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
 
 
 def flower_aggregate(strategy: Any, updates: list[Params], weights: list[float]) -> dict[str, np.ndarray]:

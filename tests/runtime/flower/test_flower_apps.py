@@ -4,7 +4,6 @@ same FederationServer and ClientRuntime as in-process, so results must match bit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import torch
 
 from conftest import tiny_config
 from fake_datasets import write_png_case
-from flower_testlib import DirectGrid, task_identity, write_folder_sites
+from flower_testlib import DirectGrid, write_folder_sites
 from fedseg.algorithms import build_algorithm
 from fedseg.config import config_from_dict
 from fedseg.data.build import build_federated_data
@@ -29,15 +28,7 @@ from fedseg.runtime.flower.simulation import run_flower_simulation
 from fedseg.runtime.inference import EvalError, evaluate_run
 from fedseg.runtime.sim import run_inprocess
 
-pytestmark = pytest.mark.slow  # whole federations (seconds each), no network
-
-
-@pytest.fixture(autouse=True)
-def _flower_process() -> Iterator[None]:
-    clear_cache()
-    with task_identity():
-        yield
-    clear_cache()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("flower_process")]  # whole federations, no network
 
 
 def _run_flower(tmp_path: Path, cfg_dict: dict[str, Any], *, nodes: int | None = None,

@@ -4,7 +4,6 @@ process) end bit for bit where the in-process engine ends, attacker and rule inc
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,23 +11,15 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from flower_testlib import DirectGrid, task_identity
+from flower_testlib import DirectGrid
 from fedseg.config import ConfigError, config_from_dict
 from fedseg.runtime.common import config_text
-from fedseg.runtime.flower.client_app import clear_cache, make_client_app
+from fedseg.runtime.flower.client_app import make_client_app
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.runtime.flower.server_app import ServerResult, run_server
 from fedseg.runtime.sim import run_inprocess
 
-pytestmark = pytest.mark.slow  # whole federations (seconds each), no network
-
-
-@pytest.fixture(autouse=True)
-def _flower_process() -> Iterator[None]:
-    clear_cache()
-    with task_identity():
-        yield
-    clear_cache()
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("flower_process")]  # whole federations, no network
 
 
 def _run_flower(tmp_path: Path, cfg_dict: dict[str, Any]) -> ServerResult:
