@@ -231,7 +231,7 @@ def _flower_records(leaks: Leaks, where: str, content: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("name", "node"), [("fedavg", "partition"), ("fedmix", "site")])
+@pytest.mark.parametrize(("name", "node"), [("fedavg", "partition"), ("fedmix", "site"), ("fedbcs", "site")])
 def test_flower_messages_carry_no_data(tmp_path: Path, name: str, node: str, spy: list[Leaks],
                                        data_root: tuple[Path, list[str]], monkeypatch: pytest.MonkeyPatch) -> None:
     """The Flower ServerApp and ClientApps driven in this process (as the simulation drives them):

@@ -43,6 +43,7 @@ from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.losses import build_loss
 from fedseg.models import build_model
 from fedseg.models.init import InitCheckpointError, load_init_checkpoint
+from fedseg.models.taps import AuxOutputError
 from fedseg.records import InfoKey
 from fedseg.runtime.common import DataSpec, RunError
 from fedseg.types import Params
@@ -53,6 +54,7 @@ __all__ = [
     "Federation",
     "build_federation",
     "check_engine",
+    "check_model_outputs",
     "init_model",
     "cpu_params",
     "concat_sets",
@@ -122,6 +124,34 @@ def check_engine(algorithm: Algorithm, engine: str) -> None:
             f"algorithm {algorithm.name!r} pools every site's training data in one place; it is the upper "
             "reference of the in-process engine only. Run it with --engine inprocess"
         )
+
+
+def check_model_outputs(cfg: RunConfig, algorithm: Algorithm) -> None:
+    """Refuse, before any data is read, an algorithm that needs auxiliary outputs (e.g. FedBCS's
+    prototype levels) the configured model does not offer.
+
+    The model is built on the ``meta`` device (no memory, no weights) with the configured channels
+    and classes; a model that cannot be built that way is left to the real build after loading.
+
+    Raises:
+        ConfigError: the algorithm's outputs are not offered by ``model.name`` (names both keys and
+            what the model offers).
+    """
+    data = cfg.data
+    dims = data.spatial_dims or (data.synthetic.spatial_dims if data.source == "synthetic" else 2)
+    classes = data.synthetic.num_classes if data.source == "synthetic" else data.num_classes
+    try:
+        with torch.device("meta"):
+            model = build_model(cfg.model, dims, data.channels, classes)
+    except Exception:  # noqa: BLE001 - the real build, with the data's shape, reports it
+        return
+    try:
+        algorithm.aux_outputs(model)
+    except AuxOutputError as exc:
+        raise ConfigError(
+            f"algorithm.name {algorithm.name!r} needs auxiliary outputs that model.name {cfg.model.name!r} does not "
+            f"offer: {exc}"
+        ) from exc
 
 
 def init_model(cfg: RunConfig, spec: DataSpec, device: torch.device) -> tuple[nn.Module, Params, str | None]:

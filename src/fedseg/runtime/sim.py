@@ -36,7 +36,7 @@ from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
 from fedseg.records import Split
-from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation
+from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation, check_model_outputs
 from fedseg.runtime.common import DataSpec, RunError, load_training_data, prepare_run_dir
 from fedseg.types import ClientFailure, ClientState, Params
 
@@ -198,6 +198,7 @@ def run_inprocess(
     """
     progress = progress or ProgressSink()
     check_codec_config(cfg.codec)  # a codec mistake is a ConfigError before any directory or data
+    check_model_outputs(cfg, build_algorithm(cfg.algorithm))  # e.g. FedBCS's prototype levels on a plain U-Net
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
     configure_determinism(cfg.train.deterministic)
     check_client_dp(cfg, build_algorithm(cfg.algorithm))  # before any data is read

@@ -28,7 +28,7 @@ from fedseg.engine.failures import QuorumError
 from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.runtime.build import build_federation, check_engine
+from fedseg.runtime.build import build_federation, check_engine, check_model_outputs
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
@@ -75,6 +75,7 @@ def check_flower_config(cfg: RunConfig) -> Algorithm:
     check_engine(algorithm, "flower")
     check_codec_config(cfg.codec)  # codec chains, before any site is waited for or data loaded
     check_client_dp(cfg, algorithm)
+    check_model_outputs(cfg, algorithm)  # e.g. FedBCS's prototype levels on a plain U-Net
     check_sample_dp(cfg, algorithm)  # DP-SGD refuses some algorithms and BatchNorm, before any site is waited for
     return algorithm
 
