@@ -31,7 +31,9 @@ from fedseg.types import DEEP_SUPERVISION_OUTPUTS
 __all__ = ["DeepSupervisedDynUNet", "build_dynunet", "deep_outputs"]
 
 _SPATIAL_DIMS = (2, 3)
-_LEAKY_RELU = ("leakyrelu", {"inplace": True, "negative_slope": 0.01})
+# not in place (nnU-Net's is): Opacus's per-sample gradient hooks (DP-SGD) refuse an in-place op on
+# a hooked module's output; same values, one more activation tensor kept per block
+_LEAKY_RELU = ("leakyrelu", {"inplace": False, "negative_slope": 0.01})
 _INSTANCE_NORM = ("instance", {"affine": True})
 
 
