@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
 from conftest import tiny_config
 from monai.networks.nets import DynUNet
+from PIL import Image
 from torch import nn
 
 from fedseg.algorithms import build_algorithm
@@ -22,6 +24,7 @@ from fedseg.engine.trainer import Trainer
 from fedseg.losses import DeepSupervisionLoss, build_loss
 from fedseg.models import MODELS, build_model
 from fedseg.models.dynunet import DeepSupervisedDynUNet, deep_outputs
+from fedseg.runtime.inference import predict_file
 from fedseg.runtime.sim import run_inprocess
 
 FILTERS = [4, 8, 16]
@@ -172,3 +175,17 @@ def test_trains_under_sample_level_dp(tmp_path: Path) -> None:
     cfg["model"] = {"name": "dynunet", "filters": FILTERS, "kernels": [[3, 3]] * 3, "pool_strides": [[2, 2]] * 2}
     run_inprocess(config_from_dict(cfg), tmp_path / "run", write_report=False)
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+@pytest.mark.slow
+def test_predict_pads_a_whole_image_to_the_pooling_and_crops_back(tmp_path: Path) -> None:
+    """Whole images (no patch): padded to the per-level strides' product, full-resolution output only."""
+    cfg = tiny_config(rounds=1)
+    cfg["model"] = {"name": "dynunet", "filters": FILTERS, "kernels": [[1, 3], [3, 3], [3, 3]],
+                    "pool_strides": [[1, 2], [2, 2]]}
+    run_inprocess(config_from_dict(cfg), tmp_path / "run", write_report=False)
+    grey = np.full((19, 23), 100, dtype=np.uint8)
+    grey[5:12, 6:15] = 220
+    Image.fromarray(grey).save(tmp_path / "scan.png")
+    result = predict_file(tmp_path / "run", [tmp_path / "scan.png"], tmp_path / "out" / "mask.png")
+    assert result.shape == (19, 23) and sum(result.voxels.values()) == 19 * 23
