@@ -29,6 +29,7 @@ __all__ = [
     "DATA_FILE_SUFFIXES",
     "extras_allowed",
     "looks_like_path",
+    "DEEP_SUPERVISION_OUTPUTS",
 ]
 
 Params: TypeAlias = dict[str, torch.Tensor]
@@ -175,3 +176,10 @@ def check_extras(message: ClientUpdate | Broadcast, allowed: frozenset[str]) -> 
             f"{type(message).__name__}{sender}: extras {shown} not on the algorithm's allow-list "
             f"({', '.join(sorted(allowed)) or 'none: it sends no extras'})"
         )
+
+
+DEEP_SUPERVISION_OUTPUTS = "deep_supervision_outputs"
+"""Attribute a deep-supervised model sets on the logits it returns in training mode: a tuple of
+lower-resolution logits ``(B, C, *spatial_i)``, highest resolution first. The training loss
+(``fedseg.losses.DeepSupervisionLoss``) reads it, so the logits stay one plain tensor for every
+algorithm and loss (``fedseg.models.dynunet``)."""

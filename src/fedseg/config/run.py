@@ -75,15 +75,24 @@ class RunConfig(StrictModel):
         return self
 
     @model_validator(mode="after")
+    def _model_fits_the_patch(self) -> RunConfig:
+        """A model that derives its layout from the patch (dynunet) gets it here, before the check below."""
+        patch = self.train.patch_size if self.train.patch_size is not None else self.data.target_shape()
+        resolved = self.model.for_patch(patch, self.data.preprocess.target_spacing or self.data.pixel_spacing)
+        if resolved is not self.model:
+            self.model = resolved
+        return self
+
+    @model_validator(mode="after")
     def _windows_fit_the_model(self) -> RunConfig:
-        step = 1
-        for s in self.model.strides:
-            step *= s
         for key, size in (("train.patch_size", self.train.patch_size),
                           ("eval.sliding_window.roi_size", self.eval.sliding_window.roi_size)):
-            if size is not None and any(n % step for n in size):
-                raise ValueError(f"{key} {size}: every entry must be a multiple of {step} (the product of "
-                                 f"model.strides {self.model.strides}), e.g. {[max(step, n // step * step) for n in size]}")
+            steps = self.model.size_divisors(len(size)) if size is not None else []
+            if size is not None and any(n % step for n, step in zip(size, steps, strict=True)):
+                shown = steps[0] if len(set(steps)) == 1 else steps  # per axis only when they differ
+                raise ValueError(f"{key} {size}: every entry must be a multiple of {shown} (the product of "
+                                 f"model.strides {self.model.strides}), e.g. "
+                                 f"{[max(step, n // step * step) for n, step in zip(size, steps, strict=True)]}")
         return self
 
     @model_validator(mode="after")

@@ -6,9 +6,10 @@ from typing import Protocol
 
 from torch import nn
 
+from fedseg.losses.deep_supervision import DeepSupervisionLoss
 from fedseg.losses.dice_ce import DiceCE, build_dice_ce
 
-__all__ = ["DiceCE", "LossSpec", "build_loss"]
+__all__ = ["DeepSupervisionLoss", "DiceCE", "LossSpec", "build_loss"]
 
 
 class LossSpec(Protocol):

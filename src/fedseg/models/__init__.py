@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 from torch import nn
 
+from fedseg.models import dynunet as dynunet  # registers "dynunet"
 from fedseg.models import fedbcs_unet as fedbcs_unet  # registers "fedbcs_unet"
 from fedseg.models import transunet as transunet  # registers "transunet"
 from fedseg.models import unet as unet  # registers "unet"

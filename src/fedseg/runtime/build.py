@@ -40,7 +40,7 @@ from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
 from fedseg.engine.server import FederationServer, sample_clients
-from fedseg.losses import build_loss
+from fedseg.losses import DeepSupervisionLoss, build_loss
 from fedseg.models import build_model
 from fedseg.models.init import InitCheckpointError, load_init_checkpoint
 from fedseg.models.taps import AuxOutputError
@@ -396,9 +396,11 @@ def build_federation(
     algorithm.combine = build_combiner(cfg, algorithm, fit_clients if run is not None else None)
     splits = attack_splits(client_splits(data, algorithm), cfg.attack, spec.num_classes)
     model, init_params, digest = init_model(cfg, spec, device)
+    # deep supervision (dynunet) rides on the logits; for any other model this is the plain loss
+    loss_fn = DeepSupervisionLoss(build_loss(cfg.loss, spec.num_classes))
     federation = Federation(
         cfg=cfg, spec=spec, device=device, engine=engine, algorithm=algorithm, model=model, init_params=init_params,
-        init_digest=digest, loss_fn=build_loss(cfg.loss, spec.num_classes), splits=splits, sites=site_names,
+        init_digest=digest, loss_fn=loss_fn, splits=splits, sites=site_names,
         fit_clients=fit_clients,
     )
     for name in splits:  # built now, so a client that cannot train (e.g. weak labels) is refused before the server
