@@ -45,6 +45,7 @@ __all__ = [
     "check_case",
     "planned_shape",
     "foreground_fraction",
+    "resize_case",
 ]
 
 _MAX_LISTED = 10
@@ -188,6 +189,18 @@ def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str, anti_aliasing:
         torch.from_numpy(np.ascontiguousarray(array))
     )
     return np.asarray(torch.as_tensor(out).detach().cpu().numpy())
+
+
+def resize_case(image: np.ndarray, mask: np.ndarray | None, shape: Sequence[int], anti_aliasing: bool) -> tuple[
+    np.ndarray, np.ndarray | None
+]:
+    """Resize an image ``(C, *spatial)`` (bi/trilinear) and its label map ``(*spatial)`` (nearest) to ``shape``."""
+    target = tuple(int(n) for n in shape)
+    out = _resize(image, target, "bilinear" if len(target) == 2 else "trilinear", anti_aliasing).astype(np.float32)
+    if mask is None or tuple(mask.shape) == target:
+        return out, mask
+    labels = np.rint(_resize(mask[None].astype(np.float32), target, "nearest-exact"))[0].astype(np.int64)
+    return out, labels
 
 
 def _pad_crop(array: np.ndarray, pad_crop: Sequence[tuple[int, int]]) -> np.ndarray:
