@@ -103,3 +103,19 @@ def test_check_reports_volumes_with_their_slice_shape(tmp_path: Path) -> None:
     by_name = {s.name: s for s in report.sites}
     assert by_name["mr"].cases == 3 and by_name["mr"].shapes == ((8, 8),) and by_name["us"].shapes == ((8, 8),)
     assert "slices along axis 1" in by_name["mr"].spec and by_name["us"].spec == ""
+
+
+def test_split_file_lists_volumes_or_slices(tmp_path: Path) -> None:
+    import json
+
+    _volumes(tmp_path / "mr", 3, per_patient=1)
+    split_file = tmp_path / "splits.json"
+    split_file.write_text(json.dumps({"mr": {"train": ["p0_v0", "p1_v0"], "val": [], "test": ["p2_v0"]}}))
+    cfg = _cfg(tmp_path, slice_axis=2, slice_keep_empty=0.0, split_file=split_file)
+    s = load_folder_federation(cfg, seed=0).site("mr")
+    assert s.train.ids == ["p0_v0_slice001", "p0_v0_slice002", "p1_v0_slice001", "p1_v0_slice002"]
+    assert s.test.ids == ["p2_v0_slice001", "p2_v0_slice002"] and len(s.val) == 0
+    # the slice ids a run writes to splits.json are accepted back as they are
+    split_file.write_text(json.dumps({"mr": {"train": s.train.ids, "val": [], "test": s.test.ids}}))
+    again = load_folder_federation(cfg, seed=5).site("mr")
+    assert (again.train.ids, again.test.ids) == (s.train.ids, s.test.ids)

@@ -58,6 +58,8 @@ class CaseFiles:
             training case, labelled by the site's label file).
         group: value of the group column (the case id when there is no group column).
         metadata: the case's ``metadata.csv`` row (empty when none).
+        volume: for a slice of a volume fed to a 2D model (:mod:`fedseg.data.slices`), the
+            volume's case id (``None`` otherwise).
     """
 
     site: str
@@ -66,6 +68,7 @@ class CaseFiles:
     mask: Path | None
     group: str
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    volume: str | None = None
 
 
 @dataclass

@@ -11,7 +11,8 @@ A sliced site's volumes are read, checked and preprocessed as 3D cases (the site
   ``data.preprocess.target_shape``; bilinear image, nearest label map), its spacing scaled to match;
 * **names and groups**: slice ``k`` of case ``c`` is case ``c_slice<k>`` (three digits at least)
   in the volume's group, so the split, which is made by group, keeps every slice of a volume (and of
-  a patient) in one split. A split file may list the slice ids (a run's ``splits.json``).
+  a patient) in one split. A split file may list volume ids (all their slices) or slice ids (a
+  run's ``splits.json``).
 
 Check mode (``fedseg data check``, no arrays kept) reports a volume as one case with the 2D shape
 its slices will have.
@@ -32,7 +33,7 @@ from fedseg.data.check import CaseSummary
 from fedseg.data.layout import SiteIndex
 from fedseg.data.preprocess import GeometryInfo, PreprocessedCase, resize_case
 
-__all__ = ["keep_empty_of", "slice_id", "choose_slices", "slice_case", "expand_slices"]
+__all__ = ["keep_empty_of", "slice_id", "choose_slices", "slice_case", "expand_slices", "volume_ids_to_slices"]
 
 
 def keep_empty_of(cfg: DataConfig, site: str) -> float | None:
@@ -146,6 +147,25 @@ def expand_slices(summaries: list[CaseSummary], index: list[SiteIndex], cfg: Dat
         for k in kept:
             case = slice_case(volume, axis, k, None if target is None else tuple(target),
                               cfg.preprocess.anti_aliasing)
-            files = replace(summary.files, case_id=slice_id(summary.files.case_id, k))
+            files = replace(summary.files, case_id=slice_id(summary.files.case_id, k), volume=summary.files.case_id)
             out.append(CaseSummary(files, case.image.shape[1:], (), case.foreground or 0.0, case))
     return out, problems
+
+
+def volume_ids_to_slices(parts: dict[str, list[str]], cases: list[CaseSummary]) -> dict[str, list[str]]:
+    """A split file's ids of one site with every volume id replaced by the ids of its slices.
+
+    Args:
+        parts: split name -> listed case ids (volume or slice ids).
+        cases: the site's cases (slices carry their volume in ``files.volume``).
+
+    Returns:
+        ``parts`` itself when the site has no slices, else the expanded lists (slice order).
+    """
+    slices: dict[str, list[str]] = {}
+    for c in cases:
+        if c.files.volume is not None:
+            slices.setdefault(c.files.volume, []).append(c.files.case_id)
+    if not slices:
+        return parts
+    return {k: [s for i in ids for s in slices.get(i, [i])] for k, ids in parts.items()}
