@@ -119,3 +119,21 @@ def test_split_file_lists_volumes_or_slices(tmp_path: Path) -> None:
     split_file.write_text(json.dumps({"mr": {"train": s.train.ids, "val": [], "test": s.test.ids}}))
     again = load_folder_federation(cfg, seed=5).site("mr")
     assert (again.train.ids, again.test.ids) == (s.train.ids, s.test.ids)
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slices_resized_together_equal_slice_by_slice(axis: int) -> None:
+    from fedseg.data.slices import slice_volume
+
+    rng = np.random.default_rng(axis)
+    image = rng.normal(size=(2, 5, 6, 7)).astype(np.float32)
+    mask = rng.integers(0, 3, size=(5, 6, 7))
+    info = GeometryInfo((5, 6, 7), (1.0, 1.0, 1.0), None, (5, 6, 7), (5, 6, 7), ((0, 0),) * 3, (5, 6, 7),
+                        (1.0, 1.0, 1.0))
+    volume = PreprocessedCase(image, mask, (1.0, 1.0, 1.0), info, 0.0)
+    together = slice_volume(volume, axis, [0, 2, 3], (9, 4), True)
+    for k, case in zip([0, 2, 3], together, strict=True):
+        alone = slice_case(volume, axis, k, (9, 4), True)
+        np.testing.assert_array_equal(case.image, alone.image)
+        np.testing.assert_array_equal(case.mask, alone.mask)
+        assert case.image.shape == (2, 9, 4) and case.spacing == alone.spacing

@@ -33,7 +33,7 @@ from fedseg.data.check import CaseSummary
 from fedseg.data.layout import SiteIndex
 from fedseg.data.preprocess import GeometryInfo, PreprocessedCase, resize_case
 
-__all__ = ["keep_empty_of", "slice_id", "choose_slices", "slice_case", "expand_slices", "volume_ids_to_slices"]
+__all__ = ["keep_empty_of", "slice_id", "choose_slices", "slice_volume", "slice_case", "expand_slices", "volume_ids_to_slices"]
 
 
 def keep_empty_of(cfg: DataConfig, site: str) -> float | None:
@@ -69,33 +69,51 @@ def choose_slices(has_foreground: np.ndarray, keep_empty: float | None, seed: in
     return sorted(int(i) for i in np.concatenate([np.flatnonzero(has_foreground), drawn]))
 
 
-def slice_case(case: PreprocessedCase, axis: int, index: int, target: tuple[int, ...] | None,
-               anti_aliasing: bool) -> PreprocessedCase:
-    """Slice ``index`` along spatial ``axis`` of a preprocessed volume, resized to ``target``.
+def slice_volume(case: PreprocessedCase, axis: int, indices: list[int], target: tuple[int, ...] | None,
+                 anti_aliasing: bool) -> list[PreprocessedCase]:
+    """Slices ``indices`` along spatial ``axis`` of a preprocessed volume, resized to ``target``.
+
+    The kept slices are resized together (stacked as channels: one resize call per volume, the
+    same result as slice by slice, since every channel is interpolated on its own).
 
     Args:
         case: image ``(C, X, Y, Z)`` float32, mask ``(X, Y, Z)`` int64 (or None).
         axis: spatial axis (0, 1, 2) of the volume array.
-        index: the slice.
+        indices: the slices.
         target: 2D shape to resize to (``None``: keep the volume grid).
         anti_aliasing: smooth the image before downsampling.
 
     Returns:
-        A 2D case ``(C, H, W)``; its :class:`GeometryInfo` maps the slice on the volume grid.
+        One 2D case ``(C, H, W)`` per index; its :class:`GeometryInfo` maps the slice on the volume grid.
     """
-    image = np.ascontiguousarray(np.take(case.image, index, axis=axis + 1))
-    mask = None if case.mask is None else np.ascontiguousarray(np.take(case.mask, index, axis=axis))
+    if not indices:
+        return []
+    channels = int(case.image.shape[0])
+    images = np.take(case.image, indices, axis=axis + 1)  # (C, ..., K, ...)
+    images = np.moveaxis(images, axis + 1, 0).reshape(len(indices) * channels, *images.shape[1:axis + 1],
+                                                      *images.shape[axis + 2:])
+    masks = None if case.mask is None else np.moveaxis(np.take(case.mask, indices, axis=axis), axis, 0)
     spacing = tuple(s for k, s in enumerate(case.spacing) if k != axis)
-    shape = tuple(int(n) for n in image.shape[1:])
+    shape = tuple(int(n) for n in images.shape[1:])
     final = shape if target is None else tuple(int(n) for n in target)
     if final != shape:
-        image, mask = resize_case(image, mask, final, anti_aliasing)
+        images, masks = resize_case(images, masks, final, anti_aliasing)
     new_spacing = tuple(float(s) * n / f for s, n, f in zip(spacing, shape, final))
     info = GeometryInfo(original_shape=shape, original_spacing=spacing, orientation=None, oriented_shape=shape,
                         resampled_shape=final, pad_crop=((0, 0),) * len(final), shape=final, spacing=new_spacing)
-    foreground = None if mask is None else float(np.count_nonzero(mask)) / max(mask.size, 1)
-    return PreprocessedCase(image=np.ascontiguousarray(image, dtype=np.float32), mask=mask, spacing=new_spacing,
-                            info=info, foreground=foreground)
+    out = []
+    for k in range(len(indices)):
+        image = np.ascontiguousarray(images[k * channels:(k + 1) * channels], dtype=np.float32)
+        mask = None if masks is None else np.ascontiguousarray(masks[k])
+        foreground = None if mask is None else float(np.count_nonzero(mask)) / max(mask.size, 1)
+        out.append(PreprocessedCase(image=image, mask=mask, spacing=new_spacing, info=info, foreground=foreground))
+    return out
+
+
+def slice_case(case: PreprocessedCase, axis: int, index: int, target: tuple[int, ...] | None,
+               anti_aliasing: bool) -> PreprocessedCase:
+    """Slice ``index`` of a volume (:func:`slice_volume` with one index)."""
+    return slice_volume(case, axis, [index], target, anti_aliasing)[0]
 
 
 def expand_slices(summaries: list[CaseSummary], index: list[SiteIndex], cfg: DataConfig, seed: int) -> tuple[
@@ -144,9 +162,8 @@ def expand_slices(summaries: list[CaseSummary], index: list[SiteIndex], cfg: Dat
         other = tuple(k for k in range(volume.mask.ndim) if k != axis)
         kept = choose_slices(np.any(volume.mask > 0, axis=other), keep_empty_of(cfg, site), seed, site,
                              summary.files.case_id)
-        for k in kept:
-            case = slice_case(volume, axis, k, None if target is None else tuple(target),
-                              cfg.preprocess.anti_aliasing)
+        cut = slice_volume(volume, axis, kept, None if target is None else tuple(target), cfg.preprocess.anti_aliasing)
+        for k, case in zip(kept, cut, strict=True):
             files = replace(summary.files, case_id=slice_id(summary.files.case_id, k), volume=summary.files.case_id)
             out.append(CaseSummary(files, case.image.shape[1:], (), case.foreground or 0.0, case))
     return out, problems
