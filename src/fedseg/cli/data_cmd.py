@@ -153,6 +153,9 @@ def check(
                       ", ".join(str(v) for v in s.labels), shapes + (" ..." if len(s.shapes) > 3 else ""))
     if report.sites:
         console.print(sites)
+    for s in report.sites:  # per-site specs (data.sites entries): what each site changes
+        if s.spec:
+            console.print(f"site {escape(s.name)}: {escape(s.spec)}")
     if report.errors:
         console.print(f"[bold red]{len(report.errors)} error(s)[/]: a run on this data refuses to start.")
         raise typer.Exit(1)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from fedseg.config.base import StrictModel
+from fedseg.config.site import check_site_specs, site_entries_to_specs
 
 __all__ = [
     "SplitConfig",
@@ -16,6 +17,7 @@ __all__ = [
     "PartitionConfig",
     "LabelCorruptionConfig",
     "WeakLabelConfig",
+    "SiteSpec",
     "DataConfig",
 ]
 
@@ -182,6 +184,32 @@ class WeakLabelConfig(StrictModel):
         return self.box_margin[0], self.box_margin[1]
 
 
+class SiteSpec(StrictModel):
+    """One site's overrides of the ``data`` section (an entry of ``data.sites``; see
+    :mod:`fedseg.config.site` for the rules and :mod:`fedseg.data.site_spec` for how they are read).
+
+    Every site must still feed the model ``data.channels`` input channels and reach the classes
+    ``0..data.num_classes-1``: both are checked when the config is validated.
+    """
+
+    path: Path | None = Field(None, description="the site's folder (relative: to data.root); default <root>/<name>")
+    channels: list[int] | Literal["grey"] | None = Field(
+        None, description="which channels feed the model: indices of the channel files (3D: _0000, _0001...) or "
+        "of the colour channels (2D RGB: [0] = red), or grey (luminance of an RGB image)"
+    )
+    label_map: dict[int, int] | None = Field(None, description="mask file value -> class index for this site")
+    preprocess: PreprocessConfig | None = Field(
+        None, description="replaces data.preprocess for this site (target_shape, when unset, stays the federation's)"
+    )
+    group_column: str | None = Field(None, description="metadata.csv column grouping this site's cases")
+    modality: str | None = Field(None, description="imaging modality of this site (MR, US, dermoscopy...), informative")
+    spatial_dims: Literal[2, 3] | None = Field(None, description="2 or 3: the site's files; default from the file type")
+    slice_axis: Literal[0, 1, 2] | None = Field(None, description="feed this site's 3D volumes to a 2D model as "
+                                                                  "slices along this array axis")
+    slice_keep_empty: float | None = Field(None, ge=0, le=1, description="with slice_axis: keep every slice with "
+                                           "foreground and this fraction of the empty ones (seeded); default all")
+
+
 class DataConfig(StrictModel):
     """The dataset spec: where the sites are, what the files hold, and how they are preprocessed and split.
 
@@ -193,7 +221,8 @@ class DataConfig(StrictModel):
     source: Literal["synthetic", "folder"] = "synthetic"
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
     root: Path | None = Field(None, description="<root>/<site>/{images,masks}/ for source=folder")
-    sites: list[str] | None = Field(None, description="site folder names; default: every site under root")
+    sites: list[str] | None = Field(None, description="site folder names; default: every site under root. An entry "
+                                    "may be {name: ..., <SiteSpec keys>}: it moves to data.site_specs")
     spatial_dims: Literal[2, 3] | None = Field(None, description="2 or 3; default: from the file type (NIfTI = 3)")
     modality: str | None = Field(None, description="imaging modality (MR, CT, US, endoscopy...), informative")
     channels: int = Field(1, ge=1, description="input channels: 2D 1 = grey, 3 = RGB; 3D = files per case")
@@ -227,6 +256,22 @@ class DataConfig(StrictModel):
         "(image-level class labels); sites not named are pixel (fedseg.data.supervision)"
     )
     weak_labels: WeakLabelConfig = Field(default_factory=WeakLabelConfig)
+    site_specs: dict[str, SiteSpec] = Field(
+        default_factory=dict, description="site -> its overrides (channels, label_map, preprocess, group_column, "
+        "modality, spatial_dims, slice_axis, path); entries of data.sites are stored here"
+    )
+    slice_axis: Literal[0, 1, 2] | None = Field(
+        None, description="feed every 3D site to a 2D model as slices along this array axis (a site entry overrides)"
+    )
+    slice_keep_empty: float | None = Field(
+        None, ge=0, le=1, description="with slicing: keep every slice with foreground and this fraction of the "
+        "empty ones (seeded per volume); default every slice"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _site_entries(cls, raw: Any) -> Any:
+        return site_entries_to_specs(raw)
 
     @field_validator("sites")
     @classmethod
@@ -271,10 +316,18 @@ class DataConfig(StrictModel):
             if self.partition is not None:
                 raise ValueError("data.weak_labels.source 'files' cannot be used with data.partition (simulated "
                                  "sites have no label files); use 'derive'")
+        check_site_specs(self)
         return self
+
+    def site_spec(self, site: str) -> SiteSpec | None:
+        """The overrides of ``site`` (``None``: it follows the ``data`` section)."""
+        return self.site_specs.get(site)
 
     def group_column_of(self, site: str) -> str | None:
         """The group column of ``site`` (``None``: every case is its own group)."""
+        spec = self.site_specs.get(site)
+        if spec is not None and spec.group_column is not None:
+            return spec.group_column
         if isinstance(self.group_column, dict):
             return self.group_column.get(site)
         return self.group_column

@@ -21,6 +21,7 @@ from fedseg.data.base import DataError, FederatedData, Problem, SegmentationSet,
 from fedseg.data.check import MAX_LISTED, CaseSummary, DatasetReport, Maskless, Splits, problems_of
 from fedseg.data.layout import SiteIndex
 from fedseg.data.partition import partition_units
+from fedseg.data.slices import volume_ids_to_slices
 from fedseg.data.splits import SPLITS, SplitAssignment, read_split_file, split_groups
 from fedseg.data.supervision import SupervisionKind, files_mode_sites, weak_training_split
 from fedseg.data.weak_label_files import WeakLabels, read_site_weak_labels
@@ -139,6 +140,7 @@ def split_sites(
                 problems.append(Problem(f"data.split_file {cfg.split_file}", f"has no entry for site {name!r}", name))
                 out[name] = {k: [] for k in SPLITS}
                 continue
+            parts = volume_ids_to_slices(parts, cases)  # a volume id stands for all its slices
             listed = {i for k in SPLITS for i in parts[k]}
             unmasked = sorted(i for k in SPLITS if k != "train" for i in parts[k] if i in no_mask)
             if unmasked:

@@ -66,6 +66,8 @@ class SiteSummary:
     splits: dict[str, list[str]] = field(default_factory=lambda: {k: [] for k in SPLITS})
     labels: tuple[int, ...] = ()
     shapes: tuple[tuple[int, ...], ...] = ()
+    spec: str = ""
+    """What the site's spec changes (channels, label map, slicing...; :mod:`fedseg.data.site_spec`)."""
 
 
 @dataclass

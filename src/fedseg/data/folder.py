@@ -21,6 +21,7 @@ error, so ``fedseg run`` refuses to start with the same list ``fedseg data check
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +55,8 @@ from fedseg.data.check import (
 )
 from fedseg.data.layout import CaseFiles, discover_sites, index_dataset
 from fedseg.data.preprocess import check_case, foreground_fraction, planned_shape, preprocess_case
+from fedseg.data.site_spec import describe_spec, is_sliced, read_site_image, site_config, spec_settings
+from fedseg.data.slices import expand_slices
 from fedseg.data.splits import split_counts, split_groups
 from fedseg.data.weak_label_files import WeakLabels, case_box
 from fedseg.io import IMAGE_2D_SUFFIXES, read_image, read_mask
@@ -85,15 +88,24 @@ def _cache(cfg: DataConfig) -> CaseCache | None:
 def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache | None) -> tuple[
     CaseSummary | None, list[Problem]
 ]:
-    """Read, check and (``keep``) preprocess one case; every problem of its files together."""
+    """Read, check and (``keep``) preprocess one case; every problem of its files together.
+
+    ``cfg`` is the federation's data section; the case is read through its site's spec
+    (:mod:`fedseg.data.site_spec`: channel selection, label map, preprocessing; a sliced site's
+    volumes stay 3D here, :mod:`fedseg.data.slices` cuts them).
+    """
     if files.mask is None:  # only a weak site's training images may lack a mask (_read_all)
         return None, [Problem(str(files.images[0]), "image without mask", files.site)]
+    site_cfg = site_config(cfg, files.site, is_sliced(cfg, files.site, files.images[0]))
     key = None
     if keep and cache is not None:
         try:
             key = cache.key(files)
         except OSError as exc:
             return None, [Problem(str(files.mask), f"cannot stat ({exc})", files.site)]
+        extra = spec_settings(cfg, files.site)
+        if extra:  # the site's own settings shape its arrays too
+            key = hashlib.sha256(f"{key}\0{extra}".encode()).hexdigest()
         cached = cache.load(key)
         if cached is not None and cached.mask is not None:
             # file label values are only tabulated by check_dataset, which reads the files
@@ -101,7 +113,7 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
     problems: list[Problem] = []
     image = mask = None
     try:
-        image = read_image(files.images, channels=cfg.channels)
+        image = read_site_image(files.site, files.images, cfg, read_image)
     except DataError as exc:
         problems += problems_of(exc, files.site)
     try:
@@ -110,18 +122,18 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
         problems += problems_of(exc, files.site)
     if image is None or mask is None:
         return None, problems
-    problems = [replace(p, site=files.site) for p in check_case(image, mask, cfg)]
+    problems = [replace(p, site=files.site) for p in check_case(image, mask, site_cfg)]
     if problems:
         return None, problems
     if not keep:
         labels = tuple(int(v) for v in np.unique(mask.array))
         try:
-            shape = planned_shape(image, cfg)
+            shape = planned_shape(image, site_cfg)
         except DataError as exc:
             return None, problems_of(exc, files.site)
-        return CaseSummary(files, shape, labels, foreground_fraction(mask.array, cfg)), []
+        return CaseSummary(files, shape, labels, foreground_fraction(mask.array, site_cfg)), []
     try:
-        case = preprocess_case(image, mask, cfg)
+        case = preprocess_case(image, mask, site_cfg)
     except DataError as exc:
         return None, problems_of(exc, files.site)
     if cache is not None and key is not None:
@@ -134,13 +146,14 @@ def _read_weak_case(files: CaseFiles, cfg: DataConfig, keep: bool, labels: WeakL
 ]:
     """A weak site's training case: its image and weak label. The mask file is never opened, and the
     cache (which would hold the mask) is not used."""
+    site_cfg = site_config(cfg, files.site, is_sliced(cfg, files.site, files.images[0]))
     try:
-        image = read_image(files.images, channels=cfg.channels)
+        image = read_site_image(files.site, files.images, cfg, read_image)
         box = case_box(labels, files.case_id, image)
         if not keep:
-            return CaseSummary(files, planned_shape(image, cfg), (), 0.0), []
+            return CaseSummary(files, planned_shape(image, site_cfg), (), 0.0), []
         # the box is a 0/1 mask on the image grid: preprocess it like a mask, without the label map
-        case = preprocess_case(image, box, cfg.model_copy(update={"label_map": None}))
+        case = preprocess_case(image, box, site_cfg.model_copy(update={"label_map": None}))
     except DataError as exc:
         return None, problems_of(exc, files.site)
     label = case.mask.astype(np.uint8) if case.mask is not None else labels.vector(files.case_id)
@@ -195,6 +208,8 @@ def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> t
     cases = [c for site in index for c in site.cases]
     summaries, found = _read_all(cases, cfg, keep, weak)
     problems += found
+    summaries, found = expand_slices(summaries, index, cfg, seed)
+    problems += found
     if root is None:
         return DatasetReport(root, dims, problems, []), {}
     problems += shape_problems(summaries, root, dims)
@@ -204,7 +219,11 @@ def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> t
     problems += found
     had_errors = {p.site for p in problems if p.severity == "error"}
     problems += split_problems(splits, root, had_errors, all_to_test, no_masks)
-    return DatasetReport(root, dims, problems, site_summaries(splits)), splits
+    summaries_by_site = site_summaries(splits)
+    sliced = {s.name for s in index if s.slice_axis is not None}
+    for summary in summaries_by_site:
+        summary.spec = describe_spec(cfg, summary.name, summary.name in sliced)
+    return DatasetReport(root, dims, problems, summaries_by_site), splits
 
 
 def check_dataset(cfg: DataConfig, seed: int = 0) -> DatasetReport:

@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import Literal
 
 from fedseg.config import DataConfig
+from fedseg.config.site import slicing_configured, spec_key
 from fedseg.data.scan import broken_link, case_variant, scan_root
+from fedseg.data.site_spec import site_dir, slice_axis_of
 from fedseg.io import IMAGE_2D_SUFFIXES, NIFTI_SUFFIXES, SUFFIXES, DataError, Problem, file_stem, file_suffix, read_image
 
 __all__ = [
@@ -56,6 +58,8 @@ class CaseFiles:
             training case, labelled by the site's label file).
         group: value of the group column (the case id when there is no group column).
         metadata: the case's ``metadata.csv`` row (empty when none).
+        volume: for a slice of a volume fed to a 2D model (:mod:`fedseg.data.slices`), the
+            volume's case id (``None`` otherwise).
     """
 
     site: str
@@ -64,15 +68,20 @@ class CaseFiles:
     mask: Path | None
     group: str
     metadata: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    volume: str | None = None
 
 
 @dataclass
 class SiteIndex:
-    """The cases found in one site folder (those with every file present)."""
+    """The cases found in one site folder (those with every file present).
+
+    ``slice_axis``: the site's 3D volumes feed a 2D model as slices along this axis (``None``: not sliced).
+    """
 
     name: str
     path: Path
     cases: list[CaseFiles]
+    slice_axis: int | None = None
 
 
 def discover_sites(root: Path) -> list[str]:
@@ -149,16 +158,24 @@ def _read_metadata(site_dir: Path, site: str, column: str | None) -> tuple[dict[
     return {row["id"]: {k: (v or "").strip() for k, v in row.items() if k is not None} for row in rows}, []
 
 
+def _folder_dims(site_folder: Path) -> int | None:
+    """3 when the first image file of ``<site_folder>/images`` is NIfTI, 2 for a 2D format, None without one."""
+    folder = site_folder / "images"
+    if not folder.is_dir():
+        return None
+    for p in sorted(folder.iterdir()):
+        suffix = file_suffix(p)
+        if suffix and not p.name.startswith("."):
+            return 3 if suffix in NIFTI_SUFFIXES else 2
+    return None
+
+
 def infer_spatial_dims(root: Path, sites: list[str]) -> int | None:
     """3 when the first image file found is NIfTI, 2 when it is a 2D format, None when there is none."""
     for site in sites:
-        folder = root / site / "images"
-        if not folder.is_dir():
-            continue
-        for p in sorted(folder.iterdir()):
-            suffix = file_suffix(p)
-            if suffix and not p.name.startswith("."):
-                return 3 if suffix in NIFTI_SUFFIXES else 2
+        dims = _folder_dims(root / site)
+        if dims is not None:
+            return dims
     return None
 
 
@@ -191,13 +208,16 @@ def _masks_optional(cfg: DataConfig, site: str) -> bool:
     return cfg.weak_labels.source == "files" and cfg.supervision.get(site, "pixel") != "pixel"
 
 
-def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[SiteIndex, list[Problem]]:
+def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int, site: str | None = None) -> tuple[
+    SiteIndex, list[Problem]
+]:
     """Pair the images and masks of one site folder and attach metadata.
 
     Args:
-        site_dir: ``<root>/<site>``.
-        cfg: dataset spec (``channels``, ``group_column``).
-        spatial_dims: 2 or 3; files of the other kind are problems.
+        site_dir: ``<root>/<site>`` (or the site spec's ``path``).
+        cfg: dataset spec (``channels``, ``group_column``, the site's spec).
+        spatial_dims: 2 or 3: the kind of the site's files; files of the other kind are problems.
+        site: the site name (default: the folder name).
 
     Returns:
         The complete cases, and every problem found: no ``images/``/``masks/`` folder, an empty
@@ -205,8 +225,11 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
         a files-mode weak site, where it is a case with ``mask=None``), a mask without image
         (warning), missing or extra channel files, metadata rows missing or empty.
     """
-    site = site_dir.name
+    site = site or site_dir.name
     optional = _masks_optional(cfg, site)
+    spec = cfg.site_spec(site)
+    chosen = list(spec.channels) if spec is not None and isinstance(spec.channels, list) else None
+    several = cfg.channels > 1 or (chosen is not None and max(chosen) > 0)
     problems: list[Problem] = []
     images_dir, masks_dir = site_dir / "images", site_dir / "masks"
     if not images_dir.is_dir():
@@ -240,7 +263,7 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     channel_files: dict[str, dict[int, Path]] = {}
     for stem, path in images.items():
         match = _CHANNEL.match(stem)
-        if stem in masks or match is None or (match["case"] not in masks and cfg.channels == 1):
+        if stem in masks or match is None or (match["case"] not in masks and not several):
             channel_files.setdefault(stem, {})[-1] = path
         else:
             channel_files.setdefault(match["case"], {})[int(match["channel"])] = path
@@ -260,7 +283,12 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
             problems.append(Problem(str(images_dir), f"case {case!r}: channel file(s) {', '.join(missing)} missing "
                                                      f"(found {', '.join(files[i].name for i in indices)})", site))
             continue
-        if len(indices) != cfg.channels:
+        if chosen is not None:
+            if len(indices) <= max(chosen):
+                problems.append(Problem(str(files[0]), f"case {case!r} has {len(indices)} channel file(s), but "
+                                                       f"{spec_key(site)}.channels selects {chosen}", site))
+                continue
+        elif len(indices) != cfg.channels:
             problems.append(Problem(str(files[0]), f"case {case!r} has {len(indices)} channel file(s), expected "
                                                    f"{cfg.channels} (data.channels)", site))
             continue
@@ -298,6 +326,33 @@ def index_site(site_dir: Path, cfg: DataConfig, spatial_dims: int) -> tuple[Site
     return SiteIndex(site, site_dir, result), problems
 
 
+def _site_kind(cfg: DataConfig, name: str, folder: Path, federation: int) -> tuple[
+    int, int | None, Problem | None
+]:
+    """The kind of a site's files (2 or 3), its slice axis, or the problem that keeps it out."""
+    spec = cfg.site_spec(name)
+    key = spec_key(name)
+    given: int | None = spec.spatial_dims if spec is not None else None
+    if given is None:
+        given = _folder_dims(folder)
+    own = given or federation
+    axis = slice_axis_of(cfg, name)
+    if own == 3 and federation == 2:
+        if axis is None:
+            return own, None, Problem(str(folder), f"the site holds 3D volumes but the federation is 2D: set "
+                                                   f"{key}.slice_axis (or data.slice_axis) to feed them as slices", name)
+        if spec is not None and spec.channels == "grey":
+            return own, None, Problem(str(folder), f"{key}.channels = grey (luminance of RGB) applies to 2D images, "
+                                                   "not to volumes; select channel files instead (e.g. [0])", name)
+        return own, axis, None
+    if own == 2 and federation == 3:
+        return own, None, Problem(str(folder), f"the site holds 2D images but the federation is 3D (data.spatial_dims"
+                                               f"{' and ' + key + '.spatial_dims' if spec is not None else ''})", name)
+    if spec is not None and spec.slice_axis is not None:
+        return own, None, Problem(str(folder), f"{key}.slice_axis is set but the site's images are 2D", name)
+    return own, None, None
+
+
 def index_dataset(cfg: DataConfig) -> tuple[list[SiteIndex], int, list[Problem]]:
     """Index every site of ``cfg.root`` (or ``cfg.sites``).
 
@@ -310,21 +365,33 @@ def index_dataset(cfg: DataConfig) -> tuple[list[SiteIndex], int, list[Problem]]
     root = Path(cfg.root)
     if not root.is_dir():
         return [], 2, [Problem(f"data.root {root}", "not a directory")]
-    available, problems = scan_root(root, cfg.sites)
+    elsewhere = cfg.sites is not None and all((s := cfg.site_spec(n)) is not None and s.path is not None
+                                              for n in cfg.sites)
+    # sites that all name their own folders use data.root as a base only: its other folders are no concern
+    available, problems = ([], []) if elsewhere else scan_root(root, cfg.sites)
     names = list(cfg.sites) if cfg.sites is not None else available
     if not names:
         return [], 2, [*problems, Problem(f"data.root {root}", "no site folder with an images/ subfolder")]
     present = []
     for name in names:
-        if not (root / name).is_dir():
-            problems.append(Problem("data.sites", f"{root / name} is not a directory; sites under root: "
-                                                  f"{', '.join(available) or 'none'}", name))
+        folder = site_dir(cfg, name)
+        if not folder.is_dir():
+            where = f"{spec_key(name)}.path" if folder != root / name else "data.sites"
+            problems.append(Problem(where, f"{folder} is not a directory; sites under root: "
+                                           f"{', '.join(available) or 'none'}", name))
         else:
             present.append(name)
-    dims = cfg.spatial_dims or infer_spatial_dims(root, present) or 2
+    first = next((d for n in present if (d := _folder_dims(site_dir(cfg, n))) is not None), None)
+    dims = cfg.spatial_dims or (2 if slicing_configured(cfg) else None) or first or 2
     sites = []
     for name in present:
-        index, found = index_site(root / name, cfg, dims)
+        folder = site_dir(cfg, name)
+        own, axis, problem = _site_kind(cfg, name, folder, dims)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        index, found = index_site(folder, cfg, own, site=name)
+        index.slice_axis = axis
         sites.append(index)
         problems += found
     return sites, dims, problems

@@ -45,6 +45,7 @@ __all__ = [
     "check_case",
     "planned_shape",
     "foreground_fraction",
+    "resize_case",
 ]
 
 _MAX_LISTED = 10
@@ -188,6 +189,22 @@ def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str, anti_aliasing:
         torch.from_numpy(np.ascontiguousarray(array))
     )
     return np.asarray(torch.as_tensor(out).detach().cpu().numpy())
+
+
+def resize_case(image: np.ndarray, mask: np.ndarray | None, shape: Sequence[int], anti_aliasing: bool) -> tuple[
+    np.ndarray, np.ndarray | None
+]:
+    """Resize an image ``(C, *spatial)`` (bi/trilinear) and its label map(s) ``([K,] *spatial)`` (nearest) to ``shape``."""
+    target = tuple(int(n) for n in shape)
+    out = _resize(image, target, "bilinear" if len(target) == 2 else "trilinear", anti_aliasing).astype(np.float32)
+    if mask is None:
+        return out, None
+    stacked = mask.ndim == len(target) + 1
+    maps = mask if stacked else mask[None]
+    if tuple(maps.shape[1:]) == target:
+        return out, mask
+    labels = np.rint(_resize(maps.astype(np.float32), target, "nearest-exact")).astype(np.int64)
+    return out, labels if stacked else labels[0]
 
 
 def _pad_crop(array: np.ndarray, pad_crop: Sequence[tuple[int, int]]) -> np.ndarray:
