@@ -50,6 +50,7 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
         },
         "model": ({"name": "fedbcs_unet", "features": [4, 8, 16], "fusion_channels": 8}
                   if algo.get("name") in PROTOTYPE_ALGORITHMS else
+                  {"name": "fedoap_unet", "features": [4, 8, 16], "heads": 8} if algo.get("name") == "fedoap" else
                   {"channels": [4, 8], "strides": [2], "num_res_units": 0}),
         "train": {"batch_size": 4, "lr": 1e-2},
         "federation": {"rounds": rounds, "local_epochs": 1},
