@@ -131,11 +131,11 @@ def test_without_dca_there_is_no_attention_and_no_bank() -> None:
 
 
 def test_config_derives_channels_and_refuses_bad_values() -> None:
-    cfg = config_from_dict({"model": {"name": "fedoap_unet", "features": [8, 16, 32], "heads": 4}})
+    cfg = config_from_dict({"model": {"name": "fedoap_unet", "features": [8, 16, 32], "dca_heads": 4}})
     assert isinstance(cfg.model, FedOAPUNetConfig)
     assert cfg.model.channels == [8, 16, 32] and cfg.model.strides == [2, 2]
     assert FedOAPUNetConfig.model_validate(cfg.model.model_dump(mode="json")) == cfg.model
-    with pytest.raises(ValueError, match="heads"):
+    with pytest.raises(ValueError, match="dca_heads"):
         build_model(FedOAPUNetConfig(features=[4, 8, 12]), 2, 1, 2)
     with pytest.raises(ValueError, match="spatial_dims 2 or 3"):
         build_model(FedOAPUNetConfig(features=[4, 8, 16]), 1, 1, 2)

@@ -165,9 +165,9 @@ class FedOAPUNetConfig(ModelConfig):
     name: Literal["fedoap_unet"] = "fedoap_unet"
     features: list[PositiveInt] = Field(
         default_factory=lambda: [32, 64, 128, 256],
-        description="encoder widths then the bottleneck width d (>= 2 entries; heads must divide d)",
+        description="encoder widths then the bottleneck width d (>= 2 entries; dca_heads must divide d)",
     )
-    heads: int = Field(8, ge=1, description="DCA attention heads (divides features[-1])")
+    dca_heads: int = Field(8, ge=1, description="DCA attention heads (divides features[-1])")
     dca: bool = Field(True, description="decoupled cross-attention at the bottleneck; false: the no-DCA ablation")
     adapter: bool = Field(True, description="zero-initialised spatial adapter after the DCA block")
     num_res_units: Literal[0] = Field(0, description="fixed: plain conv3x3-BN-ReLU blocks, no residual units")
@@ -192,8 +192,8 @@ class FedOAPUNetConfig(ModelConfig):
         return out
 
     def arguments(self) -> dict[str, Any]:
-        """The builder's keyword arguments: ``features``, ``heads``, ``dca``, ``adapter``."""
-        return {key: getattr(self, key) for key in ("features", "heads", "dca", "adapter")}
+        """The builder's keyword arguments: ``features``, ``dca_heads``, ``dca``, ``adapter``."""
+        return {key: getattr(self, key) for key in ("features", "dca_heads", "dca", "adapter")}
 
 
 def model_config_class(raw: Any) -> type[ModelConfig]:

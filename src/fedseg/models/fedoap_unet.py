@@ -105,7 +105,7 @@ class DecoupledCrossAttention(nn.Module):
     def __init__(self, dim: int, heads: int = DEFAULT_HEADS) -> None:
         super().__init__()
         if dim % heads:
-            raise ValueError(f"model.heads {heads} must divide the bottleneck width {dim} (model.features[-1])")
+            raise ValueError(f"model.dca_heads {heads} must divide the bottleneck width {dim} (model.features[-1])")
         self.heads = heads
         self.norm = nn.LayerNorm(dim)
         self.q_proj = nn.Linear(dim, dim)
@@ -258,12 +258,12 @@ class FedOAPUNet(nn.Module):
 
 @MODELS.register("fedoap_unet")
 def build_fedoap_unet(spatial_dims: int, in_channels: int, out_channels: int, *, features: Sequence[int],
-                      heads: int = DEFAULT_HEADS, dca: bool = True, adapter: bool = True) -> nn.Module:
+                      dca_heads: int = DEFAULT_HEADS, dca: bool = True, adapter: bool = True) -> nn.Module:
     """Build :class:`FedOAPUNet` (typed config: ``fedseg.config.model.FedOAPUNetConfig``).
 
     Raises:
         ValueError: ``spatial_dims`` not 2 or 3, a channel count below 1, fewer than 2
-            ``features``, or ``heads`` not dividing the bottleneck width.
+            ``features``, or ``dca_heads`` not dividing the bottleneck width.
     """
     if spatial_dims not in _CONV:
         raise ValueError(f"model fedoap_unet needs spatial_dims 2 or 3, got {spatial_dims!r}")
@@ -272,7 +272,7 @@ def build_fedoap_unet(spatial_dims: int, in_channels: int, out_channels: int, *,
     if len(features) < 2 or min(features) < 1:
         raise ValueError(f"model.features needs >= 2 positive widths (encoder stages, then the bottleneck), "
                          f"got {list(features)}")
-    if heads < 1 or features[-1] % heads:
-        raise ValueError(f"model.heads must be >= 1 and divide the bottleneck width {features[-1]} "
-                         f"(model.features[-1]), got {heads}")
-    return FedOAPUNet(spatial_dims, in_channels, out_channels, features, heads=heads, dca=dca, adapter=adapter)
+    if dca_heads < 1 or features[-1] % dca_heads:
+        raise ValueError(f"model.dca_heads must be >= 1 and divide the bottleneck width {features[-1]} "
+                         f"(model.features[-1]), got {dca_heads}")
+    return FedOAPUNet(spatial_dims, in_channels, out_channels, features, heads=dca_heads, dca=dca, adapter=adapter)
