@@ -188,6 +188,7 @@ def test_finetuning_trains_only_local_parts_with_the_boundary_loss(tmp_path: Pat
     assert all(r["finetune_loss"] > r["finetune_task_loss"] for r in records)  # + PBL (weight 1)
 
 
+@pytest.mark.slow
 def test_training_with_pbl_resumes_bit_identically(tmp_path: Path) -> None:
     algo = {"train_pbl_weight": 1.0, "finetune_epochs": 0}
     full = _run(tmp_path, "full", _cfg(algo, rounds=3))
