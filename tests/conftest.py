@@ -36,6 +36,8 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
                 **extra: Any) -> dict[str, Any]:
     """A run config that trains in well under a second per round."""
     algo = {"name": algorithm} if isinstance(algorithm, str) else algorithm
+    if algo.get("name") == "fedoap":  # 1 fine-tuning epoch (default 10) keeps the sweeps quick
+        algo = {"finetune_epochs": 1, **algo}
     cfg: dict[str, Any] = {
         "name": "tiny",
         "seed": 0,
@@ -50,6 +52,7 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
         },
         "model": ({"name": "fedbcs_unet", "features": [4, 8, 16], "fusion_channels": 8}
                   if algo.get("name") in PROTOTYPE_ALGORITHMS else
+                  {"name": "fedoap_unet", "features": [4, 8, 16], "dca_heads": 8} if algo.get("name") == "fedoap" else
                   {"channels": [4, 8], "strides": [2], "num_res_units": 0}),
         "train": {"batch_size": 4, "lr": 1e-2},
         "federation": {"rounds": rounds, "local_epochs": 1},

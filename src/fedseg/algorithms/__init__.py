@@ -12,10 +12,12 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     fedbcs,
     fedbn,
     fedmix,
+    fedoap,
     fedper,
     fedprox,
     fedrep,
     fedsegnet,
+    lgfedavg,
     local,
 )
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer

@@ -31,6 +31,7 @@ __all__ = [
     "TransUNetConfig",
     "FedBCSUNetConfig",
     "DynUNetConfig",
+    "FedOAPUNetConfig",
     "MODEL_CONFIGS",
     "DEFAULT_MODEL",
     "model_config_class",
@@ -319,6 +320,49 @@ def _check_layout(kernels: Any, pools: Any) -> None:
                          f"3), got lengths {sorted(dims)}")
     if any(isinstance(v, int) and v % 2 == 0 for k in kernels for v in k):
         raise ValueError(f"model.kernels {kernels}: kernel sizes must be odd (the output keeps the input's size)")
+
+
+@MODEL_CONFIGS.register("fedoap_unet")
+class FedOAPUNetConfig(ModelConfig):
+    """FedOAP's U-Net with decoupled cross-attention and a spatial adapter at the bottleneck
+    (:mod:`fedseg.models.fedoap_unet`), 2D or 3D.
+
+    ``channels``/``strides`` are derived from ``features`` as for ``fedbcs_unet`` (2x2 pooling per
+    stage); ``num_res_units``, ``norm`` and ``dropout`` are fixed (plain conv-BN-ReLU blocks).
+    """
+
+    name: Literal["fedoap_unet"] = "fedoap_unet"
+    features: list[PositiveInt] = Field(
+        default_factory=lambda: [32, 64, 128, 256],
+        description="encoder widths then the bottleneck width d (>= 2 entries; dca_heads must divide d)",
+    )
+    dca_heads: int = Field(8, ge=1, description="DCA attention heads (divides features[-1])")
+    dca: bool = Field(True, description="decoupled cross-attention at the bottleneck; false: the no-DCA ablation")
+    adapter: bool = Field(True, description="zero-initialised spatial adapter after the DCA block")
+    num_res_units: Literal[0] = Field(0, description="fixed: plain conv3x3-BN-ReLU blocks, no residual units")
+    norm: Literal["batch"] = Field("batch", description="fixed: BatchNorm with affine and running statistics")
+    dropout: float = Field(0.0, ge=0, le=0, description="fixed: no dropout")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_common(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        out = dict(data)
+        features = out.get("features", [32, 64, 128, 256])
+        if not isinstance(features, list) or len(features) < 2:
+            raise ValueError(f"model.features needs >= 2 widths (encoder stages, then the bottleneck), got {features!r}")
+        derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
+        for key, value in derived.items():
+            if key in out and list(out[key]) != value and "features" not in out:
+                raise ValueError(f"model.{key} is derived from model.features for fedoap_unet (would be {value}), "
+                                 f"got {out[key]!r}; set model.features instead")
+            out[key] = value
+        return out
+
+    def arguments(self) -> dict[str, Any]:
+        """The builder's keyword arguments: ``features``, ``dca_heads``, ``dca``, ``adapter``."""
+        return {key: getattr(self, key) for key in ("features", "dca_heads", "dca", "adapter")}
 
 
 def model_config_class(raw: Any) -> type[ModelConfig]:

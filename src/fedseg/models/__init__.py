@@ -13,6 +13,7 @@ from torch import nn
 
 from fedseg.models import dynunet as dynunet  # registers "dynunet"
 from fedseg.models import fedbcs_unet as fedbcs_unet  # registers "fedbcs_unet"
+from fedseg.models import fedoap_unet as fedoap_unet  # registers "fedoap_unet"
 from fedseg.models import transunet as transunet  # registers "transunet"
 from fedseg.models import unet as unet  # registers "unet"
 from fedseg.models.registry import MODELS, ModelBuilder
