@@ -165,9 +165,13 @@ def run_server(
     except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
         raise FlowerRunError(str(exc)) from None
     if write_report:
+        from fedseg.io.packages import MissingExtraError
         from fedseg.report import write_report as _write_report
 
-        _write_report(run_dir)
+        try:
+            _write_report(run_dir)
+        except MissingExtraError as exc:  # a server installed without [report]: the run itself is complete
+            logger.warning("no report written: %s; later: fedseg report %s", exc, run_dir)
     return ServerResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
 
 
