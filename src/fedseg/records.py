@@ -168,6 +168,7 @@ class InfoKey(StrEnum):
     AGGREGATION = "aggregation"  # the aggregation section (rule, clip_norm...) the server combined with
     ATTACK = "attack"  # {"kind", "sites", ...} of a simulated attack; absent when the run was not attacked
     PRIVACY = "privacy"  # the privacy section as run (client-level DP: delta, K, m, q, accountant)
+    VERSIONS = "versions"  # {fedseg, torch, monai, flwr, python} of the process that ran the server
 
 
 class BytesKey(StrEnum):

@@ -54,6 +54,6 @@ def loso(
                           notify=lambda line: console.print(escape(line)), command=command)
     except (RunError, DataError, ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(2) from None
+        raise typer.Exit(1 if isinstance(exc, DataError) else 2) from None  # exit codes: fedseg -h
     console.print(loso_markdown(result.rows, "Leave-one-site-out"), markup=False, highlight=False)
     console.print(f"table: {result.csv_path}  {result.markdown_path}")

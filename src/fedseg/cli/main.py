@@ -1,27 +1,68 @@
-"""``fedseg`` CLI: run, demo, algorithms, eval, report."""
+"""``fedseg`` CLI: run, demo, algorithms, eval, report.
+
+Conventions (``fedseg --help``): ``-h``/``--help`` everywhere, ``--version``, shell completion
+(``--install-completion``), fixed choices for ``--engine`` and ``--split``, and exit codes
+:data:`USAGE` (2) for a refused command line, configuration or run directory and :data:`FAILED` (1)
+for data that cannot be used and runs that fail.
+"""
 
 from __future__ import annotations
 
 import logging
 import shlex
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedseg.cli import data_cmd, flower_cmd, loso_cmd, predict_cmd
+from fedseg.cli import certs_cmd, data_cmd, flower_cmd, loso_cmd, predict_cmd
+from fedseg.records import Split
 
-__all__ = ["app"]
+__all__ = ["app", "Engine", "USAGE", "FAILED"]
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Federated medical image segmentation.")
+USAGE = 2
+"""Exit code: the command line, the configuration or the run directory was refused; nothing ran."""
+FAILED = 1
+"""Exit code: the data cannot be used, or a run, evaluation or Flower federation failed."""
+
+HELP = "\n\n".join([
+    "Federated medical image segmentation.",
+    "Exit codes: 0 success; 2 usage error (a bad option, argument or choice, an invalid configuration, a missing "
+    "file or folder named by them, a run directory that does not fit the request: nothing ran); 1 data or run error "
+    "(data that cannot be used; a run, evaluation or Flower site that failed; `fedseg data check` finding errors).",
+    "Shell completion: fedseg --install-completion (bash, zsh, fish, PowerShell).",
+])
+
+
+class _Choice(click.Choice):  # type: ignore[type-arg]
+    """A fixed set of values whose refusal lists them the way fedseg's other errors do, plus a hint."""
+
+    def __init__(self, choices: list[str], hint: str = "") -> None:
+        super().__init__(choices)
+        self.hint = hint
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return f"{value!r}: allowed {', '.join(map(str, self.choices))}{self.hint}"
+
+
+class Engine(StrEnum):
+    """``fedseg run --engine``: the engines a command line starts (a deployment runs with ``flwr run``)."""
+
+    INPROCESS = "inprocess"
+    FLOWER_SIM = "flower-sim"
+
+
+app = typer.Typer(no_args_is_help=True, help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
 console = Console(soft_wrap=True)  # paths and one-line messages are never broken
 err_console = Console(stderr=True)
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = USAGE) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -49,8 +90,22 @@ def _metrics_table(title: str, rows: list[dict[str, Any]], first: str = "site") 
     return table
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from fedseg.io.packages import package_versions
+
+        v = package_versions()
+        console.print(f"fedseg {v['fedseg']} (torch {v['torch']}, MONAI {v['monai']}, flwr {v['flwr']}, "
+                      f"Python {v['python']})", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False) -> None:
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="print the versions of fedseg, torch, MONAI, flwr and exit")] = False,
+) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
@@ -76,6 +131,7 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
     from fedseg.data.base import DataError
     from fedseg.engine.dpsgd import check_sample_dp
     from fedseg.registry import UnknownNameError
+    from fedseg.runtime.flower.executor import FlowerRunError
     from fedseg.runtime.sim import RunError, run_inprocess
 
     try:  # everything a config can get wrong, before any data is loaded
@@ -102,7 +158,10 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
             summary = run_flower_engine(cfg, run_dir, engine=engine or cfg.engine, resume=resume, command=command)
         else:
             summary = run_inprocess(cfg, run_dir, resume=resume, command=command, progress=RichProgress()).summary
-    except (RunError, DataError, ConfigError) as exc:
+    except (DataError, FlowerRunError) as exc:  # the data, or a site of the federation, failed
+        _fail(str(exc), FAILED)
+        raise AssertionError from None
+    except (RunError, ConfigError) as exc:  # the request does not fit the run directory or the engine
         _fail(str(exc))
         raise AssertionError from None
     _print_summary(summary, run_dir)
@@ -146,8 +205,10 @@ def run(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=5")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="continue from the run's last checkpoint")] = False,
     out: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
-    engine: Annotated[str | None, typer.Option("--engine", help="inprocess | flower-sim (default: the config's)")]
-    = None,
+    engine: Annotated[str | None, typer.Option(
+        "--engine", click_type=_Choice([e.value for e in Engine], " (a deployment is submitted with flwr run, see "
+                                       "docs/deployment.md)"),
+        help="inprocess | flower-sim (default: the config's; a deployment is submitted with flwr run)")] = None,
 ) -> None:
     """Train a federation described by CONFIG."""
     _run(config, set_ or [], resume, out, engine)
@@ -166,7 +227,9 @@ def eval_(
     run_dir: Annotated[Path, typer.Argument(help="a trained run directory")],
     data: Annotated[Path | None, typer.Option("--data", help="a site folder <site>/{images,masks} or a dataset root")] = None,
     client: Annotated[str | None, typer.Option("--client", help="use this client's personalised model")] = None,
-    split: Annotated[str, typer.Option(help="split of the run's own data when --data is not given")] = "test",
+    split: Annotated[str, typer.Option(click_type=_Choice([s.value for s in Split]),
+                                       help="split of the run's own data when --data is not given")]
+    = Split.TEST.value,
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="best | last (default: the run's eval.select)")] = None,
 ) -> None:
@@ -178,10 +241,15 @@ def eval_(
     from fedseg.data.base import DataError
     from fedseg.runtime.inference import EvalError, evaluate_run
 
+    if data is not None and not data.exists():
+        _fail(f"--data {data}: no such file or folder")
     try:
         rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint)
-    except (EvalError, DataError) as exc:
+    except EvalError as exc:  # not a finished run, a checkpoint or client it does not have
         _fail(str(exc))
+        raise AssertionError from None
+    except DataError as exc:
+        _fail(str(exc), FAILED)
         raise AssertionError from None
     label = f"personalised ({client})" if client else "judged-by"
     selection = rows[0]["selection"] if rows else "-"
@@ -216,6 +284,7 @@ def report(
 
 app.command("predict")(predict_cmd.predict)
 app.command("loso")(loso_cmd.loso)
+flower_cmd.app.command("renew-certs")(certs_cmd.renew_certs)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 

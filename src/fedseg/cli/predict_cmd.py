@@ -35,9 +35,9 @@ def predict(
 
     try:
         result = predict_file(run_dir, inputs, output, client=client, checkpoint=checkpoint)
-    except (EvalError, DataError) as exc:
+    except (EvalError, DataError) as exc:  # exit 2: the run directory or checkpoint; 1: the input (fedseg -h)
         err_console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(1 if isinstance(exc, DataError) else 2) from None
     shape = "x".join(str(n) for n in result.shape)
     spacing = ", ".join(f"{s:g}" for s in result.spacing)
     counts = ", ".join(f"class {k}: {n}" for k, n in sorted(result.voxels.items()))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from fedseg.config.base import StrictModel
@@ -45,17 +47,21 @@ class FlowerConfig(StrictModel):
     pack_arrays: bool = Field(
         True, description="one Flower Array per dtype (fast) instead of one per tensor (docs/deployment.md)"
     )
+    version_policy: Literal["exact", "minor", "off"] = Field(
+        "minor", description="refuse sites on other versions than the server: minor (fedseg, flwr identical; torch, "
+        "MONAI same major.minor), exact (all identical) or off (docs/deployment.md, Versions)"
+    )
     sim_cpus_per_client: float = Field(1.0, gt=0, description="flower-sim: Ray CPUs per ClientApp")
     sim_num_cpus: int | None = Field(None, ge=1, description="flower-sim: CPUs Ray may use (default: all)")
     dp: FlowerDPConfig = Field(default_factory=FlowerDPConfig, description="replaced by privacy.client")
-    secure_aggregation: bool = Field(False, description="not available on Flower 1.41: see docs/deployment.md")
+    secure_aggregation: bool = Field(False, description="not available on Flower 1.42: see docs/deployment.md")
 
     @field_validator("secure_aggregation")
     @classmethod
     def _no_secagg(cls, value: bool) -> bool:
         if value:
             raise ValueError(
-                "flower.secure_aggregation: Flower 1.41 runs SecAgg+ only through its legacy API "
+                "flower.secure_aggregation: Flower 1.42 runs SecAgg+ only through its legacy API "
                 "(SecAggPlusWorkflow + secaggplus_mod on legacy fit messages, plain weighted averaging); "
                 "fedseg's Message-API apps cannot use it. Leave it false; see docs/deployment.md"
             )

@@ -11,24 +11,17 @@ import statistics
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import matplotlib
+from fedseg.io.atomic import atomic_open
+from fedseg.io.packages import require
+from fedseg.records import SERVER, Field, Kind, ModelKind, Split
+from fedseg.report.fmt import MB, finite
+from fedseg.report.runs import RunRecords
+from fedseg.report.traffic import run_traffic
 
-# Headless (CI, servers) rendering. Switching the backend after pyplot is loaded would close
-# the caller's open figures (e.g. in a notebook), so only pick it when pyplot is not in use;
-# the plots below draw on Figure objects, which render with Agg whatever the backend is.
-if "matplotlib.pyplot" not in sys.modules:
-    matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from fedseg.io.atomic import atomic_open  # noqa: E402
-from fedseg.records import SERVER, Field, Kind, ModelKind, Split  # noqa: E402
-from fedseg.report.fmt import MB, finite  # noqa: E402
-from fedseg.report.runs import RunRecords  # noqa: E402
-from fedseg.report.traffic import run_traffic  # noqa: E402
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 __all__ = ["PLOTS", "plot_comparison", "write_run_plots"]
 
@@ -42,7 +35,24 @@ def _save_png(fig: Figure, path: Path) -> Path:
     return path
 
 
+def _mpl() -> Any:
+    """matplotlib, imported on first use (the ``[report]`` extra; a SuperNode installs none).
+
+    Headless (CI, servers) rendering. Switching the backend after pyplot is loaded would close
+    the caller's open figures (e.g. in a notebook), so only pick it when pyplot is not in use;
+    the plots below draw on Figure objects, which render with Agg whatever the backend is.
+    """
+    mpl = require("matplotlib", what="the report's plots")
+    if "matplotlib.pyplot" not in sys.modules:
+        mpl.use("Agg")
+    return mpl
+
+
 def _new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
+    _mpl()
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
     fig = Figure(figsize=(7, 4))
     ax = fig.add_subplot()
     ax.set_title(title)
@@ -54,7 +64,7 @@ def _new_axes(title: str, ylabel: str) -> tuple[Figure, Any]:
 
 
 def _colors() -> list[str]:
-    return list(matplotlib.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"]))
+    return list(_mpl().rcParams["axes.prop_cycle"].by_key().get("color", ["C0"]))
 
 
 def _series(records: Sequence[Mapping[str, Any]], key: str) -> dict[int, float]:
@@ -189,6 +199,9 @@ def plot_comparison(labels: Sequence[str], rows: Sequence[Mapping[str, Mapping[s
         sites: the x axis (sites, then the mean rows).
         path: the PNG to write.
     """
+    _mpl()
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(max(6.0, 1.2 * len(sites) * max(1, len(labels)) / 2), 4))
     ax = fig.add_subplot()
     xs = list(range(len(sites)))

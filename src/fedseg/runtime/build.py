@@ -40,6 +40,7 @@ from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.engine.seeding import seed_everything
 from fedseg.engine.server import FederationServer, sample_clients
+from fedseg.io.packages import package_versions
 from fedseg.losses import DeepSupervisionLoss, build_loss
 from fedseg.models import build_model
 from fedseg.models.init import InitCheckpointError, load_init_checkpoint
@@ -208,6 +209,7 @@ def write_run_info(
             InfoKey.OPTIMIZER_STATE: algorithm.resolved_optimizer_state(cfg.train.optimizer_state),
             InfoKey.JUDGED_BY: algorithm.judged_by,
             InfoKey.UNSEEN_POLICY: algorithm.unseen_policy,
+            InfoKey.VERSIONS: package_versions(),  # this process's fedseg, torch, MONAI, flwr, Python
             **(extra or {}),
         },
     )

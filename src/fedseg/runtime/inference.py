@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from matplotlib import colormaps
 from monai.transforms import DivisiblePad
 from PIL import Image
 from scipy import ndimage
@@ -29,6 +28,7 @@ from fedseg.data.scan import scan_root
 from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
 from fedseg.io.atomic import atomic_open
+from fedseg.io.packages import require
 from fedseg.records import Field
 from fedseg.runtime.trained import EvalError, open_run
 
@@ -184,7 +184,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
     rgb = image[:3] if image.shape[0] == 3 else np.repeat(image[:1], 3, axis=0)
     lo, hi = float(rgb.min()), float(rgb.max())
     base = np.moveaxis((rgb - lo) / (hi - lo) if hi > lo else np.zeros_like(rgb), 0, -1)
-    palette = colormaps["tab10"]
+    palette = require("matplotlib", what="prediction overlays").colormaps["tab10"]
     out = base.copy()
     for k in range(1, num_classes):
         region = labels == k

@@ -12,6 +12,8 @@
   configuration and each site's ``fedseg flower clientapp --trusted-app-key`` checks it.
 
 Private keys are written with mode 0600 and never overwritten unless asked.
+:func:`renew_server_certificate` replaces only the SuperLink's certificate and key, signed by the
+kept CA (or by a hospital's own CA), so the sites' ``ca.crt`` stays valid.
 """
 
 from __future__ import annotations
@@ -25,13 +27,14 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["CertificateFiles", "CertificateError", "make_certificates", "make_supernode_keys",
-           "make_app_signing_key", "APP_SIGNING_KEY"]
+__all__ = ["CertificateFiles", "CertificateError", "make_certificates", "renew_server_certificate",
+           "make_supernode_keys", "make_app_signing_key", "APP_SIGNING_KEY"]
 
 _ALWAYS = ("localhost", "127.0.0.1")
+_CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 class CertificateError(ValueError):
@@ -131,11 +134,24 @@ def make_certificates(
         .sign(ca_key, hashes.SHA384())
     )
 
+    server_key, server_cert = _server_certificate(ca_cert, ca_key, hosts, now, until)
+
+    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=overwrite)
+    _write(files.ca_key, _key_pem(ca_key), private=True, overwrite=overwrite)
+    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False,
+           overwrite=overwrite)
+    _write(files.server_key, _key_pem(server_key), private=True, overwrite=overwrite)
+    return files
+
+
+def _server_certificate(ca_cert: x509.Certificate, ca_key: _CAKey, hosts: Sequence[str], now: dt.datetime,
+                        until: dt.datetime) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A new SuperLink key and its certificate for ``hosts``, signed by the CA."""
     server_key = ec.generate_private_key(ec.SECP384R1())
     server_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, (list(hosts) or ["localhost"])[0])]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(server_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now)
@@ -148,12 +164,74 @@ def make_certificates(
         )
         .sign(ca_key, hashes.SHA384())
     )
+    return server_key, server_cert
 
-    _write(files.ca_cert, ca_cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=overwrite)
-    _write(files.ca_key, _key_pem(ca_key), private=True, overwrite=overwrite)
-    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False,
-           overwrite=overwrite)
-    _write(files.server_key, _key_pem(server_key), private=True, overwrite=overwrite)
+
+def _load_ca(cert_path: Path, key_path: Path) -> tuple[x509.Certificate, _CAKey]:
+    """A CA certificate and its private key (PEM, unencrypted), checked to belong together.
+
+    Raises:
+        CertificateError: a file is missing or unreadable, the certificate is not a CA, the key is
+            not an EC or RSA key, or it is not the certificate's key.
+    """
+    for path in (cert_path, key_path):
+        if not path.is_file():
+            raise CertificateError(f"{path}: no such file (the CA certificate and its key, PEM)")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    except (ValueError, TypeError) as exc:
+        raise CertificateError(f"{cert_path} / {key_path}: not a PEM certificate and unencrypted PEM key ({exc})"
+                               ) from exc
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, rsa.RSAPrivateKey)):
+        raise CertificateError(f"{key_path}: a {type(key).__name__}; the CA key must be an EC or RSA key")
+    try:
+        is_ca = cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        is_ca = False
+    if not is_ca:
+        raise CertificateError(f"{cert_path} is not a CA certificate (basicConstraints CA:TRUE); give the CA's, "
+                               "not a server certificate")
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
+        raise CertificateError(f"{key_path} is not the key of {cert_path}")
+    return cert, key
+
+
+def renew_server_certificate(
+    out_dir: Path, hosts: Sequence[str], *, days: int = 365, ca_cert: Path | None = None, ca_key: Path | None = None
+) -> CertificateFiles:
+    """Issue a new SuperLink certificate and key (``server.pem``, ``server.key``), keeping the CA.
+
+    The sites keep trusting the same ``ca.crt``, so nothing is re-distributed: replace the two
+    files on the SuperLink machine and restart it. With ``ca_cert``/``ca_key`` the certificate is
+    signed by another CA, e.g. a hospital's or consortium's own (sites then trust that CA's
+    certificate as ``--root-certificates``); it is never valid past the CA's own expiry.
+
+    Args:
+        out_dir: where ``server.pem`` and ``server.key`` are replaced (and, by default, the CA is read).
+        hosts: DNS names and/or IP addresses of the SuperLink (``localhost``, ``127.0.0.1`` added).
+        days: validity of the new certificate.
+        ca_cert, ca_key: the CA to sign with (default: ``out_dir/ca.crt`` and ``out_dir/ca.key``).
+
+    Raises:
+        CertificateError: see :func:`_load_ca`, or ``days`` < 1.
+    """
+    if days < 1:
+        raise CertificateError(f"days must be >= 1, got {days}")
+    cert_path, key_path = ca_cert or out_dir / "ca.crt", ca_key or out_dir / "ca.key"
+    ca, key = _load_ca(cert_path, key_path)
+    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+    until = min(now + dt.timedelta(days=days), ca.not_valid_after_utc)
+    if until <= now:
+        raise CertificateError(f"the CA {cert_path} expired on {ca.not_valid_after_utc:%Y-%m-%d}; make a new CA "
+                               "(fedseg flower certs --overwrite) and re-distribute it")
+    server_key, server_cert = _server_certificate(ca, key, hosts, now, until)
+    files = CertificateFiles(cert_path, key_path, out_dir / "server.pem", out_dir / "server.key",
+                             tuple(_san_hosts(hosts)))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write(files.server_cert, server_cert.public_bytes(serialization.Encoding.PEM), private=False, overwrite=True)
+    _write(files.server_key, _key_pem(server_key), private=True, overwrite=True)
     return files
 
 

@@ -2,7 +2,7 @@
 Flower's Message API.
 
 Message types (:class:`~fedseg.runtime.flower.keys.Action`): ``query.hello`` (which site this
-node serves, the shape of its data), ``train`` (one round of local training), ``train.personalize``
+node serves, the shape of its data, its package versions), ``train`` (one round of local training), ``train.personalize``
 (the algorithm's post-federation phase) and ``evaluate`` (metrics on the site's own split).
 
 The site's data, model and runtime are built once per process and cached, so a long-lived ClientApp
@@ -44,6 +44,7 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.seeding import configure_determinism
 from fedseg.engine.state_store import atomic_torch_save
 from fedseg.engine.trainer import resolve_device
+from fedseg.io.packages import package_versions
 from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
 from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
@@ -205,6 +206,7 @@ def _hello(message: Message, context: Context, defaults: Mapping[str, Any]) -> M
         Field.N_TEST.value: len(site.site.test),
         Field.SPLIT_SHA256.value: list(site_split_digests(site.site).values()),
         Field.PID.value: os.getpid(),
+        **{f"{Field.VERSION_PREFIX.value}{name}": v for name, v in package_versions().items()},
     }
     return Message(RecordDict({Record.HELLO.value: scalars_to_config(hello, where="hello")}), reply_to=message)
 

@@ -17,7 +17,7 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,8 @@ class SiteInfo:
     pid: int
     split_sha256: tuple[str, ...] = ()
     """SHA-256 of the train, val and test case ids (``runtime.common.split_digest``)."""
+    versions: Mapping[str, str] = field(default_factory=dict, hash=False)
+    """Package versions the site reported (``fedseg.io.packages.package_versions``); {}: none."""
 
 
 _CLIENTAPP_REASON = re.compile(r"^<class '(?:[\w.]+\.)?(?P<type>\w+)'>:<'(?P<message>.*)'>$", re.S)
@@ -178,6 +180,8 @@ def discover_sites(grid: Grid, settings: FlowerConfig, *, expected: list[str] | 
                            int(hello[Field.N_TEST.value])),
                     pid=int(hello[Field.PID.value]),
                     split_sha256=tuple(str(d) for d in hello.get(Field.SPLIT_SHA256.value, [])),
+                    versions={k.removeprefix(Field.VERSION_PREFIX.value): str(v) for k, v in hello.items()
+                              if k.startswith(Field.VERSION_PREFIX.value)},
                 )
                 if info.site in found:
                     raise FlowerRunError(

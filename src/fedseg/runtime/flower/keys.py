@@ -59,6 +59,8 @@ class Field(StrEnum):
     SPLIT_SHA256 = "split-sha256"
     """hello: SHA-256 of the train, val and test case ids (``runtime.common.split_digest``)."""
     PID = "pid"
+    VERSION_PREFIX = "version."
+    """hello: ``version.<name>`` for fedseg, torch, monai, flwr and python (the version handshake)."""
     STATE_FILE = "state-file"
     """Simulation: the client's state file the server's checkpoint refers to ("" = none yet)."""
 

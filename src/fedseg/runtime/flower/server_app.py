@@ -1,7 +1,7 @@
 """The fedseg Flower ServerApp: :class:`~fedseg.engine.server.FederationServer` over Flower's Grid.
 
 The ServerApp holds no site data. It asks every SuperNode which site it serves (and the shape of
-its data, which fixes the model), builds the seeded initial model, then runs the same
+its data, which fixes the model, and its package versions: :mod:`~fedseg.runtime.flower.handshake`), builds the seeded initial model, then runs the same
 FederationServer as the in-process engine with a :class:`FlowerExecutor` as transport: sampling,
 the algorithm's broadcast and aggregation, evaluation rounds, metrics.jsonl, atomic checkpoints,
 summary.json and the report all land in the run directory exactly as for an in-process run.
@@ -28,10 +28,12 @@ from fedseg.engine.failures import QuorumError
 from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
+from fedseg.io.packages import package_versions
 from fedseg.runtime.build import build_federation, check_engine, check_model_outputs
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
+from fedseg.runtime.flower.handshake import check_versions
 from fedseg.runtime.flower.keys import RunKey
 from fedseg.types import Params
 
@@ -133,6 +135,8 @@ def run_server(
         check_resumable(run)
     sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
                            expected_nodes=expected_nodes)
+    # the version handshake: a site on other versions is refused before any model is built
+    check_versions({s: i.versions for s, i in sites.items()}, package_versions(), cfg.flower.version_policy)
     specs = {info.spec for info in sites.values()}
     if len(specs) != 1:
         raise FlowerRunError(
@@ -150,7 +154,8 @@ def run_server(
         # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
         # (the ids stay on the sites; a simulation also writes splits.json)
         info={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
-                             "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False))}
+                             "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False)),
+                             "versions": dict(i.versions)}
                          for s, i in sites.items()}},
     )
     model, server = federation.model, federation.server
@@ -165,9 +170,13 @@ def run_server(
     except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
         raise FlowerRunError(str(exc)) from None
     if write_report:
+        from fedseg.io.packages import MissingExtraError
         from fedseg.report import write_report as _write_report
 
-        _write_report(run_dir)
+        try:
+            _write_report(run_dir)
+        except MissingExtraError as exc:  # a server installed without [report]: the run itself is complete
+            logger.warning("no report written: %s; later: fedseg report %s", exc, run_dir)
     return ServerResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
 
 

@@ -19,11 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from flwr.simulation import run_simulation
+from flwr.simulation import run_simulation  # imports no Ray: that happens when a simulation starts
 
 from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.trainer import resolve_device
+from fedseg.io.packages import MissingExtraError, check_extra
 from fedseg.runtime.build import init_model
 from fedseg.runtime.common import DataSpec, RunError, config_text, load_training_data, prepare_run_dir
 from fedseg.runtime.flower.client_app import make_client_app
@@ -60,11 +61,17 @@ def run_flower_simulation(
         command: the command line to record in ``command.txt``.
 
     Raises:
-        RunError: the configuration cannot run on Flower (the centralised reference), the run
-            directory does not fit the request, or the simulation ended without a result.
+        RunError: Ray is not installed (the ``[sim]`` extra), the configuration cannot run on
+            Flower (the centralised reference), the run directory does not fit the request, or the
+            simulation ended without a result.
         fedseg.data.base.DataError: the data cannot be trained on (every problem listed); raised
             before the simulation starts.
     """
+    try:  # Ray comes with the [sim] extra only: a hospital SuperNode installs none
+        check_extra("ray", what="--engine flower-sim (Flower's simulation runtime)")
+    except MissingExtraError as exc:
+        raise RunError(str(exc)) from None
+
     cfg = cfg.model_copy(update={"engine": "flower-sim"})
     check_flower_config(cfg)
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)

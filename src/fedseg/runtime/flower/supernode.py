@@ -1,6 +1,6 @@
 """``fedseg flower supernode``: Flower's own SuperNode with shorter polling waits (optional).
 
-Flower 1.41's SuperNode loop (``flwr.supernode.start_client_internal``) sleeps a hard-coded 3 s
+Flower 1.42's SuperNode loop (``flwr.supernode.start_client_internal``) sleeps a hard-coded 3 s
 whenever it polls the SuperLink and finds no message, and 0.5 s between checks for the ClientApp's
 reply. A round trip of the fedseg ServerApp (broadcast -> train -> reply) therefore waits about 2-3
 s in these sleeps, per message, on top of the actual work. This launcher runs the unmodified

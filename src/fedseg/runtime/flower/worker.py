@@ -1,7 +1,7 @@
 """``fedseg flower clientapp``: a long-lived ClientApp process for a SuperNode started with
 ``--isolation process``.
 
-Flower 1.41 runs a ClientApp task per message: in ``subprocess`` isolation the SuperNode's
+Flower 1.42 runs a ClientApp task per message: in ``subprocess`` isolation the SuperNode's
 SuperExec starts ``flwr-clientapp --token ...`` for every message, and that process imports torch,
 reads the site's data and builds the model again, then exits (20-40 s per round on 2 cores). With
 ``--isolation process`` the SuperNode leaves task execution to "a separate independent process";
@@ -18,7 +18,7 @@ site holds the operator's public key, signed by the operator (:mod:`fedseg.runti
 a refused task gets an error reply and nothing of it runs. A failing task, or a SuperNode that is
 gone or restarting, is logged and the process keeps serving.
 
-Note: the Runtime API client code used here is internal to Flower (checked against flwr 1.41);
+Note: the Runtime API client code used here is internal to Flower (checked against flwr 1.42);
 :func:`serve_clientapps` fails with a clear message if it moves.
 """
 
@@ -48,7 +48,7 @@ class WorkerError(RuntimeError):
 
 
 def _flower() -> dict[str, Any]:
-    """Flower's Runtime API client pieces (internal modules, checked against 1.41)."""
+    """Flower's Runtime API client pieces (internal modules, checked against 1.42)."""
     try:
         from flwr.app import Message
         from flwr.app.error import Error
@@ -66,7 +66,7 @@ def _flower() -> dict[str, Any]:
         import flwr
 
         raise WorkerError(
-            f"fedseg flower clientapp needs Flower's Runtime API client as in flwr 1.41; the installed flwr "
+            f"fedseg flower clientapp needs Flower's Runtime API client as in flwr 1.42; the installed flwr "
             f"{getattr(flwr, '__version__', '?')} lacks {exc.name!r}. Start the SuperNode with "
             "--isolation subprocess instead (slower: one process per message)"
         ) from exc
