@@ -57,6 +57,7 @@ from fedseg.data.check import (
     split_problems,
 )
 from fedseg.data.layout import CaseFiles, discover_sites, index_dataset
+from fedseg.data.nnunet import index_nnunet, resolve_nnunet
 from fedseg.data.preprocess import check_case, foreground_fraction, planned_shape, preprocess_case
 from fedseg.data.splits import split_counts, split_groups
 from fedseg.data.weak_label_files import WeakLabels, case_box
@@ -74,6 +75,8 @@ __all__ = [
     "load_site_folder",
     "load_folder_federation",
     "folder_label_names",
+    "ProgressCallback",
+    "resolved",
 ]
 
 IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES
@@ -171,23 +174,14 @@ def _workers(cases: int, spatial_dims: int | None) -> int:
 
 
 @contextmanager
-def _one_thread_per_worker() -> Iterator[None]:
-    """One torch intra-op thread and no oneDNN (mkldnn) while the loader threads run; both restored.
-
-    ``workers x torch threads`` oversubscribes the cores (10x slower resizes on a busy 2-core
-    machine). oneDNN builds a new convolution primitive for every new input shape (about 20 ms a
-    2D image, more than everything else a case costs); the anti-aliasing Gaussian of a resize is a
-    convolution on an image of its own shape, so with oneDNN a cold load of BUS-BRA (1,066 images,
-    all of different sizes) spent two thirds of its time there. Torch's native convolution gives
-    the same values (checked bit for bit on BUS-BRA) in 2 ms.
-    """
-    threads, onednn = torch.get_num_threads(), torch.backends.mkldnn.enabled
+def _one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread while the loader threads run (restored afterwards): ``workers x
+    torch threads`` oversubscribes the cores (10x slower resizes on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    torch.backends.mkldnn.enabled = False
     try:
         yield
     finally:
-        torch.backends.mkldnn.enabled = onednn
         torch.set_num_threads(threads)
 
 
@@ -230,7 +224,7 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
         return result
 
     workers = _workers(total, cfg.spatial_dims)
-    with _one_thread_per_worker():
+    with _one_torch_thread():
         if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(counted, cases))
@@ -244,17 +238,20 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
     return summaries, [p for _, found in results for p in found]
 
 
-def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> tuple[DatasetReport, Splits]:
-    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem."""
+def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False,
+         progress: ProgressCallback | None = None) -> tuple[DatasetReport, Splits]:
+    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem.
+
+    ``cfg`` must be resolved (:func:`resolved`): an nnU-Net source indexed by :mod:`fedseg.data.nnunet`."""
     root = Path(cfg.root) if cfg.root is not None else None
-    index, dims, problems = index_dataset(cfg)
+    index, dims, problems = index_nnunet(cfg) if cfg.source == "nnunet" else index_dataset(cfg)
     if cfg.spatial_dims is None and index:
         cfg = cfg.model_copy(update={"spatial_dims": dims})
     weak, found = plan_weak(index, cfg, seed, dims, all_to_test)
     problems += found
     no_masks = maskless(index)
     cases = [c for site in index for c in site.cases]
-    summaries, found = _read_all(cases, cfg, keep, weak)
+    summaries, found = _read_all(cases, cfg, keep, weak, progress)
     problems += found
     if root is None:
         return DatasetReport(root, dims, problems, []), {}
@@ -276,23 +273,36 @@ def check_dataset(cfg: DataConfig, seed: int = 0) -> DatasetReport:
     label map, channel count, shapes that cannot be stacked, partition and split problems, empty
     sites (errors) and empty val/test splits (warnings).
     """
-    return _run(cfg, seed, keep=False)[0]
+    cfg, problems = resolved(cfg)
+    report = _run(cfg, seed, keep=False)[0]
+    report.problems[:0] = problems
+    return report
 
 
-def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False) -> FederatedData:
-    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test)
+def resolved(cfg: DataConfig) -> tuple[DataConfig, list[Problem]]:
+    """``cfg`` completed from its source's own description (an nnU-Net ``dataset.json``: channels,
+    labels, dimension; :func:`fedseg.data.nnunet.resolve_nnunet`), and the problems found doing so."""
+    return resolve_nnunet(cfg) if cfg.source == "nnunet" else (cfg, [])
+
+
+def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False,
+                progress: ProgressCallback | None = None) -> FederatedData:
+    cfg, problems = resolved(cfg)
+    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test, progress=progress)
+    report.problems[:0] = problems
     for p in report.warnings:
         log.warning("%s", p)
     return build_federation(report, splits, cfg)
 
 
-def load_folder_federation(cfg: DataConfig, seed: int) -> FederatedData:
+def load_folder_federation(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None) -> FederatedData:
     """Read every site of ``cfg.root`` (or ``cfg.sites``) into a :class:`FederatedData`.
 
     Args:
         cfg: data section with ``source='folder'``; ``sites`` None means every subdirectory of
             ``root`` with an ``images/`` folder, sorted.
         seed: run seed for the splits (and the partition unless ``partition.seed`` is set).
+        progress: called with ``(cases read, cases in all)`` while the cases are read.
 
     Returns:
         2D or 3D federated data, ``(N, cfg.channels, *shape)`` images of one shape.
@@ -300,7 +310,7 @@ def load_folder_federation(cfg: DataConfig, seed: int) -> FederatedData:
     Raises:
         DataError: every error of every site together (see :func:`check_dataset`).
     """
-    return _federation(cfg, seed)
+    return _federation(cfg, seed, progress=progress)
 
 
 def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False) -> SiteData:
