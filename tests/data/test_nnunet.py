@@ -180,7 +180,8 @@ def test_site_file_and_config_contradictions_are_errors(tmp_path: Path) -> None:
     (ds / "sites.json").write_text(json.dumps({"pooled_000": "a", "pooled_001": "b", "pooled_009": "b"}))
     text = _messages(_cfg(ds, nnunet={"site_file": "sites.json"}))
     assert "no site for case(s) pooled_002, pooled_003" in text
-    assert "data.channels: is 1 but" in _messages(_cfg(tmp_path, channels=1))
+    assert "data.channels: is 3 but" in _messages(_cfg(tmp_path, channels=3))
+    assert not check_dataset(_cfg(tmp_path, channels=1, num_classes=2)).errors  # defaults count as unset
     with pytest.raises(ValueError, match="data.root is required when data.source is 'nnunet'"):
         DataConfig(source="nnunet")
 

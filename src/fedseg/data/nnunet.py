@@ -122,9 +122,11 @@ def resolve_nnunet(cfg: DataConfig) -> tuple[DataConfig, list[Problem]]:
                       label_map=None if values == list(range(len(values))) else {v: i for i, v in enumerate(values)})
     where = str(first.path / DATASET_JSON)
     for key, value in update.items():
-        if key in cfg.model_fields_set and getattr(cfg, key) is not None and getattr(cfg, key) != value:
-            problems.append(Problem(f"data.{key}", f"is {getattr(cfg, key)!r} but {where} gives {value!r}; leave "
-                                                   f"data.{key} unset for an nnU-Net dataset"))
+        # a default value counts as unset: a dumped config (a run's config.yaml) holds every default
+        given = getattr(cfg, key)
+        if given is not None and given != value and given != DataConfig.model_fields[key].default:
+            problems.append(Problem(f"data.{key}", f"is {given!r} but {where} gives {value!r}; leave data.{key} "
+                                                   "unset for an nnU-Net dataset"))
     return cfg.model_copy(update=update), problems
 
 
@@ -176,7 +178,7 @@ def _cases(ds: NnUNetDataset, site: str, images: str, labels: str, required: boo
     out: dict[str, tuple[tuple[Path, ...], Path]] = {}
     for case, found in sorted(channel_files.items()):
         # a colour PNG is one file holding channels R, G, B (nnU-Net's natural-image reader)
-        expected = 1 if ds.spatial_dims == 2 and len(found) == 1 and 0 in found else wanted
+        expected = 1 if ds.spatial_dims == 2 and wanted == 3 and set(found) == {0} else wanted
         missing = [f"{case}_{i:04d}{ds.file_ending}" for i in range(expected) if i not in found]
         extra = sorted(f"{case}_{i:04d}{ds.file_ending}" for i in found if i >= expected)
         if missing or extra:
