@@ -189,8 +189,8 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
               progress: ProgressCallback | None = None) -> tuple[list[CaseSummary], list[Problem]]:
     """Read (``keep``: and preprocess, or take from the cache) every case, in parallel threads.
 
-    Decoding, resizing and the cache's ``fsync`` release the GIL, so threads scale over the cores
-    without the start-up and pickling costs of processes. Results keep the order of ``cases``.
+    PNG decoding, the numpy, scipy and torch kernels and the cache's ``fsync`` mostly release the GIL, so threads scale
+    over the cores without the start-up and pickling costs of processes. Results keep the order of ``cases``.
     ``progress`` (and an INFO log line every few seconds) reports the cases done.
     """
     cache = _cache(cfg) if keep else None
