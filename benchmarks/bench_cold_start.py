@@ -40,7 +40,8 @@ def main() -> None:
 
     imported = time.perf_counter() - start
     data = load_config(args.config).data
-    root = data.root if data.root is None or data.root.is_absolute() else (REPO / data.root).resolve()  # as run from the repo
+    # a relative data.root is relative to the repository (where fedseg runs)
+    root = data.root if data.root is None or data.root.is_absolute() else (REPO / data.root).resolve()
     if root is None or not root.is_dir():
         print(json.dumps({"skipped": f"no data at {root}"}))
         return

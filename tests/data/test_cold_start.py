@@ -17,7 +17,8 @@ from fedseg.data.resize import resize_array
 
 def _monai(array: np.ndarray, shape: tuple[int, ...], mode: str, anti_aliasing: bool) -> np.ndarray:
     align = None if mode.startswith("nearest") else False
-    out = Resize(spatial_size=shape, mode=mode, align_corners=align, anti_aliasing=anti_aliasing)(torch.from_numpy(array))
+    resize = Resize(spatial_size=shape, mode=mode, align_corners=align, anti_aliasing=anti_aliasing)
+    out = resize(torch.from_numpy(array))
     return np.asarray(torch.as_tensor(out).numpy())
 
 

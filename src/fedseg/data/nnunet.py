@@ -113,7 +113,8 @@ def resolve_nnunet(cfg: DataConfig) -> tuple[DataConfig, list[Problem]]:
             if mine != theirs:
                 problems.append(Problem(str(other.path / DATASET_JSON), f"site {other.path.name}: dataset.json "
                                         f"{key} {_plain(theirs)} differs from site {first.path.name}'s {_plain(mine)} "
-                                        "(every site must give the model the same inputs and classes)", other.path.name))
+                                        "(every site must give the model the same inputs and classes)",
+                                        other.path.name))
     update: dict[str, Any] = {"channels": len(first.channel_names), "channel_names": list(first.channel_names),
                               "spatial_dims": first.spatial_dims}
     if cfg.label_map is None:
