@@ -83,7 +83,7 @@ def resolve_data_config(
         origin = f"config {config}"
     if config is not None:
         data = load_config(config, overrides).data
-        update: dict[str, Any] = {"source": "folder"}
+        update: dict[str, Any] = {"source": "nnunet" if data.source == "nnunet" else "folder"}
         if root is not None:
             update["root"] = root
         if sites is not None:
@@ -93,13 +93,17 @@ def resolve_data_config(
         return DataConfig.model_validate({**data.model_dump(), **update}), origin
     if root is None:
         raise ValueError("give a dataset PATH or --config")
-    names = sites or discover_sites(root)
-    dims = infer_spatial_dims(root, names)
-    channels = infer_channels(root, names)
-    n = num_classes or 2
-    data = DataConfig(source="folder", root=root, sites=sites, spatial_dims=dims, channels=channels, num_classes=n)
-    origin = (f"no config: {dims or '?'}D, {channels} channel(s) from the files, labels 0..{n - 1} "
-              f"({'--num-classes' if num_classes else 'binary by default; pass --config or --num-classes'})")
+    if (root / "dataset.json").is_file() or any((p / "dataset.json").is_file() for p in root.iterdir()):
+        data = DataConfig(source="nnunet", root=root)  # nnU-Net raw dataset(s): dataset.json has channels, labels
+        origin = "no config: nnU-Net dataset(s), channels and labels from dataset.json"
+    else:
+        names = sites or discover_sites(root)
+        dims = infer_spatial_dims(root, names)
+        channels = infer_channels(root, names)
+        n = num_classes or 2
+        data = DataConfig(source="folder", root=root, sites=sites, spatial_dims=dims, channels=channels, num_classes=n)
+        origin = (f"no config: {dims or '?'}D, {channels} channel(s) from the files, labels 0..{n - 1} "
+                  f"({'--num-classes' if num_classes else 'binary by default; pass --config or --num-classes'})")
     if overrides:
         data = config_from_dict(apply_overrides({"data": data.model_dump(mode="json")}, overrides)).data
         origin += f" + {' '.join(overrides)}"

@@ -19,6 +19,7 @@ __all__ = [
     "WeakLabelConfig",
     "SiteSpec",
     "DataConfig",
+    "NnUNetConfig",
 ]
 
 
@@ -210,6 +211,26 @@ class SiteSpec(StrictModel):
                                            "foreground and this fraction of the empty ones (seeded); default all")
 
 
+class NnUNetConfig(StrictModel):
+    """nnU-Net raw datasets as sites (``data.source: nnunet``; see :mod:`fedseg.data.nnunet`).
+
+    ``data.root`` is either a folder of ``DatasetXXX_Name/`` folders (each one site, named by its
+    folder; ``data.sites`` picks some) or one dataset folder (it holds ``dataset.json``): one site,
+    or several when ``site_file`` maps its cases to sites. ``dataset.json`` sets ``data.channels``,
+    ``channel_names``, ``num_classes``, ``label_names`` (and ``label_map`` for label values that
+    are not 0..n-1).
+    """
+
+    site_file: Path | None = Field(
+        None, description="one dataset split into sites: a CSV (columns id_column, site_column, more columns for "
+        "data.group_column) or a JSON {case id: site} or {site: [case ids]}; relative paths: to data.root"
+    )
+    id_column: str = Field("id", description="site_file CSV column holding the nnU-Net case identifier")
+    site_column: str = Field("site", description="site_file CSV column holding the site name")
+    use_test: bool = Field(False, description="also read imagesTs/ cases that have a label in labelsTs/ (split "
+                           "like the others; fix their split with data.split_file)")
+
+
 class DataConfig(StrictModel):
     """The dataset spec: where the sites are, what the files hold, and how they are preprocessed and split.
 
@@ -218,7 +239,7 @@ class DataConfig(StrictModel):
     ``<root>/<site>/metadata.csv`` (column ``id`` = case id).
     """
 
-    source: Literal["synthetic", "folder"] = "synthetic"
+    source: Literal["synthetic", "folder", "nnunet"] = "synthetic"
     synthetic: SyntheticDataConfig = Field(default_factory=SyntheticDataConfig)
     root: Path | None = Field(None, description="<root>/<site>/{images,masks}/ for source=folder")
     sites: list[str] | None = Field(None, description="site folder names; default: every site under root. An entry "
@@ -272,6 +293,7 @@ class DataConfig(StrictModel):
     @classmethod
     def _site_entries(cls, raw: Any) -> Any:
         return site_entries_to_specs(raw)
+    nnunet: NnUNetConfig = Field(default_factory=NnUNetConfig, description="source=nnunet: nnU-Net raw datasets")
 
     @field_validator("sites")
     @classmethod
@@ -293,10 +315,11 @@ class DataConfig(StrictModel):
 
     @model_validator(mode="after")
     def _root_for_folder(self) -> DataConfig:
-        if self.source == "folder" and self.root is None:
-            raise ValueError("data.root is required when data.source is 'folder'")
-        if self.source != "folder" and (self.partition is not None or self.split_file is not None):
-            raise ValueError("data.partition and data.split_file apply to data.source 'folder' only")
+        if self.source in ("folder", "nnunet") and self.root is None:
+            raise ValueError(f"data.root is required when data.source is {self.source!r}")
+        if self.source == "synthetic" and (self.partition is not None or self.split_file is not None):
+            raise ValueError("data.partition and data.split_file apply to data.source 'folder' only (or 'nnunet'), not to "
+                             "synthetic data")
         if self.channel_names is not None and len(self.channel_names) != self.channels:
             raise ValueError(f"data.channel_names has {len(self.channel_names)} names for {self.channels} channel(s)")
         if self.label_names is not None and len(self.label_names) != self.num_classes:

@@ -33,7 +33,7 @@ from fedseg.io.atomic import atomic_open, remove_orphans
 
 __all__ = ["CACHE_VERSION", "ORPHAN_AGE", "CaseCache", "default_cache_dir", "preprocessing_key"]
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 ORPHAN_AGE = 3600.0
 """Seconds after which a dead writer's temporary file in the cache is deleted: a cache may be

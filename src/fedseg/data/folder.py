@@ -24,7 +24,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
+import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,6 +58,7 @@ from fedseg.data.check import (
     split_problems,
 )
 from fedseg.data.layout import CaseFiles, discover_sites, index_dataset
+from fedseg.data.nnunet import index_nnunet, resolve_nnunet
 from fedseg.data.preprocess import check_case, foreground_fraction, planned_shape, preprocess_case
 from fedseg.data.site_spec import describe_spec, is_sliced, read_site_image, site_config, spec_settings
 from fedseg.data.slices import expand_slices
@@ -73,6 +78,8 @@ __all__ = [
     "load_site_folder",
     "load_folder_federation",
     "folder_label_names",
+    "ProgressCallback",
+    "resolved",
 ]
 
 IMAGE_SUFFIXES = IMAGE_2D_SUFFIXES
@@ -160,11 +167,51 @@ def _read_weak_case(files: CaseFiles, cfg: DataConfig, keep: bool, labels: WeakL
     return CaseSummary(files, case.image.shape[1:], (), 0.0, replace(case, mask=None), (labels.kind, label)), []
 
 
-def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPlan | None = None) -> tuple[
-    list[CaseSummary], list[Problem]
-]:
+ProgressCallback = Callable[[int, int], None]
+"""``(cases done, cases in all)``, called from the loading thread after every case."""
+
+_LOG_EVERY = 5.0  # seconds between two progress log lines of a long load
+
+
+def _workers(cases: int, spatial_dims: int | None) -> int:
+    """Threads for reading ``cases`` cases (one thread for a handful).
+
+    2D: two per core, at most 8: a small image costs about as much waiting (the cache entry's two
+    ``fsync``) as computing, so a second thread per core keeps the core busy. 3D: one per core, at
+    most 8, since every thread holds a whole volume and its resampled copies in memory.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cases <= 8:
+        return 1
+    return min(8, cores if spatial_dims == 3 else 2 * cores)
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[None]:
+    """One torch intra-op thread while the loader threads run (restored afterwards): ``workers x
+    torch threads`` oversubscribes the cores (10x slower resizes on a busy 2-core machine)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPlan | None = None,
+              progress: ProgressCallback | None = None) -> tuple[list[CaseSummary], list[Problem]]:
+    """Read (``keep``: and preprocess, or take from the cache) every case, in parallel threads.
+
+    PNG decoding, the numpy, scipy and torch kernels and the cache's ``fsync`` mostly release the GIL, so threads scale
+    over the cores without the start-up and pickling costs of processes. Results keep the order of ``cases``.
+    ``progress`` (and an INFO log line every few seconds) reports the cases done.
+    """
     cache = _cache(cfg) if keep else None
     weak = weak or {}
+    total = len(cases)
+    done = 0
+    lock = threading.Lock()
+    start = last = time.perf_counter()
 
     def work(f: CaseFiles) -> tuple[CaseSummary | None, list[Problem]]:
         plan = weak.get(f.site)
@@ -176,37 +223,48 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
             return None, []
         return _read_case(f, cfg, keep, cache)
 
-    workers = min(8, os.cpu_count() or 1)
-    if len(cases) > 8 and workers > 1:
-        # Decoding and MONAI transforms release the GIL, so threads scale; each worker then gets one
-        # torch intra-op thread, otherwise workers x torch threads oversubscribe the cores (10x slower
-        # resizes on a busy 2-core machine). Restored afterwards.
-        previous = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
+    def counted(f: CaseFiles) -> tuple[CaseSummary | None, list[Problem]]:
+        nonlocal done, last
+        result = work(f)
+        with lock:
+            done += 1
+            now = time.perf_counter()
+            if progress is not None:
+                progress(done, total)
+            if now - last >= _LOG_EVERY and done < total:
+                last = now
+                log.info("reading cases: %d/%d (%.0f a second)", done, total, done / (now - start))
+        return result
+
+    workers = _workers(total, cfg.spatial_dims)
+    with _one_torch_thread():
+        if workers > 1:
             with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(work, cases))
-        finally:
-            torch.set_num_threads(previous)
-    else:
-        results = [work(c) for c in cases]
+                results = list(pool.map(counted, cases))
+        else:
+            results = [counted(c) for c in cases]
+    elapsed = time.perf_counter() - start
     if cache is not None:
-        log.info("preprocessed-case cache %s: %d hit(s), %d miss(es)", cache.directory, cache.hits, cache.misses)
+        log.info("preprocessed-case cache %s: %d hit(s), %d miss(es); %d case(s) in %.1f s", cache.directory,
+                 cache.hits, cache.misses, total, elapsed)
     summaries = [s for s, _ in results if s is not None]
     return summaries, [p for _, found in results for p in found]
 
 
-def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> tuple[DatasetReport, Splits]:
-    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem."""
+def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False,
+         progress: ProgressCallback | None = None) -> tuple[DatasetReport, Splits]:
+    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem.
+
+    ``cfg`` must be resolved (:func:`resolved`): an nnU-Net source indexed by :mod:`fedseg.data.nnunet`."""
     root = Path(cfg.root) if cfg.root is not None else None
-    index, dims, problems = index_dataset(cfg)
+    index, dims, problems = index_nnunet(cfg) if cfg.source == "nnunet" else index_dataset(cfg)
     if cfg.spatial_dims is None and index:
         cfg = cfg.model_copy(update={"spatial_dims": dims})
     weak, found = plan_weak(index, cfg, seed, dims, all_to_test)
     problems += found
     no_masks = maskless(index)
     cases = [c for site in index for c in site.cases]
-    summaries, found = _read_all(cases, cfg, keep, weak)
+    summaries, found = _read_all(cases, cfg, keep, weak, progress)
     problems += found
     summaries, found = expand_slices(summaries, index, cfg, seed)
     problems += found
@@ -234,23 +292,36 @@ def check_dataset(cfg: DataConfig, seed: int = 0) -> DatasetReport:
     label map, channel count, shapes that cannot be stacked, partition and split problems, empty
     sites (errors) and empty val/test splits (warnings).
     """
-    return _run(cfg, seed, keep=False)[0]
+    cfg, problems = resolved(cfg)
+    report = _run(cfg, seed, keep=False)[0]
+    report.problems[:0] = problems
+    return report
 
 
-def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False) -> FederatedData:
-    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test)
+def resolved(cfg: DataConfig) -> tuple[DataConfig, list[Problem]]:
+    """``cfg`` completed from its source's own description (an nnU-Net ``dataset.json``: channels,
+    labels, dimension; :func:`fedseg.data.nnunet.resolve_nnunet`), and the problems found doing so."""
+    return resolve_nnunet(cfg) if cfg.source == "nnunet" else (cfg, [])
+
+
+def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False,
+                progress: ProgressCallback | None = None) -> FederatedData:
+    cfg, problems = resolved(cfg)
+    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test, progress=progress)
+    report.problems[:0] = problems
     for p in report.warnings:
         log.warning("%s", p)
     return build_federation(report, splits, cfg)
 
 
-def load_folder_federation(cfg: DataConfig, seed: int) -> FederatedData:
+def load_folder_federation(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None) -> FederatedData:
     """Read every site of ``cfg.root`` (or ``cfg.sites``) into a :class:`FederatedData`.
 
     Args:
         cfg: data section with ``source='folder'``; ``sites`` None means every subdirectory of
             ``root`` with an ``images/`` folder, sorted.
         seed: run seed for the splits (and the partition unless ``partition.seed`` is set).
+        progress: called with ``(cases read, cases in all)`` while the cases are read.
 
     Returns:
         2D or 3D federated data, ``(N, cfg.channels, *shape)`` images of one shape.
@@ -258,7 +329,7 @@ def load_folder_federation(cfg: DataConfig, seed: int) -> FederatedData:
     Raises:
         DataError: every error of every site together (see :func:`check_dataset`).
     """
-    return _federation(cfg, seed)
+    return _federation(cfg, seed, progress=progress)
 
 
 def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False) -> SiteData:

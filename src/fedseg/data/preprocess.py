@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from monai.transforms import BorderPad, MapLabelValue, NormalizeIntensity, Resize, ScaleIntensityRange, SpatialCrop
+from monai.transforms import BorderPad, MapLabelValue, NormalizeIntensity, ScaleIntensityRange, SpatialCrop
 from nibabel import orientations as _orientations
 
 from fedseg.config import DataConfig
+from fedseg.data.resize import resize_array
 from fedseg.io import AFFINE_ATOL, DataError, Problem, Volume
 
 __all__ = [
@@ -181,14 +182,9 @@ def check_case(image: Volume, mask: Volume | None, cfg: DataConfig) -> list[Prob
 
 
 def _resize(array: np.ndarray, shape: tuple[int, ...], mode: str, anti_aliasing: bool = False) -> np.ndarray:
-    """``(C, *spatial)`` -> ``(C, *shape)`` with MONAI ``Resize`` (edges aligned)."""
-    if tuple(array.shape[1:]) == tuple(shape):
-        return array
-    align = None if mode.startswith("nearest") else False
-    out = Resize(spatial_size=shape, mode=mode, align_corners=align, anti_aliasing=anti_aliasing)(
-        torch.from_numpy(np.ascontiguousarray(array))
-    )
-    return np.asarray(torch.as_tensor(out).detach().cpu().numpy())
+    """``(C, *spatial)`` -> ``(C, *shape)``: MONAI ``Resize``'s values (edges aligned), without its
+    MetaTensor bookkeeping, which cost more than the resize of a 2D image (:mod:`fedseg.data.resize`)."""
+    return resize_array(array, shape, mode, anti_aliasing)
 
 
 def resize_case(image: np.ndarray, mask: np.ndarray | None, shape: Sequence[int], anti_aliasing: bool) -> tuple[
