@@ -15,8 +15,10 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     fedper,
     fedprox,
     fedrep,
+    fedsam,
     fedsegnet,
     local,
+    pfedsam,
 )
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
 from fedseg.algorithms.registry import ALGORITHMS, AlgorithmConfigError, build_algorithm
