@@ -202,7 +202,8 @@ class SAMConfig(ModelConfig):
         if not isinstance(data, Mapping):
             return data
         out = dict(data)
-        out["channels"] = [int(out.get("embed_dim", 32))]
+        dim = out.get("embed_dim", 32)  # a bad embed_dim is reported at its own key
+        out["channels"] = [dim if isinstance(dim, int) and not isinstance(dim, bool) and dim > 0 else 32]
         out["strides"] = []
         return out
 
