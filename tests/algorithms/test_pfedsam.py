@@ -158,3 +158,14 @@ def test_fedsam_names_the_model_it_needs() -> None:
             build_algorithm({"name": name}).frozen_keys(model)
     with pytest.raises(ValueError, match="tau > 0"):
         build_algorithm({"name": "pfedsam", "tau": 0.0})
+
+
+def test_the_busbra_preset_builds_the_model_and_algorithm() -> None:
+    import yaml
+
+    preset = Path(__file__).resolve().parents[2] / "configs" / "pfedsam" / "busbra_tiny.yaml"
+    cfg = config_from_dict(yaml.safe_load(preset.read_text()))
+    model, _, _ = init_model(cfg, SPEC, torch.device("cpu"))
+    alg = build_algorithm(dict(cfg.algorithm))
+    assert isinstance(model, SAM) and isinstance(alg, PFedSAM) and alg.local_keys(model)
+    assert model(torch.randn(1, 1, 64, 64)).shape == (1, 2, 64, 64)
