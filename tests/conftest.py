@@ -57,13 +57,15 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
             },
         },
         "model": ({"name": "fedbcs_unet", "features": [4, 8, 16], "fusion_channels": 8}
-                  if algo.get("name") in PROTOTYPE_ALGORITHMS else dict(TINY_SAM) if algo.get("name") in SAM_ALGORITHMS else
+                  if algo.get("name") in PROTOTYPE_ALGORITHMS else
                   {"channels": [4, 8], "strides": [2], "num_res_units": 0}),
         "train": {"batch_size": 4, "lr": 1e-2},
         "federation": {"rounds": rounds, "local_epochs": 1},
         "eval": {"every": 1},
         "algorithm": algo,
     }
+    if algo.get("name") in SAM_ALGORITHMS:
+        cfg["model"] = dict(TINY_SAM)
     for key, value in extra.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg

@@ -28,12 +28,12 @@ __all__ = [
     "UNetConfig",
     "TransUNetConfig",
     "FedBCSUNetConfig",
-    "SAMConfig",
     "MODEL_CONFIGS",
     "DEFAULT_MODEL",
     "model_config_class",
     "owners_of",
     "typed_model_config",
+    "SAMConfig",
 ]
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,53 @@ class FedBCSUNetConfig(ModelConfig):
         return {key: getattr(self, key) for key in ("features", "fsr", "bn_running_stats", "fusion_channels")}
 
 
+def model_config_class(raw: Any) -> type[ModelConfig]:
+    """The config class for a raw ``model`` mapping (by its ``name``; :data:`DEFAULT_MODEL` if absent).
+
+    Raises:
+        fedseg.registry.UnknownNameError: the name is not registered (lists the allowed ones).
+    """
+    name = raw.get("name", DEFAULT_MODEL) if isinstance(raw, Mapping) else DEFAULT_MODEL
+    return MODEL_CONFIGS.get(str(name))
+
+
+def owners_of(key: str) -> list[str]:
+    """Names of the registered models whose config has the field ``key``."""
+    return [name for name in MODEL_CONFIGS.names() if key in MODEL_CONFIGS.get(name).model_fields]
+
+
+def _without_legacy_keys(cls: type[ModelConfig], raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``raw`` minus the transformer fields that config.yaml files written before the per-model
+    split carry for every model, when all of them are there and ``cls`` takes none (they were
+    ignored then); a hand-written subset stays and is refused."""
+    present = [k for k in _LEGACY_TRANSFORMER_KEYS if k in raw and k not in cls.model_fields]
+    if len(present) < len(_LEGACY_TRANSFORMER_KEYS):
+        return dict(raw)
+    log.warning("model %r ignores %s (a config.yaml written before per-model configs); dropped",
+                raw.get("name", DEFAULT_MODEL), ", ".join(present))
+    return {k: v for k, v in raw.items() if k not in present}
+
+
+def typed_model_config(value: Any) -> Any:
+    """Validate a raw ``model`` mapping against the config class its ``name`` selects.
+
+    Instances pass through unchanged; anything else is left to the caller's validation.
+
+    Raises:
+        pydantic.ValidationError: an unknown model name (at ``name``) or an invalid field (at
+            that field), so the caller's error report names ``model.<key>``.
+    """
+    if not isinstance(value, Mapping):
+        return value
+    try:
+        cls = model_config_class(value)
+    except UnknownNameError as err:
+        detail = InitErrorDetails(type=PydanticCustomError("unknown_model", str(err)), loc=("name",),
+                                  input=value.get("name"))
+        raise ValidationError.from_exception_data("ModelConfig", [detail]) from None
+    return cls.model_validate(_without_legacy_keys(cls, value))
+
+
 @MODEL_CONFIGS.register("sam")
 class SAMConfig(ModelConfig):
     """Segment-Anything with LoRA and pFedSAM's L-MoE (:mod:`fedseg.models.sam`), 2D, binary.
@@ -229,50 +276,3 @@ class SAMConfig(ModelConfig):
         """The builder's keyword arguments: the SAM fields (not the U-Net fields)."""
         skip = _NOT_ARGUMENTS | {"channels", "strides", "num_res_units", "norm", "dropout"}
         return {key: getattr(self, key) for key in type(self).model_fields if key not in skip}
-
-
-def model_config_class(raw: Any) -> type[ModelConfig]:
-    """The config class for a raw ``model`` mapping (by its ``name``; :data:`DEFAULT_MODEL` if absent).
-
-    Raises:
-        fedseg.registry.UnknownNameError: the name is not registered (lists the allowed ones).
-    """
-    name = raw.get("name", DEFAULT_MODEL) if isinstance(raw, Mapping) else DEFAULT_MODEL
-    return MODEL_CONFIGS.get(str(name))
-
-
-def owners_of(key: str) -> list[str]:
-    """Names of the registered models whose config has the field ``key``."""
-    return [name for name in MODEL_CONFIGS.names() if key in MODEL_CONFIGS.get(name).model_fields]
-
-
-def _without_legacy_keys(cls: type[ModelConfig], raw: Mapping[str, Any]) -> dict[str, Any]:
-    """``raw`` minus the transformer fields that config.yaml files written before the per-model
-    split carry for every model, when all of them are there and ``cls`` takes none (they were
-    ignored then); a hand-written subset stays and is refused."""
-    present = [k for k in _LEGACY_TRANSFORMER_KEYS if k in raw and k not in cls.model_fields]
-    if len(present) < len(_LEGACY_TRANSFORMER_KEYS):
-        return dict(raw)
-    log.warning("model %r ignores %s (a config.yaml written before per-model configs); dropped",
-                raw.get("name", DEFAULT_MODEL), ", ".join(present))
-    return {k: v for k, v in raw.items() if k not in present}
-
-
-def typed_model_config(value: Any) -> Any:
-    """Validate a raw ``model`` mapping against the config class its ``name`` selects.
-
-    Instances pass through unchanged; anything else is left to the caller's validation.
-
-    Raises:
-        pydantic.ValidationError: an unknown model name (at ``name``) or an invalid field (at
-            that field), so the caller's error report names ``model.<key>``.
-    """
-    if not isinstance(value, Mapping):
-        return value
-    try:
-        cls = model_config_class(value)
-    except UnknownNameError as err:
-        detail = InitErrorDetails(type=PydanticCustomError("unknown_model", str(err)), loc=("name",),
-                                  input=value.get("name"))
-        raise ValidationError.from_exception_data("ModelConfig", [detail]) from None
-    return cls.model_validate(_without_legacy_keys(cls, value))

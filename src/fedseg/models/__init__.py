@@ -12,9 +12,9 @@ from typing import Any, Protocol
 from torch import nn
 
 from fedseg.models import fedbcs_unet as fedbcs_unet  # registers "fedbcs_unet"
-from fedseg.models import sam as sam  # registers "sam"
 from fedseg.models import transunet as transunet  # registers "transunet"
 from fedseg.models import unet as unet  # registers "unet"
+from fedseg.models import sam as sam  # registers "sam"
 from fedseg.models.registry import MODELS, ModelBuilder
 
 __all__ = ["MODELS", "ModelBuilder", "ModelSpec", "build_model"]
