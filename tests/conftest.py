@@ -31,6 +31,14 @@ def _preprocessed_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
 PROTOTYPE_ALGORITHMS = ("fedbcs", "fpl", "fedproto")
 """Algorithms that read feature taps only the FedBCS U-Net offers (2D): tiny_config gives them a tiny one."""
 
+SAM_ALGORITHMS = ("fedsam", "pfedsam")
+"""Algorithms that fine-tune Segment-Anything: tiny_config gives them a tiny SAM."""
+
+TINY_SAM: dict[str, Any] = {"name": "sam", "image_size": 16, "patch_size": 4, "embed_dim": 16, "depth": 2,
+                            "num_heads": 2, "prompt_embed_dim": 16, "decoder_mlp_dim": 32, "iou_head_hidden_dim": 16,
+                            "lora_rank": 2, "moe_experts": 2, "moe_top_k": 1}
+"""A SAM that trains in well under a second per round on 16x16 images."""
+
 
 def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, rounds: int = 2, sites: int = 2,
                 **extra: Any) -> dict[str, Any]:
@@ -59,6 +67,8 @@ def tiny_config(algorithm: dict[str, Any] | str = "fedavg", *, dims: int = 2, ro
         "eval": {"every": 1},
         "algorithm": algo,
     }
+    if algo.get("name") in SAM_ALGORITHMS:
+        cfg["model"] = dict(TINY_SAM)
     for key, value in extra.items():
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     return cfg

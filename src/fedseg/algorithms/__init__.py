@@ -16,9 +16,11 @@ from fedseg.algorithms import (  # noqa: F401  (registration)
     fedper,
     fedprox,
     fedrep,
+    fedsam,
     fedsegnet,
     lgfedavg,
     local,
+    pfedsam,
 )
 from fedseg.algorithms.base import Algorithm, Batch, ClientContext, LocalTrainer
 from fedseg.algorithms.registry import ALGORITHMS, AlgorithmConfigError, build_algorithm

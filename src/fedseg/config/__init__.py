@@ -28,6 +28,7 @@ from fedseg.config.flower import FlowerConfig, FlowerDPConfig
 from fedseg.config.loading import apply_overrides, config_from_dict, load_config
 from fedseg.config.loss import LossConfig
 from fedseg.config.model import MODEL_CONFIGS, FedBCSUNetConfig, ModelConfig, TransUNetConfig, UNetConfig
+from fedseg.config.model import SAMConfig
 from fedseg.config.privacy import ClientDPConfig, PrivacyConfig, SampleDPConfig
 from fedseg.config.run import RunConfig
 from fedseg.config.train import AugmentConfig, TrainConfig
@@ -45,6 +46,7 @@ __all__ = [
     "UNetConfig",
     "TransUNetConfig",
     "FedBCSUNetConfig",
+    "SAMConfig",
     "MODEL_CONFIGS",
     "LossConfig",
     "AugmentConfig",

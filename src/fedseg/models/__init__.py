@@ -16,6 +16,7 @@ from fedseg.models import fedbcs_unet as fedbcs_unet  # registers "fedbcs_unet"
 from fedseg.models import fedoap_unet as fedoap_unet  # registers "fedoap_unet"
 from fedseg.models import transunet as transunet  # registers "transunet"
 from fedseg.models import unet as unet  # registers "unet"
+from fedseg.models import sam as sam  # registers "sam"
 from fedseg.models.registry import MODELS, ModelBuilder
 
 __all__ = ["MODELS", "ModelBuilder", "ModelSpec", "build_model"]

@@ -127,6 +127,10 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> str:
         model: the freshly built model (any device; tensors are copied onto its device).
         path: a ``.pt``/``.pth`` file (``torch.save``) or a ``.safetensors`` file.
 
+    A model with an ``adapt_init_state(state) -> state`` method (SAM) first adapts the file's state
+    dict (resized position tables, its own LoRA/L-MoE init for keys the official layout lacks);
+    the strict check applies to the result.
+
     Returns:
         The SHA-256 of the file, so a run can record exactly which weights it started from.
 
@@ -134,6 +138,9 @@ def load_init_checkpoint(model: nn.Module, path: str | Path) -> str:
         InitCheckpointError: see :func:`read_init_checkpoint` and :func:`check_state_dict`.
     """
     state, digest = read_init_checkpoint(path)
+    adapt = getattr(model, "adapt_init_state", None)  # e.g. SAM: resize position tables, add LoRA/L-MoE init
+    if callable(adapt):
+        state = adapt(state)
     check_state_dict(model, state, path)
     model.load_state_dict(state, strict=True)
     return digest
