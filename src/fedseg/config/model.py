@@ -115,6 +115,30 @@ class TransUNetConfig(ModelConfig):
     pos_grid: int = Field(8, ge=1, description="side of the learned position grid (resized to the bottleneck)")
 
 
+def _derive_from_features(data: Any, model: str, default: list[int], at_least: int) -> Any:
+    """``channels``/``strides`` of a plain U-Net derived from ``features`` (2x pooling per stage).
+
+    A derived key given without ``features`` must equal the derived value; given beside
+    ``features`` (an assignment, or a config.yaml edited in ``features`` only), features wins.
+    """
+    if not isinstance(data, Mapping):
+        return data
+    out = dict(data)
+    features = out.get("features", default)
+    if not isinstance(features, list) or len(features) < at_least:
+        raise ValueError(f"model.features needs >= {at_least} widths (encoder stages, then the bottleneck), "
+                         f"got {features!r}")
+    derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
+    for key, value in derived.items():
+        if key in out and list(out[key]) != value:
+            if "features" not in out:
+                raise ValueError(f"model.{key} is derived from model.features for {model} (would be {value}), "
+                                 f"got {out[key]!r}; set model.features instead")
+            log.warning("model.%s %r of %s follows model.features: %r", key, out[key], model, value)
+        out[key] = value
+    return out
+
+
 @MODEL_CONFIGS.register("fedbcs_unet")
 class FedBCSUNetConfig(ModelConfig):
     """FedBCS's U-Net with FSR and the dual-level feature taps (:mod:`fedseg.models.fedbcs_unet`), 2D.
@@ -144,23 +168,7 @@ class FedBCSUNetConfig(ModelConfig):
     @model_validator(mode="before")
     @classmethod
     def _derive_common(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        out = dict(data)
-        features = out.get("features", [32, 64, 128, 256, 512])
-        if not isinstance(features, list) or len(features) < 3:
-            raise ValueError(f"model.features needs >= 3 widths (encoder stages, then the bottleneck), "
-                             f"got {features!r}")
-        derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
-        for key, value in derived.items():
-            if key in out and list(out[key]) != value:
-                if "features" not in out:
-                    raise ValueError(f"model.{key} is derived from model.features for fedbcs_unet (would be {value}), "
-                                     f"got {out[key]!r}; set model.features instead")
-                # an assignment to features, or a config.yaml edited in features only: features wins
-                log.warning("model.%s %r of fedbcs_unet follows model.features: %r", key, out[key], value)
-            out[key] = value
-        return out
+        return _derive_from_features(data, "fedbcs_unet", [32, 64, 128, 256, 512], 3)
 
     def arguments(self) -> dict[str, Any]:
         """The builder's keyword arguments: ``features``, ``fsr``, ``bn_running_stats``, ``fusion_channels``."""
@@ -191,19 +199,7 @@ class FedOAPUNetConfig(ModelConfig):
     @model_validator(mode="before")
     @classmethod
     def _derive_common(cls, data: Any) -> Any:
-        if not isinstance(data, Mapping):
-            return data
-        out = dict(data)
-        features = out.get("features", [32, 64, 128, 256])
-        if not isinstance(features, list) or len(features) < 2:
-            raise ValueError(f"model.features needs >= 2 widths (encoder stages, then the bottleneck), got {features!r}")
-        derived: dict[str, Any] = {"channels": list(features), "strides": [2] * (len(features) - 1)}
-        for key, value in derived.items():
-            if key in out and list(out[key]) != value and "features" not in out:
-                raise ValueError(f"model.{key} is derived from model.features for fedoap_unet (would be {value}), "
-                                 f"got {out[key]!r}; set model.features instead")
-            out[key] = value
-        return out
+        return _derive_from_features(data, "fedoap_unet", [32, 64, 128, 256], 2)
 
     def arguments(self) -> dict[str, Any]:
         """The builder's keyword arguments: ``features``, ``dca_heads``, ``dca``, ``adapter``."""
