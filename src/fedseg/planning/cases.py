@@ -39,10 +39,14 @@ def training_cases(cfg: DataConfig, seed: int) -> dict[str, list[CaseFiles]]:
     if cfg.slice_axis is not None or any(s.slice_axis is not None for s in cfg.site_specs.values()):
         raise PlanError("data.slice_axis: planning sites that feed volumes as slices is not supported; plan the "
                         "3D data without slice_axis")
-    report = check_dataset(cfg, seed)
+    index, dims, _ = index_dataset(cfg)
+    # the raw grids need not stack yet (that is what the plan decides): check with a stand-in target
+    # shape, which changes no split
+    stand_in = cfg.model_copy(update={"image_size": None, "preprocess": cfg.preprocess.model_copy(
+        update={"target_shape": [8] * dims})})
+    report = check_dataset(stand_in, seed)
     if report.errors:
         raise PlanError("the data check found errors:\n  - " + "\n  - ".join(str(p) for p in report.errors))
-    index, _, _ = index_dataset(cfg)
     by_id = {(s.name, c.case_id): c for s in index for c in s.cases}
     by_case = {c.case_id: c for s in index for c in s.cases} if len(index) == 1 else {}
     out: dict[str, list[CaseFiles]] = {}

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedseg.planning.fingerprint import Fingerprint, median_of_counts, percentile_of_counts
+from fedseg.planning.fingerprint import Fingerprint, PlanError, median_of_counts, percentile_of_counts
 from fedseg.planning.network import REFERENCE_GB, NetworkPlan, plan_network
 
 __all__ = ["ANISO_THRESHOLD", "Decision", "Plan", "PlanOptions", "target_spacing", "median_resampled_shape",
@@ -173,6 +173,7 @@ def make_plan(fp: Fingerprint, options: PlanOptions | None = None) -> Plan:
 
     Raises:
         ValueError: the fingerprint holds no case.
+        PlanError: the images are too small for a U-Net of 3 levels.
     """
     options = options or PlanOptions()
     if fp.num_cases <= 0 or not all(fp.spacing):
@@ -198,6 +199,10 @@ def make_plan(fp: Fingerprint, options: PlanOptions | None = None) -> Plan:
         configurations["2d"]["slice_axis"] = order[0]
     chosen = "3d_fullres" if "3d_fullres" in configurations else "2d"
     cfg = configurations[chosen]
+    if len(cfg["pool_strides"]) < 2:
+        raise PlanError(f"the median shape after resampling {[round(m, 1) for m in median]} allows "
+                        f"{len(cfg['pool_strides'])} pooling(s); fedseg's DynUNet needs at least 2 (3 levels): the "
+                        "images are too small to plan a U-Net for")
     shape = [max(int(round(m)), p) for m, p in zip(cfg["median_shape"], cfg["patch_size"], strict=True)] \
         if chosen != "2d" or dims == 2 else None
     plan = Plan(chosen, configurations=configurations)

@@ -3,9 +3,10 @@
 Precedence, lowest first: fedseg's defaults < the plan's ``overrides`` < the config file < ``--set``.
 The config file and ``--set`` override the plan key by key (a nested merge). One exception keeps
 the result valid: the plan's ``model`` section plans ``model.name: dynunet``; when the config file
-(or ``--set model.name=...``) names another model, or sets ``model`` without a name (the default
-``unet``), the plan's model keys are dropped as a whole (a U-Net has no ``kernels``), and a
-warning says so.
+(or ``--set model.name=...``) names another model, or sets a U-Net layout (``channels`` or
+``strides``) without a name (fedseg's default model is ``unet``), the plan's model keys are
+dropped as a whole (a U-Net has no ``kernels``), and a warning says so. A ``model`` section
+without a name and without those keys refines the plan's model (e.g. ``model.filters``).
 """
 
 from __future__ import annotations
@@ -108,11 +109,15 @@ def merge_under(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _model_name(raw: dict[str, Any]) -> str | None:
+def _model_name(raw: dict[str, Any], default: str | None) -> str | None:
+    """The model a raw config names: its ``model.name``; without one, ``unet`` (fedseg's default) when
+    the section sets a U-Net layout (``channels``/``strides``), else ``default``."""
     model = raw.get("model")
     if not isinstance(model, dict):
         return None
-    return str(model.get("name", "unet"))
+    if "name" in model:
+        return str(model["name"])
+    return "unet" if {"channels", "strides"} & set(model) else default
 
 
 def load_planned_config(config_path: Path | None, plans_path: Path, overrides: list[str]) -> RunConfig:
@@ -135,8 +140,8 @@ def load_planned_config(config_path: Path | None, plans_path: Path, overrides: l
             raise ConfigError(f"{config_path}: top level must be a mapping, got {type(loaded).__name__}")
         raw = {k: {} if v is None else v for k, v in loaded.items()}
     user = apply_overrides(raw, overrides)
-    planned_model = _model_name(plan)
-    user_model = _model_name(user)
+    planned_model = _model_name(plan, None)
+    user_model = _model_name(user, planned_model)
     if planned_model is not None and user_model is not None and user_model != planned_model:
         log.warning("--plans: the config uses model %r, so the plan's %r keys are not applied", user_model,
                     planned_model)

@@ -2,10 +2,10 @@
 
 Two queries (:class:`PlanAction`):
 
-1. ``query.plan-fingerprint``: the ClientApp fingerprints its site's training cases
+1. ``query.plan_fingerprint``: the ClientApp fingerprints its site's training cases
    (:func:`fedseg.planning.federated.client_fingerprint`, nothing per case) and replies with the
    fingerprint as JSON in the ConfigRecord ``fedseg.plan``.
-2. ``query.plan-result``: the server merges the replies and plans
+2. ``query.plan_result``: the server merges the replies and plans
    (:func:`fedseg.planning.federated.server_plan`), then sends every node the plans file; the
    ClientApp keeps it in ``context.state`` (record ``fedseg.plan``, key ``plans-yaml``) and replies
    with an empty acknowledgement.
@@ -50,8 +50,8 @@ PLAN_RECORD = "fedseg.plan"
 class PlanAction(StrEnum):
     """Message types of the planning round."""
 
-    FINGERPRINT = "query.plan-fingerprint"
-    RESULT = "query.plan-result"
+    FINGERPRINT = "query.plan_fingerprint"
+    RESULT = "query.plan_result"
 
 
 class PlanField(StrEnum):
