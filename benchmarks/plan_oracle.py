@@ -32,6 +32,22 @@ from fedseg.planning.cases import site_fingerprint
 from fedseg.planning.planner import PlanOptions, make_plan
 
 
+STUBBED = ("SimpleITK", "pandas", "tifffile", "skimage", "skimage.io", "skimage.measure", "skimage.morphology",
+           "skimage.transform")
+"""Modules nnunetv2's planner imports (through its image readers) but planning never calls."""
+_STUB = ("class _Any:\n    def __init__(self, *a, **k): pass\n    def __call__(self, *a, **k): return _Any()\n"
+         "    def __getattr__(self, n): return _Any()\n\n\ndef __getattr__(name):\n"
+         "    if name.startswith('__'): raise AttributeError(name)\n    return _Any\n")
+
+
+def make_stubs(folder: Path) -> None:
+    """Write a stand-in package for each of :data:`STUBBED` under ``folder`` (put it on PYTHONPATH)."""
+    for name in STUBBED:
+        package = folder.joinpath(*name.split("."))
+        package.mkdir(parents=True, exist_ok=True)
+        (package / "__init__.py").write_text(_STUB)
+
+
 def _nnunet_fingerprint(cases: list[Any], num_classes: int) -> dict[str, Any]:
     spacings, shapes, relative, voxels = [], [], [], []
     for case in cases:
@@ -86,10 +102,14 @@ def _run_nnunet(cases: list[Any], cfg: Any, gpu_gb: float, work: Path) -> dict[s
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", type=Path)
+    parser.add_argument("config", type=Path, nargs="?")
+    parser.add_argument("--make-stubs", type=Path, help="write the stand-in modules to this folder and exit")
     parser.add_argument("--gpu-gb", type=float, default=8.0)
     parser.add_argument("--work", type=Path, default=Path("/tmp/nnu/work"))
     args = parser.parse_args()
+    if args.make_stubs is not None:
+        make_stubs(args.make_stubs)
+        return
     cfg = load_config(args.config)
     index, _, _ = index_dataset(cfg.data)
     cases = [c for site in index for c in site.cases]
