@@ -70,8 +70,8 @@ def _one_case(files: CaseFiles, cfg: DataConfig) -> Fingerprint:
         raise PlanError(f"{files.images[0]}: a training case without mask cannot be fingerprinted (weak sites "
                         "with label files are not supported by planning)")
     case = preprocess_case(image, read_mask(files.mask), flat)
-    assert case.mask is not None  # noqa: S101 - a mask was given
-    return case_fingerprint(case.image, case.mask, case.spacing, cfg.num_classes)
+    mask = case.mask if case.mask is not None else np.zeros(case.image.shape[1:], np.int64)  # always given here
+    return case_fingerprint(case.image, mask, case.spacing, cfg.num_classes)
 
 
 def site_fingerprint(cfg: DataConfig, site: str, cases: Sequence[CaseFiles], *, epsilon: float | None = None,
@@ -91,13 +91,14 @@ def site_fingerprint(cfg: DataConfig, site: str, cases: Sequence[CaseFiles], *, 
     if not cases:
         raise PlanError(f"site {site!r} has no training case to fingerprint")
     total: Fingerprint | None = None
-    for files in cases:
+    for files in cases:  # a running sum: one case's statistics in memory at a time
         try:
             one = _one_case(files, cfg)
         except DataError as exc:
             raise PlanError(f"site {site!r}: {exc}") from None
         total = one if total is None else merge([total, one])
-    assert total is not None  # noqa: S101 - cases is not empty
+    if total is None:  # pragma: no cover - cases is not empty
+        raise PlanError(f"site {site!r} has no training case to fingerprint")
     spec = cfg.site_spec(site)
     modality = (spec.modality if spec is not None and spec.modality else None) or cfg.modality or "unknown"
     total.modalities = {modality: 1}

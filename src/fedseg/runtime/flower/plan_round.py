@@ -34,8 +34,8 @@ from fedseg.planning.federated import (
     fingerprint_to_json,
     server_plan,
 )
-from fedseg.planning.fingerprint import PlanError
 from fedseg.planning.cases import training_cases
+from fedseg.planning.fingerprint import PlanError
 from fedseg.planning.plans_file import plan_to_yaml
 from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.keys import NodeKey
