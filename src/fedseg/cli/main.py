@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedseg.cli import certs_cmd, data_cmd, flower_cmd, loso_cmd, predict_cmd
+from fedseg.cli import certs_cmd, data_cmd, flower_cmd, loso_cmd, plan_cmd, predict_cmd
 from fedseg.records import Split
 
 __all__ = ["app", "Engine", "USAGE", "FAILED"]
@@ -123,7 +123,7 @@ def algorithms() -> None:
 
 
 def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | None,
-         engine: str | None = None) -> Path:
+         engine: str | None = None, plans: Path | None = None) -> Path:
     from fedseg.algorithms import AlgorithmConfigError, build_algorithm
     from fedseg.cli.progress import RichProgress
     from fedseg.codecs import check_codec_config
@@ -135,7 +135,7 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
     from fedseg.runtime.sim import RunError, run_inprocess
 
     try:  # everything a config can get wrong, before any data is loaded
-        cfg = load_config(cfg_path, overrides)
+        cfg = load_config(cfg_path, overrides) if plans is None else _planned(cfg_path, plans, overrides)
         check_sample_dp(cfg, build_algorithm(cfg.algorithm))  # DP-SGD refuses some algorithms before data loads
         check_codec_config(cfg.codec)
     except (ConfigError, AlgorithmConfigError, UnknownNameError) as exc:
@@ -151,7 +151,8 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
     try:
         sets = [x for item in overrides for x in ("--set", item)]
         command = _command_line("run", cfg_path, *sets, "--resume" if resume else None,
-                                "--out" if out else None, out, "--engine" if engine else None, engine)
+                                "--out" if out else None, out, "--engine" if engine else None, engine,
+                                "--plans" if plans else None, plans)
         if (engine or cfg.engine) != "inprocess":
             from fedseg.cli.flower_cmd import run_flower_engine
 
@@ -166,6 +167,17 @@ def _run(cfg_path: Path | None, overrides: list[str], resume: bool, out: Path | 
         raise AssertionError from None
     _print_summary(summary, run_dir)
     return run_dir
+
+
+def _planned(cfg_path: Path | None, plans: Path, overrides: list[str]) -> Any:
+    """The config under a plans file (docs/planning.md: plan < config file < --set)."""
+    from fedseg.config import ConfigError
+    from fedseg.planning import PlanError, load_planned_config
+
+    try:
+        return load_planned_config(cfg_path, plans, overrides)
+    except PlanError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _missing_files(cfg: Any) -> list[str]:
@@ -209,9 +221,11 @@ def run(
         "--engine", click_type=_Choice([e.value for e in Engine], " (a deployment is submitted with flwr run, see "
                                        "docs/deployment.md)"),
         help="inprocess | flower-sim (default: the config's; a deployment is submitted with flwr run)")] = None,
+    plans: Annotated[Path | None, typer.Option("--plans", help="plans.yaml of `fedseg plan` (config and --set "
+                                               "override it key by key)")] = None,
 ) -> None:
     """Train a federation described by CONFIG."""
-    _run(config, set_ or [], resume, out, engine)
+    _run(config, set_ or [], resume, out, engine, plans)
 
 
 @app.command()
@@ -285,6 +299,7 @@ def report(
 app.command("predict")(predict_cmd.predict)
 app.command("loso")(loso_cmd.loso)
 flower_cmd.app.command("renew-certs")(certs_cmd.renew_certs)
+app.command("plan")(plan_cmd.plan)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 

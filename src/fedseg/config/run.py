@@ -18,6 +18,7 @@ from fedseg.config.loss import LossConfig
 from fedseg.config.privacy import PrivacyConfig, check_sample_dp_norm
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
 from fedseg.config.train import TrainConfig
+from fedseg.config.plan import PlanConfig
 
 __all__ = ["RunConfig", "SEED_LIMIT"]
 
@@ -46,6 +47,7 @@ class RunConfig(StrictModel):
     aggregation: AggregationConfig = Field(default_factory=AggregationConfig)
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,43 @@
+"""``fedseg plan CONFIG``: federated auto-configuration on the in-process engine (docs/planning.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+__all__ = ["plan"]
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True)
+
+
+def plan(
+    config: Annotated[Path, typer.Argument(help="YAML run configuration (data.source: folder)")],
+    out: Annotated[Path, typer.Option("--out", help="plans file to write")] = Path("plans.yaml"),
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. plan.gpu_memory_gb=8")] = None,
+    report: Annotated[Path | None, typer.Option(
+        "--report", help="folder for plans.md and fingerprint.png (default: next to --out)")] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="draw the fingerprint")] = True,
+) -> None:
+    """Fingerprint every site's training cases (each site on its own), merge on the server, and
+    write nnU-Net's plan as PLANS.yaml (use it with `fedseg run CONFIG --plans PLANS.yaml`)."""
+    from fedseg.config import ConfigError, load_config
+    from fedseg.data.base import DataError
+    from fedseg.planning import PlanError, plan_inprocess, write_plans
+    from fedseg.planning.report import write_plan_report
+
+    try:
+        cfg = load_config(config, set_ or [])
+        result = plan_inprocess(cfg)
+    except (ConfigError, PlanError, DataError) as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from None
+    path = write_plans(out, result.plan, result.sites, source=str(config))
+    md = write_plan_report(result.plan, result.fingerprint, result.sites, report or out.parent, plots=plots)
+    for d in result.plan.decisions:
+        console.print(f"{d.key} = {d.value}", markup=False, highlight=False)
+    console.print(f"plans: {path}  (report: {md})", markup=False, highlight=False)
