@@ -81,6 +81,20 @@ class TrainConfig(StrictModel):
     )
     samples_per_volume: int = Field(1, ge=1, description="patches per case per epoch (with patch_size)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: autocast the forward pass to bfloat16 (CPU or CUDA) or float16 "
+        "(CUDA only, with a grad scaler kept beside the optimizer state); off keeps float32 bit for bit"
+    )
+    lr_schedule: Literal["constant", "poly", "cosine"] = Field(
+        "constant", description="learning rate over the local steps of the whole run: constant, poly "
+        "(nnU-Net: lr (1 - t/T)^0.9) or cosine; a pure function of (round, step), so resume replays it"
+    )
+    lr_warmup: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the run's local steps with a linear warm-up from ~0 to lr"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="max global L2 norm of the gradients per step (after AMP unscaling); None: off"
+    )
 
     @field_validator("patch_size")
     @classmethod
