@@ -7,7 +7,8 @@ transform on every sample (the worst case). Rates are reported per wall second a
 of this process (the latter is the fair comparison when other processes share the cores; run
 with ``OMP_NUM_THREADS=1`` then). Called by ``benchmarks/run_all.py``; alone:
 
-    python benchmarks/bench_augment.py [--epochs 2] [--repeats 3] [--trainer-vs-bare]
+    python benchmarks/bench_augment.py [--epochs 2] [--repeats 3] [--dims 2 3] [--trainer-vs-bare]
+    python benchmarks/bench_augment.py --flips-vs-bare [--epochs 1] [--repeats 4]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ _ALWAYS = {f"{k}_prob": 1.0 for k in ("rotate", "affine", "elastic", "intensity_
                                       "gamma")}
 SETTINGS: dict[str, dict[str, Any]] = {
     "off": {},
+    "flips": {"augment": AugmentConfig(enabled=True, **{k: 0.0 for k in _ALWAYS})},
     "on": {"augment": AugmentConfig(enabled=True)},
     "all": {"augment": AugmentConfig(enabled=True, **_ALWAYS)},
 }
@@ -78,10 +80,12 @@ def augment_cost(dims: int, epochs: int, repeats: int) -> dict[str, Any]:
         "epochs": epochs,
         "repeats": repeats,
         **{f"{k}_samples_per_s": round(v, 2) for k, v in med.items()},
+        "flips_over_off": round(med["flips"] / med["off"], 3),
         "on_over_off": round(med["on"] / med["off"], 3),
         "all_over_off": round(med["all"] / med["off"], 3),
         # CPU time of this process: robust when other processes share the cores (CPU runs)
         **{f"{k}_samples_per_cpu_s": round(v, 2) for k, v in cpu.items()},
+        "cpu_flips_over_off": round(cpu["flips"] / cpu["off"], 3),
         "cpu_on_over_off": round(cpu["on"] / cpu["off"], 3),
         "cpu_all_over_off": round(cpu["all"] / cpu["off"], 3),
     }
@@ -121,14 +125,70 @@ def trainer_vs_bare_cpu(epochs: int, repeats: int) -> dict[str, Any]:
             "ratio": round(fw / bare, 3), "pair_ratios": pairs}
 
 
+def _flipping_bare_loop(model: torch.nn.Module, images: torch.Tensor, masks: torch.Tensor, loss_fn: Any,
+                        batch_size: int, epochs: int, seed: int) -> None:
+    """The by-hand reference of issue 13: Adam, shuffled batches, each batch flipped whole per axis (p 0.5)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        perm = torch.randperm(images.shape[0], generator=gen)
+        for start in range(0, len(perm), batch_size):
+            idx = perm[start : start + batch_size]
+            x, y = images[idx], masks[idx]
+            for axis in (2, 3):
+                if float(torch.rand(1, generator=gen)) < 0.5:
+                    x, y = x.flip(axis), y.flip(axis)
+            opt.zero_grad(set_to_none=True)
+            loss_fn(model(x), y).backward()
+            opt.step()
+
+
+def flips_vs_bare(epochs: int, repeats: int) -> dict[str, Any]:
+    """fedseg ``Trainer.fit`` with random flips only (per sample, p 0.5 per axis) against the by-hand
+    loop flipping whole batches: 64 synthetic 128x128 images, U-Net 16-256, batch 16, CPU time of
+    this process, pairs alternating their order (the first pair is a warm-up)."""
+    device = torch.device("cpu")
+    data = make_synthetic_federation(
+        SyntheticDataConfig(num_sites=1, size=128, samples_per_site=[64]), SplitConfig(train=0.98, val=0.01, test=0.01), 0
+    ).sites[0].train
+    loss_fn = build_loss(LossConfig(), 2)
+    mcfg = ModelConfig(channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2])
+    flips = TrainConfig(batch_size=16, lr=1e-3, augment=SETTINGS["flips"]["augment"])
+    seconds: dict[str, list[float]] = {"framework": [], "bare": []}
+    for rep in range(repeats + 1):
+        for kind in ("bare", "framework") if rep % 2 == 0 else ("framework", "bare"):
+            seed_everything(rep)
+            model = build_model(mcfg, 2, 1, 2)
+            start = time.process_time()
+            if kind == "bare":
+                _flipping_bare_loop(model, data.images, data.masks, loss_fn, 16, epochs, rep)
+            else:
+                Trainer(data, loss_fn, flips, epochs=epochs, device=device, seed=rep, state={}).fit(model)
+            if rep > 0:
+                seconds[kind].append(time.process_time() - start)
+    pairs = [round(f / b, 3) for f, b in zip(seconds["framework"], seconds["bare"], strict=True)]
+    return {"threads": torch.get_num_threads(), "epochs": epochs, "repeats": repeats,
+            "framework_cpu_s": [round(v, 2) for v in seconds["framework"]],
+            "bare_cpu_s": [round(v, 2) for v in seconds["bare"]],
+            "ratio_of_medians": round(statistics.median(seconds["framework"]) / statistics.median(seconds["bare"]), 3),
+            "pair_ratios": pairs}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--trainer-vs-bare", action="store_true",
                         help="also time Trainer vs the bare loop (augmentation off) by CPU time")
+    parser.add_argument("--flips-vs-bare", action="store_true",
+                        help="only time Trainer with flips vs a by-hand loop flipping whole batches (CPU time)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], help="settings of the cost table (2 and/or 3)")
     args = parser.parse_args()
-    results: dict[str, Any] = {f"{d}d": augment_cost(d, args.epochs, args.repeats) for d in (2, 3)}
+    if args.flips_vs_bare:
+        print(json.dumps(flips_vs_bare(args.epochs, args.repeats), indent=2))
+        return 0
+    results: dict[str, Any] = {f"{d}d": augment_cost(d, args.epochs, args.repeats) for d in args.dims}
     if args.trainer_vs_bare:
         results["trainer_vs_bare_cpu"] = trainer_vs_bare_cpu(args.epochs, max(args.repeats, 5))
     print(json.dumps(results, indent=2))

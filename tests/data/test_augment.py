@@ -158,3 +158,18 @@ def test_a_batch_of_another_size_names_the_expected_size(dims: int) -> None:
     images, masks = _batch(dims)
     with pytest.raises(ValueError, match="built for samples of size"):
         BatchAugmenter(_only(flip=1.0), [8] * dims, seed=0)(images, masks)
+
+
+def test_gaussian_smoothing_is_a_zero_padded_truncated_convolution() -> None:
+    from fedseg.data.augment import _gaussian_smooth
+
+    field = torch.randn(2, 9, 7, 5, generator=torch.Generator().manual_seed(0))
+    sigma, radius = 1.3, 4  # int(3 * 1.3 + 0.5)
+    taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / sigma) ** 2)
+    kernel = (taps / taps.sum()).view(1, 1, -1)
+    expected = field
+    for axis in (1, 2, 3):
+        moved = expected.movedim(axis, -1)
+        lines = torch.nn.functional.conv1d(moved.reshape(-1, 1, moved.shape[-1]), kernel, padding=radius)
+        expected = lines.view(moved.shape).movedim(-1, axis)
+    assert torch.allclose(_gaussian_smooth(field, sigma), expected, atol=1e-6)

@@ -67,21 +67,21 @@ def _rotation(angles: Tensor, dims: int) -> Tensor:
 
 
 def _gaussian_smooth(field: Tensor, sigma: float) -> Tensor:
-    """Separable Gaussian smoothing (truncated at 3 sigma, zero padding) of a ``(C, *spatial)`` field."""
+    """Separable Gaussian smoothing (truncated at 3 sigma, zero padding) of a ``(C, *spatial)`` field.
+
+    Each axis is one matrix product with the banded ``(L, L)`` Gaussian matrix: the same sums as a
+    zero-padded 1D convolution, and far cheaper on CPU than a convolution with one channel.
+    """
     radius = max(1, int(3.0 * sigma + 0.5))
-    x = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
-    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
-    kernel = kernel / kernel.sum()
-    channels, dims = field.shape[0], field.dim() - 1
-    out = field.unsqueeze(0)
-    conv = F.conv3d if dims == 3 else F.conv2d
-    for axis in range(dims):
-        shape = [1] * dims
-        shape[axis] = kernel.numel()
-        padding = [0] * dims
-        padding[axis] = radius
-        out = conv(out, kernel.view(1, 1, *shape).expand(channels, 1, *shape), padding=padding, groups=channels)
-    return out[0]
+    out = field
+    for axis in range(1, field.dim()):
+        pos = torch.arange(field.shape[axis], dtype=field.dtype, device=field.device)
+        dist = pos.view(-1, 1) - pos.view(1, -1)
+        taps = torch.arange(-radius, radius + 1, dtype=field.dtype, device=field.device)
+        weights = torch.exp(-0.5 * (dist / sigma) ** 2) * (dist.abs() <= radius)
+        weights = weights / torch.exp(-0.5 * (taps / sigma) ** 2).sum()
+        out = (out.movedim(axis, -1) @ weights).movedim(-1, axis)
+    return out
 
 
 class BatchAugmenter:
