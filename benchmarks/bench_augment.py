@@ -144,29 +144,34 @@ def _flipping_bare_loop(model: torch.nn.Module, images: torch.Tensor, masks: tor
             opt.step()
 
 
-def flips_vs_bare(epochs: int, repeats: int) -> dict[str, Any]:
-    """fedseg ``Trainer.fit`` with random flips only (per sample, p 0.5 per axis) against the by-hand
-    loop flipping whole batches: 64 synthetic 128x128 images, U-Net 16-256, batch 16, CPU time of
-    this process, pairs alternating their order (the first pair is a warm-up)."""
-    device = torch.device("cpu")
+def _flips_side(kind: str, epochs: int, seed: int) -> float:
+    """CPU seconds of one side of :func:`flips_vs_bare` (``framework`` or ``bare``), data built first."""
     data = make_synthetic_federation(
         SyntheticDataConfig(num_sites=1, size=128, samples_per_site=[64]), SplitConfig(train=0.98, val=0.01, test=0.01), 0
     ).sites[0].train
     loss_fn = build_loss(LossConfig(), 2)
-    mcfg = ModelConfig(channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2])
-    flips = TrainConfig(batch_size=16, lr=1e-3, augment=SETTINGS["flips"]["augment"])
+    seed_everything(seed)
+    model = build_model(ModelConfig(channels=[16, 32, 64, 128, 256], strides=[2, 2, 2, 2]), 2, 1, 2)
+    start = time.process_time()
+    if kind == "bare":
+        _flipping_bare_loop(model, data.images, data.masks, loss_fn, 16, epochs, seed)
+    else:
+        flips = TrainConfig(batch_size=16, lr=1e-3, augment=SETTINGS["flips"]["augment"])
+        Trainer(data, loss_fn, flips, epochs=epochs, device=torch.device("cpu"), seed=seed, state={}).fit(model)
+    return time.process_time() - start
+
+
+def flips_vs_bare(epochs: int, repeats: int) -> dict[str, Any]:
+    """fedseg ``Trainer.fit`` with random flips only (per sample, p 0.5 per axis) against the by-hand
+    loop flipping whole batches: 62 synthetic 128x128 training images, U-Net 16-256, batch 16, CPU
+    time of this process, pairs alternating their order (the first pair is a warm-up). ``--one
+    framework|bare`` runs one side as a whole process (for paired whole-process timing)."""
     seconds: dict[str, list[float]] = {"framework": [], "bare": []}
     for rep in range(repeats + 1):
         for kind in ("bare", "framework") if rep % 2 == 0 else ("framework", "bare"):
-            seed_everything(rep)
-            model = build_model(mcfg, 2, 1, 2)
-            start = time.process_time()
-            if kind == "bare":
-                _flipping_bare_loop(model, data.images, data.masks, loss_fn, 16, epochs, rep)
-            else:
-                Trainer(data, loss_fn, flips, epochs=epochs, device=device, seed=rep, state={}).fit(model)
+            spent = _flips_side(kind, epochs, rep)
             if rep > 0:
-                seconds[kind].append(time.process_time() - start)
+                seconds[kind].append(spent)
     pairs = [round(f / b, 3) for f, b in zip(seconds["framework"], seconds["bare"], strict=True)]
     return {"threads": torch.get_num_threads(), "epochs": epochs, "repeats": repeats,
             "framework_cpu_s": [round(v, 2) for v in seconds["framework"]],
@@ -184,7 +189,11 @@ def main() -> int:
     parser.add_argument("--flips-vs-bare", action="store_true",
                         help="only time Trainer with flips vs a by-hand loop flipping whole batches (CPU time)")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], help="settings of the cost table (2 and/or 3)")
+    parser.add_argument("--one", choices=["framework", "bare"], help="run one side of --flips-vs-bare once")
     args = parser.parse_args()
+    if args.one is not None:
+        print(json.dumps({args.one: round(_flips_side(args.one, args.epochs, 0), 3)}))
+        return 0
     if args.flips_vs_bare:
         print(json.dumps(flips_vs_bare(args.epochs, args.repeats), indent=2))
         return 0

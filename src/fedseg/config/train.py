@@ -22,11 +22,12 @@ def _check_ranges(model: BaseModel, section: str) -> None:
 
 
 class AugmentConfig(StrictModel):
-    """On-the-fly augmentation of training batches (MONAI array transforms, :mod:`fedseg.data.augment`).
+    """On-the-fly augmentation of training batches, batched on the training device (:mod:`fedseg.data.augment`).
 
     Off by default. Each transform fires independently with its probability, per sample, in this
     order: rotation, scale/translate, elastic, flips, intensity scale, intensity shift, Gaussian
-    noise, gamma. Evaluation and prediction never augment.
+    noise, gamma; each parameter means what it means for the MONAI transform named in its
+    description. Evaluation and prediction never augment.
     """
 
     enabled: bool = False
