@@ -8,7 +8,8 @@ of this process (the latter is the fair comparison when other processes share th
 with ``OMP_NUM_THREADS=1`` then). Called by ``benchmarks/run_all.py``; alone:
 
     python benchmarks/bench_augment.py [--epochs 2] [--repeats 3] [--dims 2 3] [--trainer-vs-bare]
-    python benchmarks/bench_augment.py --flips-vs-bare [--epochs 1] [--repeats 4]
+    python benchmarks/bench_augment.py --flips-vs-bare [--epochs 2] [--repeats 5]
+    python benchmarks/bench_augment.py --augment-only
 """
 
 from __future__ import annotations
@@ -180,6 +181,26 @@ def flips_vs_bare(epochs: int, repeats: int) -> dict[str, Any]:
             "pair_ratios": pairs}
 
 
+def augment_only(calls: int = 20) -> dict[str, float]:
+    """CPU milliseconds per sample of ``BatchAugmenter`` alone (no training): 2D 128^2 batches of 16
+    and 3D 32^3 batches of 2, flips only / default probabilities / every transform."""
+    from fedseg.data.augment import BatchAugmenter
+
+    out: dict[str, float] = {}
+    for dims, size, batch in ((2, 128, 16), (3, 32, 2)):
+        gen = torch.Generator().manual_seed(0)
+        images = torch.randn(batch, 1, *([size] * dims), generator=gen)
+        masks = (torch.rand(batch, 1, *([size] * dims), generator=gen) > 0.5).long()
+        for name in ("flips", "on", "all"):
+            augment = BatchAugmenter(SETTINGS[name]["augment"], [size] * dims, seed=0)
+            augment(images, masks)  # warm-up
+            start = time.process_time()
+            for _ in range(calls):
+                augment(images, masks)
+            out[f"{dims}d_{name}_ms_per_sample"] = round((time.process_time() - start) / calls / batch * 1e3, 2)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=2)
@@ -189,10 +210,14 @@ def main() -> int:
     parser.add_argument("--flips-vs-bare", action="store_true",
                         help="only time Trainer with flips vs a by-hand loop flipping whole batches (CPU time)")
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 3], help="settings of the cost table (2 and/or 3)")
+    parser.add_argument("--augment-only", action="store_true", help="only time BatchAugmenter per sample (CPU ms)")
     parser.add_argument("--one", choices=["framework", "bare"], help="run one side of --flips-vs-bare once")
     args = parser.parse_args()
     if args.one is not None:
         print(json.dumps({args.one: round(_flips_side(args.one, args.epochs, 0), 3)}))
+        return 0
+    if args.augment_only:
+        print(json.dumps(augment_only(), indent=2))
         return 0
     if args.flips_vs_bare:
         print(json.dumps(flips_vs_bare(args.epochs, args.repeats), indent=2))
