@@ -101,3 +101,14 @@ class RunConfig(StrictModel):
     def _sample_dp_without_batch_norm(self) -> RunConfig:
         check_sample_dp_norm(self.privacy.sample, self.model.norm)
         return self
+
+    @model_validator(mode="after")
+    def _sample_dp_with_plain_steps(self) -> RunConfig:
+        # Opacus clips and noises per-sample gradients inside its optimizer's step: a global clip
+        # before it would be overwritten, and a grad scaler would unscale the summed gradient only
+        if self.privacy.sample.enabled and (self.train.grad_clip is not None or self.train.amp != "off"):
+            key = "train.grad_clip" if self.train.grad_clip is not None else "train.amp"
+            raise ValueError(f"{key} is refused with privacy.sample.enabled (DP-SGD): Opacus clips each sample's "
+                             "gradient itself (privacy.sample.max_grad_norm) and runs in float32; unset "
+                             "train.grad_clip and set train.amp: off")
+        return self

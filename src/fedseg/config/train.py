@@ -22,11 +22,12 @@ def _check_ranges(model: BaseModel, section: str) -> None:
 
 
 class AugmentConfig(StrictModel):
-    """On-the-fly augmentation of training batches (MONAI array transforms, :mod:`fedseg.data.augment`).
+    """On-the-fly augmentation of training batches, batched on the training device (:mod:`fedseg.data.augment`).
 
     Off by default. Each transform fires independently with its probability, per sample, in this
     order: rotation, scale/translate, elastic, flips, intensity scale, intensity shift, Gaussian
-    noise, gamma. Evaluation and prediction never augment.
+    noise, gamma; each parameter means what it means for the MONAI transform named in its
+    description. Evaluation and prediction never augment.
     """
 
     enabled: bool = False
@@ -81,6 +82,20 @@ class TrainConfig(StrictModel):
     )
     samples_per_volume: int = Field(1, ge=1, description="patches per case per epoch (with patch_size)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    amp: Literal["off", "bf16", "fp16"] = Field(
+        "off", description="mixed precision: autocast the forward pass to bfloat16 (CPU or CUDA) or float16 "
+        "(CUDA only, with a grad scaler kept beside the optimizer state); off keeps float32 bit for bit"
+    )
+    lr_schedule: Literal["constant", "poly", "cosine"] = Field(
+        "constant", description="learning rate over the local steps of the whole run: constant, poly "
+        "(nnU-Net: lr (1 - t/T)^0.9) or cosine; a pure function of (round, step), so resume replays it"
+    )
+    lr_warmup: float = Field(
+        0.0, ge=0, lt=1, description="fraction of the run's local steps with a linear warm-up from ~0 to lr"
+    )
+    grad_clip: float | None = Field(
+        None, gt=0, description="max global L2 norm of the gradients per step (after AMP unscaling); None: off"
+    )
 
     @field_validator("patch_size")
     @classmethod

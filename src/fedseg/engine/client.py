@@ -22,6 +22,7 @@ from fedseg.engine.frozen import FrozenKeyError, check_frozen, frozen_parameters
 from fedseg.engine.messages import decode_broadcast
 from fedseg.engine.privacy import clip_update
 from fedseg.engine.progress import ProgressSink
+from fedseg.engine.schedule import RoundPosition
 from fedseg.engine.seeding import derive_seed, seed_everything
 from fedseg.engine.trainer import Trainer
 from fedseg.records import Field, Kind, ModelKind, Selection, Split
@@ -180,6 +181,7 @@ class ClientRuntime:
             window=sliding_window_for(self.cfg),
             dp=self.cfg.privacy.sample,
         )
+        trainer.position = RoundPosition(rnd, self.cfg.federation.rounds)  # train.lr_schedule
         return broadcast, trainer
 
     def fit(

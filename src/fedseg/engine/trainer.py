@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -15,11 +16,15 @@ from fedseg.data.base import SegmentationSet
 from fedseg.data.patches import PatchSampler, pad_to_size
 from fedseg.engine.dpsgd import SampleDP, private_training
 from fedseg.engine.evaluate import SlidingWindow, evaluate
+from fedseg.engine.schedule import RoundPosition, Stepper
 from fedseg.engine.seeding import derive_seed
 from fedseg.models.taps import capture_outputs, check_captured
 from fedseg.types import ClientState
 
-__all__ = ["Trainer", "make_optimizer", "resolve_device", "EpochCallback"]
+__all__ = ["Trainer", "make_optimizer", "resolve_device", "EpochCallback", "SCALER_SUFFIX"]
+
+SCALER_SUFFIX = "_scaler"
+"""Client-state key suffix of ``train.amp: fp16``'s grad scaler (``optimizer`` -> ``optimizer_scaler``)."""
 
 EpochCallback = Callable[[int, int, float], None]
 """``(epoch, total_epochs, mean_loss)`` after each local epoch (progress display)."""
@@ -227,6 +232,20 @@ class Trainer:
         bs = self.cfg.batch_size
         return dp.batches() if dp is not None else (order[s : s + bs] for s in range(0, len(order), bs))
 
+    position: RoundPosition = RoundPosition()
+    """The round's place in the run, for ``train.lr_schedule`` (the client runtime sets it; a
+    trainer built alone schedules each :meth:`fit` call as a run of one round)."""
+
+    def _steps_per_epoch(self, subset: torch.Tensor | None) -> int:
+        """Optimizer steps of one local epoch of :meth:`fit` (DP-SGD: its fixed number of Poisson draws)."""
+        if self._dp is not None:
+            return self._dp.steps_per_epoch
+        if subset is not None:
+            count = len(subset)
+        else:
+            count = self.num_examples * (self.cfg.samples_per_volume if self.cfg.patch_size is not None else 1)
+        return max(1, math.ceil(count / self.cfg.batch_size))
+
     def fit(
         self,
         model: nn.Module,
@@ -243,6 +262,7 @@ class Trainer:
         on_epoch_end: EpochHook | None = None,
     ) -> dict[str, float]:
         epochs = self.epochs if epochs is None else epochs
+        steps_per_round = epochs * self._steps_per_epoch(subset)
         named = list(model.named_parameters())
         frozen = [p for n, p in named if trainable is not None and n not in trainable and p.requires_grad]
         for p in frozen:
@@ -251,6 +271,7 @@ class Trainer:
         params = [p for _, p in named if p.requires_grad]
         optimizer = make_optimizer(params, self.cfg)
         persist = self.cfg.optimizer_state == "persist"
+        scaler_key = f"{optimizer_key}{SCALER_SUFFIX}"  # fp16's grad scaler persists beside its optimizer
         if persist and optimizer_key in self.state:
             optimizer.load_state_dict(self.state[optimizer_key])
         outputs = dict(aux_outputs or {})
@@ -260,6 +281,10 @@ class Trainer:
         try:
             with (capture_outputs(model, outputs) as captured,
                   private_training(self._dp, model, optimizer) as optimizer):  # DP-SGD: the DPOptimizer
+                stepper = Stepper(self.cfg, optimizer, params, device=self.device, position=self.position,
+                                  steps_per_round=steps_per_round)
+                if persist:
+                    stepper.load_scaler(self.state.get(scaler_key))
                 for epoch in range(1, epochs + 1):
                     if on_epoch_start is not None:
                         on_epoch_start(model, epoch, epochs)
@@ -267,20 +292,20 @@ class Trainer:
                     epoch_steps = 0
                     for batch in self._batches(shuffle=True, augment=True, extras=extras, subset=subset, dp=self._dp):
                         optimizer.zero_grad(set_to_none=True)
-                        logits = model(batch.image)
-                        if outputs:
-                            check_captured(captured, outputs)
-                            batch.aux = dict(captured)
-                            captured.clear()
-                        # batch.mask raises MissingMaskError on a weakly-supervised site's batch
-                        task = self.loss_fn(logits, batch.mask) if loss is None else loss(model, batch, logits)
-                        step_loss = task
-                        if extra_loss is not None:
-                            extra = extra_loss(model, batch, logits)
-                            if extra is not None:
-                                step_loss = step_loss + extra
-                        step_loss.backward()
-                        optimizer.step()
+                        with stepper.autocast():  # train.amp (a no-op when off)
+                            logits = model(batch.image)
+                            if outputs:
+                                check_captured(captured, outputs)
+                                batch.aux = dict(captured)
+                                captured.clear()
+                            # batch.mask raises MissingMaskError on a weakly-supervised site's batch
+                            task = self.loss_fn(logits, batch.mask) if loss is None else loss(model, batch, logits)
+                            step_loss = task
+                            if extra_loss is not None:
+                                extra = extra_loss(model, batch, logits)
+                                if extra is not None:
+                                    step_loss = step_loss + extra
+                        stepper.backward_step(step_loss)  # schedule, AMP scaling, grad clip, optimizer step
                         value = float(step_loss.detach())
                         epoch_loss += value
                         total += value
@@ -296,5 +321,7 @@ class Trainer:
                 p.requires_grad_(True)
         if persist:
             self.state[optimizer_key] = _to_cpu(optimizer.state_dict())
+            if stepper.scaler is not None:
+                self.state[scaler_key] = stepper.scaler.state_dict()
         metrics = {"loss": total / max(steps, 1), "task_loss": task_total / max(steps, 1), "steps": float(steps)}
         return metrics if self._dp is None else self._dp.released(metrics)
