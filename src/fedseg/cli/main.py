@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedseg.cli import data_cmd, flower_cmd, loso_cmd, predict_cmd
+from fedseg.cli import evaluate_folder_cmd, export_cmd
 
 __all__ = ["app"]
 
@@ -169,6 +170,9 @@ def eval_(
     split: Annotated[str, typer.Option(help="split of the run's own data when --data is not given")] = "test",
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="best | last (default: the run's eval.select)")] = None,
+    per_case_csv: Annotated[Path | None, typer.Option(
+        "--per-case", help="per-case metrics CSV (default RUN_DIR/per_case.csv)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print per-site and per-case metrics as JSON")] = False,
 ) -> None:
     """Evaluate a trained run on its own splits or on any site folder.
 
@@ -179,12 +183,17 @@ def eval_(
     from fedseg.runtime.inference import EvalError, evaluate_run
 
     try:
-        rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint)
+        cases: list[dict[str, Any]] = []
+        rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint, per_case=cases)
     except (EvalError, DataError) as exc:
         _fail(str(exc))
         raise AssertionError from None
     label = f"personalised ({client})" if client else "judged-by"
     selection = rows[0]["selection"] if rows else "-"
+    from fedseg.runtime.evaluate_folder import eval_outputs
+
+    if eval_outputs(rows, cases, per_case_csv or run_dir / "per_case.csv", json_):
+        return
     console.print(_metrics_table(f"{run_dir.name}: {label} model ({selection}) on {data or split}", rows))
 
 
@@ -216,6 +225,8 @@ def report(
 
 app.command("predict")(predict_cmd.predict)
 app.command("loso")(loso_cmd.loso)
+app.command("export")(export_cmd.export)
+app.command("evaluate-folder")(evaluate_folder_cmd.evaluate_folder)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 
