@@ -34,7 +34,7 @@ from fedseg.records import Field
 from fedseg.runtime.trained import EvalError, open_run
 
 __all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "predict_file", "channel_files",
-           "write_overlay", "overlay_path_for"]
+           "write_overlay", "overlay_rgb", "overlay_path_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -181,12 +181,18 @@ def overlay_path_for(output: Path) -> Path:
 
 
 def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> None:
-    """Save a PNG of ``image`` with each foreground class tinted and outlined in its own colour.
+    """Save a PNG of ``image`` with each foreground class tinted and outlined in its own colour
+    (:func:`overlay_rgb`; ``path``: the PNG to write)."""
+    with atomic_open(path) as fh:
+        Image.fromarray(overlay_rgb(image, labels, num_classes, alpha), mode="RGB").save(fh, format="PNG")
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> np.ndarray:
+    """``(H, W, 3)`` uint8: ``image`` with each foreground class tinted and outlined in its own colour.
 
     Args:
-        path: PNG to write.
-        image: ``(C, H, W)`` float intensities as read from the file (C = 1 grey or 3 RGB; other
-            counts show the first channel); min-max scaled for display.
+        image: ``(C, H, W)`` float intensities (C = 1 grey or 3 RGB; other counts show the first
+            channel); min-max scaled for display.
         labels: ``(H, W)`` integer class indices.
         num_classes: classes including background (colour k = matplotlib ``tab10`` colour k-1).
         alpha: tint opacity inside each class; outlines are opaque.
@@ -204,8 +210,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
         out[region] = (1 - alpha) * out[region] + alpha * colour
         outline = region & ~ndimage.binary_erosion(region)
         out[outline] = colour
-    with atomic_open(path) as fh:
-        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(fh, format="PNG")
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()
