@@ -48,3 +48,14 @@ def test_tensorboard_event_files_hold_the_per_round_validation_dice(tmp_path: Pa
 def test_tracking_is_off_by_default(tmp_path: Path) -> None:
     run_inprocess(config_from_dict(tiny_config("fedavg", dims=2, rounds=1)), tmp_path / "run", write_report=False)
     assert not (tmp_path / "run" / "tensorboard").exists()
+
+
+def test_a_missing_tensorboard_package_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from fedseg.engine.tracking import TensorBoardSink, TrackingError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(TrackingError, match=r"\[tracking\] extra"):
+        TensorBoardSink(tmp_path / "tb")
