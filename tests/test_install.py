@@ -83,7 +83,7 @@ def test_base_dependencies_leave_ray_and_matplotlib_to_extras() -> None:
     assert "flwr>=1.42,<1.43" in project["dependencies"]
     extras = project["optional-dependencies"]
     assert extras["report"] == ["matplotlib>=3.8"] and extras["sim"] == ["flwr[simulation]>=1.42,<1.43"]
-    assert "fedseg[sim,report]" in extras["dev"]
+    assert "fedseg[sim,report,export,tracking]" in extras["dev"]
     # flwr itself brings Ray only with its [simulation] extra
     ray = [r for r in metadata.requires("flwr") or [] if r.startswith("ray")]
     assert ray and all("extra ==" in r for r in ray)

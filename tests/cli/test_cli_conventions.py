@@ -43,7 +43,7 @@ def test_help_documents_the_exit_codes_and_completion() -> None:
 @pytest.mark.parametrize(("words", "cword", "expected"), [
     ("fedseg run x.yaml --engine ", 4, ["inprocess", "flower-sim"]),
     ("fedseg eval runs/x --split ", 4, ["train", "val", "test"]),
-    ("fedseg ev", 1, ["eval"]),
+    ("fedseg lo", 1, ["loso"]),
 ])
 def test_shell_completion_offers_commands_and_choices(words: str, cword: int, expected: list[str]) -> None:
     env = {"_FEDSEG_COMPLETE": "complete_bash", "COMP_WORDS": words, "COMP_CWORD": str(cword)}

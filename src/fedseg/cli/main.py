@@ -20,7 +20,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fedseg.cli import certs_cmd, data_cmd, flower_cmd, loso_cmd, plan_cmd, predict_cmd
+from fedseg.cli import (
+    certs_cmd,
+    data_cmd,
+    evaluate_folder_cmd,
+    export_cmd,
+    flower_cmd,
+    loso_cmd,
+    plan_cmd,
+    predict_cmd,
+)
 from fedseg.records import Split
 
 __all__ = ["app", "Engine", "USAGE", "FAILED"]
@@ -246,6 +255,9 @@ def eval_(
     = Split.TEST.value,
     checkpoint: Annotated[str | None, typer.Option(
         "--checkpoint", help="best | last (default: the run's eval.select)")] = None,
+    per_case_csv: Annotated[Path | None, typer.Option(
+        "--per-case", help="per-case metrics CSV (default RUN_DIR/per_case.csv)")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="print per-site and per-case metrics as JSON")] = False,
 ) -> None:
     """Evaluate a trained run on its own splits or on any site folder.
 
@@ -258,7 +270,8 @@ def eval_(
     if data is not None and not data.exists():
         _fail(f"--data {data}: no such file or folder")
     try:
-        rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint)
+        cases: list[dict[str, Any]] = []
+        rows = evaluate_run(run_dir, data=data, client=client, split=split, checkpoint=checkpoint, per_case=cases)
     except EvalError as exc:  # not a finished run, a checkpoint or client it does not have
         _fail(str(exc))
         raise AssertionError from None
@@ -267,6 +280,10 @@ def eval_(
         raise AssertionError from None
     label = f"personalised ({client})" if client else "judged-by"
     selection = rows[0]["selection"] if rows else "-"
+    from fedseg.runtime.evaluate_folder import eval_outputs
+
+    if eval_outputs(rows, cases, per_case_csv or run_dir / "per_case.csv", json_):
+        return
     console.print(_metrics_table(f"{run_dir.name}: {label} model ({selection}) on {data or split}", rows))
 
 
@@ -300,6 +317,8 @@ app.command("predict")(predict_cmd.predict)
 app.command("loso")(loso_cmd.loso)
 flower_cmd.app.command("renew-certs")(certs_cmd.renew_certs)
 app.command("plan")(plan_cmd.plan)
+app.command("export")(export_cmd.export)
+app.command("evaluate-folder")(evaluate_folder_cmd.evaluate_folder)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 

@@ -17,6 +17,7 @@ from fedseg.config.flower import FlowerConfig
 from fedseg.config.loss import LossConfig
 from fedseg.config.privacy import PrivacyConfig, check_sample_dp_norm
 from fedseg.config.model import ModelConfig, UNetConfig, typed_model_config
+from fedseg.config.tracking import TrackingConfig
 from fedseg.config.train import TrainConfig
 from fedseg.config.plan import PlanConfig
 
@@ -48,6 +49,7 @@ class RunConfig(StrictModel):
     privacy: PrivacyConfig = Field(default_factory=PrivacyConfig)
     attack: AttackConfig = Field(default_factory=AttackConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
     @field_validator("name")
     @classmethod

@@ -96,6 +96,7 @@ class RunDir:
         self.summary = root / "summary.json"
         self.report = root / "report.md"
         self.plots = root / "plots"
+        self.sinks: list[Any] = []  # trackers fed with every appended batch (fedseg.engine.tracking)
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -108,6 +109,7 @@ class RunDir:
     def append_metrics(self, records: Iterable[dict[str, Any]]) -> None:
         """Append records as whole lines in one write, then fsync (append-only: a kill can only
         tear the last line, which :func:`read_metrics` drops)."""
+        records = list(records)
         lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
         if not lines:
             return
@@ -116,6 +118,8 @@ class RunDir:
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
+        for sink in self.sinks:
+            sink.write(records)
 
     def _drop_torn_tail(self) -> None:
         """Cut an unfinished last line (a killed append) so the next record starts on its own line."""

@@ -30,6 +30,7 @@ from fedseg.engine.rundir import RunDir, read_metrics
 from fedseg.engine.screening import Screening, screen_updates
 from fedseg.engine.state_store import ClientStateStore, atomic_torch_save
 from fedseg.engine.summary import summarize
+from fedseg.engine.tracking import close_sinks, open_sinks
 from fedseg.engine.traffic import comm_record
 from fedseg.io.safe import load_checkpoint
 from fedseg.records import METRIC_KEYS, SERVER, Field, Kind, ModelKind, Phase, Selection, Split
@@ -79,6 +80,7 @@ class FederationServer:
         self.cfg = cfg
         self.algorithm = algorithm
         self.run = run
+        self.run.sinks.extend(open_sinks(cfg, run.root))  # tracking: the records of metrics.jsonl, nothing else
         check_client_dp(cfg, algorithm)
         self.fit_clients = self._training_clients(cfg, algorithm, fit_clients, eval_clients)
         self.eval_clients = eval_clients
@@ -325,7 +327,9 @@ class FederationServer:
         finally:
             self.progress.stop()
         self.run.append_metrics(records)
-        return self._summary(records)
+        summary = self._summary(records)
+        close_sinks(self.run)
+        return summary
 
     # ------------------------------------------------------------------ final test
     def _selected(self) -> list[tuple[str, Params, ServerState, int]]:

@@ -36,6 +36,7 @@ from fedseg.report.fmt import (
     relpath,
     site_mean,
 )
+from fedseg.report.overlays import overlay_section
 from fedseg.report.plots import PLOTS, write_run_plots
 from fedseg.report.runs import MODEL_ORDER, MetricTable, RunRecords, SelectionInfo, same_metrics
 from fedseg.report.traffic import Traffic, run_traffic
@@ -386,6 +387,7 @@ def _render_report(run: RunRecords, plots: Mapping[str, Path]) -> str:
     lines += _selection_section(run)
     lines += _failures_section(run)
     lines += _communication(run)
+    lines += overlay_section(run.root)
     if plots:
         lines += ["## Plots", ""]
         for key, path in plots.items():

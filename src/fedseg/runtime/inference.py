@@ -25,15 +25,16 @@ from fedseg.data.build import build_federated_data
 from fedseg.data.folder import load_site_folder
 from fedseg.data.preprocess import preprocess_case, restore_geometry
 from fedseg.data.scan import scan_root
-from fedseg.engine.evaluate import evaluate, predict_logits, sliding_window_for
+from fedseg.engine.evaluate import predict_labels, predict_logits, sliding_window_for
 from fedseg.io import file_stem, file_suffix, read_image, write_mask
 from fedseg.io.atomic import atomic_open
 from fedseg.io.packages import require
+from fedseg.metrics import MetricAccumulator
 from fedseg.records import Field
 from fedseg.runtime.trained import EvalError, open_run
 
 __all__ = ["EvalError", "Prediction", "load_trained_model", "evaluate_run", "predict_file", "channel_files",
-           "write_overlay", "overlay_path_for"]
+           "write_overlay", "overlay_rgb", "overlay_path_for"]
 
 logger = logging.getLogger(__name__)
 
@@ -83,9 +84,10 @@ def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData
 
 def evaluate_run(
     run_dir: Path, *, data: Path | None = None, client: str | None = None, split: str = "test",
-    checkpoint: str | None = None,
+    checkpoint: str | None = None, per_case: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, Any]]:
-    """Per-site metrics on the run's own ``split`` or on the site folder(s) at ``data``.
+    """Per-site metrics on the run's own ``split`` or on the site folder(s) at ``data``; with
+    ``per_case`` given, one row per case (``site``, ``case`` id and its metrics) is appended to it.
 
     Each site of the run is scored with the model its method is judged by (its personalised
     model, or the global one), a site that never trained and every site at ``data`` with the
@@ -104,8 +106,16 @@ def evaluate_run(
     rows = []
     for site in sites:
         scored = trained.load(site.name if data is None else None, client=client)
-        metrics = evaluate(trained.model, getattr(site, split), num_classes=info["num_classes"], device=trained.device,
-                           batch_size=cfg.eval.batch_size, window=sliding_window_for(cfg))
+        cases = getattr(site, split)
+        acc = MetricAccumulator(num_classes=int(info["num_classes"]))
+        if len(cases):  # what engine.evaluate.evaluate computes, keeping each case's metrics
+            pred = predict_labels(trained.model, cases.images, trained.device, cfg.eval.batch_size,
+                                  sliding_window_for(cfg))
+            scored_cases = acc.add(pred, cases.pixel_masks()[:, 0], cases.spacing)
+            if per_case is not None:
+                per_case.extend({Field.SITE.value: site.name, "case": str(cid), **m}
+                                for cid, m in zip(cases.ids, scored_cases, strict=True))
+        metrics = acc.summary() if len(cases) else {"n": 0}
         rows.append({Field.SITE.value: site.name, Field.MODEL.value: scored.kind,
                      Field.SELECTION.value: trained.selection, Field.SELECTED_ROUND.value: scored.selected_round,
                      **metrics})
@@ -171,12 +181,18 @@ def overlay_path_for(output: Path) -> Path:
 
 
 def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> None:
-    """Save a PNG of ``image`` with each foreground class tinted and outlined in its own colour.
+    """Save a PNG of ``image`` with each foreground class tinted and outlined in its own colour
+    (:func:`overlay_rgb`; ``path``: the PNG to write)."""
+    with atomic_open(path) as fh:
+        Image.fromarray(overlay_rgb(image, labels, num_classes, alpha), mode="RGB").save(fh, format="PNG")
+
+
+def overlay_rgb(image: np.ndarray, labels: np.ndarray, num_classes: int, alpha: float = 0.4) -> np.ndarray:
+    """``(H, W, 3)`` uint8: ``image`` with each foreground class tinted and outlined in its own colour.
 
     Args:
-        path: PNG to write.
-        image: ``(C, H, W)`` float intensities as read from the file (C = 1 grey or 3 RGB; other
-            counts show the first channel); min-max scaled for display.
+        image: ``(C, H, W)`` float intensities (C = 1 grey or 3 RGB; other counts show the first
+            channel); min-max scaled for display.
         labels: ``(H, W)`` integer class indices.
         num_classes: classes including background (colour k = matplotlib ``tab10`` colour k-1).
         alpha: tint opacity inside each class; outlines are opaque.
@@ -194,8 +210,7 @@ def write_overlay(path: Path, image: np.ndarray, labels: np.ndarray, num_classes
         out[region] = (1 - alpha) * out[region] + alpha * colour
         outline = region & ~ndimage.binary_erosion(region)
         out[outline] = colour
-    with atomic_open(path) as fh:
-        Image.fromarray(np.clip(np.rint(out * 255), 0, 255).astype(np.uint8), mode="RGB").save(fh, format="PNG")
+    return np.clip(np.rint(out * 255), 0, 255).astype(np.uint8)
 
 
 @torch.no_grad()

@@ -219,6 +219,8 @@ def run_inprocess(
         raise _stopped(exc, executor) from exc
     if write_report:
         from fedseg.report import write_report as _write_report
+        from fedseg.runtime.overlays import write_test_overlays
 
+        write_test_overlays(run_dir, data.sites)  # report pictures: this process holds every site's test data
         _write_report(run_dir)
     return RunResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
