@@ -11,7 +11,7 @@ from fedseg.data.synthetic import make_synthetic_federation
 __all__ = ["build_federated_data"]
 
 
-def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
+def build_federated_data(cfg: DataConfig, seed: int, mixed_shapes: bool = False) -> FederatedData:
     """Load or generate the federation described by ``cfg``.
 
     Args:
@@ -21,6 +21,7 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
             image-supervised sites (``cfg.supervision``) then get weak training splits without
             masks (:func:`fedseg.data.supervision.apply_supervision`).
         seed: run seed (generation, splits and derived box margins are deterministic in it).
+        mixed_shapes: folder cases may differ in shape (``train.patch_size`` is set).
 
     Returns:
         The in-memory federated data.
@@ -32,5 +33,5 @@ def build_federated_data(cfg: DataConfig, seed: int) -> FederatedData:
     if cfg.source == "synthetic":
         return apply_supervision(make_synthetic_federation(cfg.synthetic, cfg.split, seed), cfg, seed)
     if cfg.source == "folder":
-        return apply_supervision(load_folder_federation(cfg, seed), cfg, seed)
+        return apply_supervision(load_folder_federation(cfg, seed, mixed_shapes), cfg, seed)
     raise DataError(f"data.source {cfg.source!r} is unknown; allowed: synthetic, folder")

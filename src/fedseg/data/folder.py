@@ -8,7 +8,7 @@ Pipeline (every stage collects problems with their file names; nothing stops at 
    from the on-disk cache (:mod:`fedseg.data.cache`) without decoding anything.
 3. A single-source dataset can be partitioned into simulated sites (:mod:`fedseg.data.partition`).
 4. Each site is split into train/val/test by group (:mod:`fedseg.data.splits`) or by a split file.
-5. All cases must share one array shape (the in-memory :class:`SegmentationSet` stacks them).
+5. All cases must share one array shape, unless patches are configured (``mixed_shapes``).
 
 This module reads the cases (stages 1-2) and runs the pipeline; :mod:`fedseg.data.assembly`
 forms sites and splits and stacks the arrays (3-5), :mod:`fedseg.data.check` holds the summaries
@@ -125,7 +125,7 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
     except DataError as exc:
         return None, problems_of(exc, files.site)
     if cache is not None and key is not None:
-        cache.save(key, case)
+        case = cache.save(key, case)  # its arrays now on disk, streamed by the splits
     return CaseSummary(files, case.image.shape[1:], (), case.foreground or 0.0, case), []
 
 
@@ -183,8 +183,11 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
     return summaries, [p for _, found in results for p in found]
 
 
-def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> tuple[DatasetReport, Splits]:
-    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem."""
+def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False, mixed_shapes: bool = False) -> tuple[
+    DatasetReport, Splits
+]:
+    """Index, read (``keep``: and preprocess), form sites, split, and collect every problem.
+    ``mixed_shapes``: cases may differ in shape (patch training, ``train.patch_size``)."""
     root = Path(cfg.root) if cfg.root is not None else None
     index, dims, problems = index_dataset(cfg)
     if cfg.spatial_dims is None and index:
@@ -197,7 +200,8 @@ def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False) -> t
     problems += found
     if root is None:
         return DatasetReport(root, dims, problems, []), {}
-    problems += shape_problems(summaries, root, dims)
+    if not mixed_shapes:
+        problems += shape_problems(summaries, root, dims)
     sites, found = form_sites(summaries, [s.name for s in index], cfg, seed)
     problems += found
     splits, found = split_sites(sites, cfg, seed, all_to_test, no_masks)
@@ -218,28 +222,31 @@ def check_dataset(cfg: DataConfig, seed: int = 0) -> DatasetReport:
     return _run(cfg, seed, keep=False)[0]
 
 
-def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False) -> FederatedData:
-    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test)
+def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False, mixed_shapes: bool = False) -> FederatedData:
+    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test, mixed_shapes=mixed_shapes)
     for p in report.warnings:
         log.warning("%s", p)
     return build_federation(report, splits, cfg)
 
 
-def load_folder_federation(cfg: DataConfig, seed: int) -> FederatedData:
+def load_folder_federation(cfg: DataConfig, seed: int, mixed_shapes: bool = False) -> FederatedData:
     """Read every site of ``cfg.root`` (or ``cfg.sites``) into a :class:`FederatedData`.
 
     Args:
         cfg: data section with ``source='folder'``; ``sites`` None means every subdirectory of
             ``root`` with an ``images/`` folder, sorted.
         seed: run seed for the splits (and the partition unless ``partition.seed`` is set).
+        mixed_shapes: allow cases of different shapes (training on patches, ``train.patch_size``);
+            otherwise they are an error.
 
     Returns:
-        2D or 3D federated data, ``(N, cfg.channels, *shape)`` images of one shape.
+        2D or 3D federated data, ``(N, cfg.channels, *shape)`` images (of one shape unless
+        ``mixed_shapes``), streamed from the case cache when it is on (``data.cache``).
 
     Raises:
         DataError: every error of every site together (see :func:`check_dataset`).
     """
-    return _federation(cfg, seed)
+    return _federation(cfg, seed, mixed_shapes=mixed_shapes)
 
 
 def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False) -> SiteData:

@@ -98,7 +98,7 @@ def evaluate_run(
     if data is None:
         if split not in ("train", "val", "test"):
             raise EvalError(f"--split {split!r}; allowed: train, val, test")
-        sites = build_federated_data(cfg.data, cfg.seed).sites
+        sites = build_federated_data(cfg.data, cfg.seed, cfg.train.patch_size is not None).sites
     else:
         sites, split = _sites_at(data, cfg, info), "test"
     rows = []
