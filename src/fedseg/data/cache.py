@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.format import write_array
 
 from fedseg.config import DataConfig
 from fedseg.data.layout import CaseFiles
@@ -161,12 +162,12 @@ class CaseCache:
                 "mask_shape": None if case.mask is None else list(case.mask.shape)}
         try:
             with atomic_open(image_path) as fh:
-                np.save(fh, np.ascontiguousarray(case.image, dtype=np.float32), allow_pickle=False)
+                write_array(fh, np.ascontiguousarray(case.image, dtype=np.float32), allow_pickle=False)
             if case.mask is not None:
                 small = case.mask.size == 0 or (case.mask.min() >= 0 and case.mask.max() < 256)
                 with atomic_open(mask_path) as fh:
-                    np.save(fh, np.ascontiguousarray(case.mask, dtype=np.uint8 if small else np.int32),
-                            allow_pickle=False)
+                    write_array(fh, np.ascontiguousarray(case.mask, dtype=np.uint8 if small else np.int32),
+                                allow_pickle=False)
             with atomic_open(meta_path) as fh:  # last: marks the entry complete
                 fh.write(json.dumps(meta).encode("utf-8"))
         except OSError as exc:
