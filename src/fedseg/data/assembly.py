@@ -1,11 +1,13 @@
-"""Split assembly for real folders: cases -> sites -> train/val/test -> sets (streamed from the cache).
+"""Split assembly for real folders: cases -> sites -> train/val/test -> sets (streamed from the
+cache).
 
 The stages after reading (:mod:`fedseg.data.folder`): the cases are grouped into sites (the
 folders, or the simulated sites of ``data.partition``), every site is split by group
 (``data.split``), by a split file, or entirely into test, and each split becomes a
-:class:`SegmentationSet` whose cases stay in the on-disk cache (:func:`make_set`). Files-mode weak sites are planned here before anything is read
-(:func:`plan_weak`): which of their cases are training cases follows from names alone, so their
-masks are never opened. Problems are collected with their site, never raised one by one.
+:class:`SegmentationSet` whose cases stay in the on-disk cache (:func:`make_set`). Files-mode weak
+sites are planned here before anything is read (:func:`plan_weak`): which of their cases are
+training cases follows from names alone, so their masks are never opened. Problems are collected
+with their site, never raised one by one.
 """
 
 from __future__ import annotations

@@ -1,24 +1,24 @@
 """On-disk cache of preprocessed cases, so a second load (or run) does not decode PNG/NIfTI again.
 
 Three files per case under ``<cache_dir>/<key[:2]>/``: ``<key>.image.npy`` (float32
-``(C, *spatial)``), ``<key>.mask.npy`` (uint8 class indices, int32 beyond 255 classes) and
-``<key>.json`` (spacing, geometry info, foreground fraction, array shapes), written in this order,
-so the ``.json`` marks a complete entry. Loading reads only the ``.json`` and returns a
+``(C, *spatial)``), ``<key>.mask.npy`` (uint8 class indices, int32 beyond 255 classes) and ``<key>.json``
+(spacing, geometry info, foreground fraction, array shapes), written in this order, so the
+``.json`` marks a complete entry. Loading reads only the ``.json`` and returns a
 :class:`StoredCase` naming the ``.npy`` files, which the splits open memory-mapped case by case
 (:class:`fedseg.data.cases.ListCases`): nothing of the arrays is read until training needs it, and
 memory does not grow with the number of cases. The key is a SHA-256 over
 
-* every input file's resolved path, size and modification time (ns): editing, replacing or
-  touching a file invalidates its case (a content hash would read every file on every load,
-  which is what the cache avoids);
+* every input file's resolved path, size and modification time (ns): editing, replacing or touching
+  a file invalidates its case (a content hash would read every file on every load, which is what
+  the cache avoids);
 * the preprocessing settings that shape the arrays (channels, labels, spacing policy, ...);
 * :data:`CACHE_VERSION`, bumped whenever preprocessing code changes its output.
 
 Entries are written atomically (:func:`fedseg.io.atomic.atomic_open`: temporary file + fsync +
 rename), so concurrent loaders and killed runs never leave a torn entry; unreadable entries (a
-missing ``.npy`` or one of the wrong shape) count as misses. Temporary files of killed writers are deleted when a cache opens (those of processes
-no longer running, older than :data:`ORPHAN_AGE`). Nothing is ever evicted: delete
-the folder (``make clean``) to reclaim space.
+missing ``.npy`` or one of the wrong shape) count as misses. Temporary files of killed writers are
+deleted when a cache opens (those of processes no longer running, older than :data:`ORPHAN_AGE`).
+Nothing is ever evicted: delete the folder (``make clean``) to reclaim space.
 """
 
 from __future__ import annotations

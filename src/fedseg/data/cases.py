@@ -259,3 +259,25 @@ class ListCases(CaseStore):
 
     def without_masks(self) -> CaseStore:
         return ListCases(self.images, None, self._shapes, self._channels)
+
+    @staticmethod
+    def concat(stores: Sequence[CaseStore]) -> ListCases:
+        """The cases of ``stores`` one after the other, without reading a file (stacked stores
+        contribute per-case views of their tensors); all must have masks or none."""
+        images: list[CaseSource] = []
+        masks: list[CaseSource] = []
+        shapes: list[tuple[int, ...]] = []
+        for store in stores:
+            if isinstance(store, ListCases):
+                images += store.images
+                masks += store.masks or []
+            else:
+                for i in range(len(store)):
+                    image, mask = store.case(i)
+                    images.append(image.numpy())
+                    if mask is not None:
+                        masks.append(mask[0].numpy())
+            shapes += store.shapes()
+        if masks and len(masks) != len(images):
+            raise DataError("cannot pool splits with and without masks (a weakly-supervised split refuses pooling)")
+        return ListCases(images, masks if masks else None, shapes, stores[0].channels if stores else 0)

@@ -249,7 +249,8 @@ def load_folder_federation(cfg: DataConfig, seed: int, mixed_shapes: bool = Fals
     return _federation(cfg, seed, mixed_shapes=mixed_shapes)
 
 
-def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False) -> SiteData:
+def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False,
+                     mixed_shapes: bool = False) -> SiteData:
     """Read one site folder ``<site_dir>/{images,masks}/`` into memory and split it.
 
     Args:
@@ -258,6 +259,7 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
             ``partition`` and ``split_file`` are ignored.
         seed: run seed for the split.
         all_to_test: put every case into ``test`` (evaluate a model on a whole, possibly new, site).
+        mixed_shapes: allow cases of different shapes (a model trained on patches).
 
     Raises:
         DataError: every problem of the site together.
@@ -265,4 +267,4 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
     site_dir = Path(site_dir)
     local = cfg.model_copy(update={"source": "folder", "root": site_dir.parent, "sites": [site_dir.name],
                                    "partition": None, "split_file": None})
-    return _federation(local, seed, all_to_test=all_to_test).sites[0]
+    return _federation(local, seed, all_to_test=all_to_test, mixed_shapes=mixed_shapes).sites[0]

@@ -58,8 +58,9 @@ class Trainer:
     A split stacked in memory is moved to the device once per round and indexed there (the fast
     path of small data); a split streamed from the case cache is read case by case through a
     ``DataLoader`` with ``cfg.num_workers`` workers (:mod:`fedseg.data.loader`; pinned memory on
-    CUDA), and only each batch goes to the device. Both give the same batches. Batches are drawn by a permutation from a
-    generator seeded per (run seed, round, client), so a round is reproducible on its own.
+    CUDA), and only each batch goes to the device. Both give the same batches. Batches are drawn
+    by a permutation from a generator seeded per (run seed, round, client), so a round is
+    reproducible on its own.
 
     With ``cfg.patch_size`` every batch is a set of random patches (:class:`PatchSampler`; a
     fraction ``cfg.fg_oversample`` centred on foreground) and an epoch is

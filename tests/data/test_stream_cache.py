@@ -91,3 +91,18 @@ def test_tensor_backed_sets_keep_the_old_constructor_and_replace(tmp_path: Path)
                            spacing=torch.ones(1, 2))
     relabelled = disk.with_masks(torch.ones(1, 1, 4, 4, dtype=torch.long))
     assert relabelled.in_memory and torch.equal(relabelled.images, images[:1])
+
+
+def test_pooling_streamed_splits_reads_nothing_and_keeps_every_case(tmp_path: Path) -> None:
+    from fedseg.runtime.build import concat_sets
+
+    images, masks = torch.rand(2, 1, 4, 4), torch.ones(2, 1, 4, 4, dtype=torch.long)
+    memory = SegmentationSet(images=images, masks=masks, spacing=torch.ones(2, 2), ids=["a", "b"])
+    np.save(tmp_path / "i.npy", np.full((1, 5, 3), 2.0, dtype=np.float32))
+    np.save(tmp_path / "m.npy", np.zeros((5, 3), dtype=np.uint8))
+    disk = SegmentationSet(cases=ListCases([tmp_path / "i.npy"], [tmp_path / "m.npy"], [(5, 3)], 1),
+                           spacing=torch.ones(1, 2), ids=["c"])
+    pooled = concat_sets([memory, disk])
+    assert not pooled.in_memory and pooled.ids == ["a", "b", "c"] and len(pooled) == 3
+    assert torch.equal(pooled.case(1)[0], images[1]) and pooled.shape_of(2) == (5, 3)
+    assert torch.equal(pooled.case(2)[0], torch.full((1, 5, 3), 2.0))
