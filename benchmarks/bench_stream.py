@@ -13,7 +13,7 @@
    (they must be equal bit for bit). Skipped when ../shared/data is absent.
 
 Usage: python benchmarks/bench_stream.py [--sizes 20 100 400] [--side 96] [--steps 10]
-       [--patch 64] [--repeats 3] [--out runs/bench]
+       [--patch 64] [--repeats 3] [--skip-rss] [--skip-busbra] [--out runs/bench]
 """
 
 from __future__ import annotations
@@ -171,13 +171,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--max-inmemory-gb", type=float, default=2.0)
     parser.add_argument("--skip-busbra", action="store_true")
+    parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"command": "python " + " ".join(sys.argv)}
-    result["rss"] = rss_scaling(args.out, args.sizes, args.side, args.steps, args.patch, args.max_inmemory_gb)
-    streamed = [r["peak_rss_mb"] for r in result["rss"] if r["mode"] == "streamed"]
-    result["streamed_rss_growth"] = round(max(streamed) / min(streamed), 3)
+    if not args.skip_rss:
+        result["rss"] = rss_scaling(args.out, args.sizes, args.side, args.steps, args.patch, args.max_inmemory_gb)
+        streamed = [r["peak_rss_mb"] for r in result["rss"] if r["mode"] == "streamed"]
+        result["streamed_rss_growth"] = round(max(streamed) / min(streamed), 3)
     if not args.skip_busbra:
         result["busbra"] = busbra_throughput(args.repeats)
     (args.out / "stream.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -15,6 +15,7 @@ both, whatever the stored dtype (masks are stored as uint8 on disk).
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -166,15 +167,44 @@ class TensorCases(CaseStore):
         return TensorCases(self.images, masks)
 
 
+_DESCR = re.compile(r"'descr':\s*'([<>|=]?[a-zA-Z]\d+)'")
+_SHAPE = re.compile(r"'shape':\s*\(([\d,\s]*)\)")
+
+
+def _unreadable(source: Path, exc: Exception) -> DataError:
+    return DataError(f"cached case file {source} is unreadable ({exc}); delete the cache folder "
+                     "(data.cache_dir, make clean) and load again")
+
+
 def _open(source: CaseSource) -> np.ndarray:
+    """``source`` memory-mapped (a path) or itself (an array): for reading a window of it."""
     if isinstance(source, Path):
         try:
             out: np.ndarray = np.load(source, mmap_mode="r", allow_pickle=False)
         except (OSError, ValueError) as exc:
-            raise DataError(f"cached case file {source} is unreadable ({exc}); delete the cache folder "
-                            "(data.cache_dir, make clean) and load again") from exc
+            raise _unreadable(source, exc) from exc
         return out
     return source
+
+
+def _load(source: CaseSource) -> np.ndarray:
+    """All of ``source``: a ``.npy`` file read in one call (a plain version-1 C-order file's header is
+    parsed here, 3-5x faster than ``np.load``'s for the small files of 2D cases), or the array."""
+    if not isinstance(source, Path):
+        return source
+    try:
+        raw = bytearray(source.read_bytes())
+        if raw[:8] == b"\x93NUMPY\x01\x00" and len(raw) >= 10:
+            end = 10 + int.from_bytes(raw[8:10], "little")
+            header = raw[10:end].decode("latin1")
+            descr, shape = _DESCR.search(header), _SHAPE.search(header)
+            if descr is not None and shape is not None and "'fortran_order': False" in header:
+                dims = tuple(int(n) for n in shape.group(1).split(",") if n.strip())
+                return np.frombuffer(raw, dtype=np.dtype(descr.group(1)), offset=end).reshape(dims)
+        out: np.ndarray = np.load(source, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise _unreadable(source, exc) from exc
+    return out
 
 
 class ListCases(CaseStore):
@@ -219,14 +249,14 @@ class ListCases(CaseStore):
         return self._shapes[i]
 
     def _image(self, i: int, index: tuple[slice, ...] | None = None) -> torch.Tensor:
-        arr = _open(self.images[i])
-        return torch.from_numpy(np.array(arr if index is None else arr[index], dtype=np.float32))
+        arr = _load(self.images[i]) if index is None else _open(self.images[i])[index]
+        return torch.from_numpy(np.array(arr, dtype=np.float32))
 
     def _mask(self, i: int, index: tuple[slice, ...] | None = None) -> torch.Tensor | None:
         if self.masks is None:
             return None
-        arr = _open(self.masks[i])
-        return torch.from_numpy(np.array(arr if index is None else arr[index], dtype=np.int64))[None]
+        arr = _load(self.masks[i]) if index is None else _open(self.masks[i])[index]
+        return torch.from_numpy(np.array(arr, dtype=np.int64))[None]
 
     def case(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return self._image(i), self._mask(i)
