@@ -9,8 +9,10 @@
    without training (every case read once, its foreground voxels indexed).
 2. Throughput on BUS-BRA 2D (``configs/datasets/busbra_scanners.yaml``, preprocessed-case cache in
    ``$FEDSEG_CACHE_DIR``): one local epoch of the largest site's training split, streamed (as
-   loaded) against its stacked in-memory copy, paired and alternated, with the losses compared
-   (they must be equal bit for bit). Skipped when ../shared/data is absent.
+   loaded) against its stacked in-memory copy, paired and alternated, wall and CPU time (the
+   process's own CPU seconds, less disturbed by other load on a shared machine), with the losses
+   compared (they must be equal bit for bit); and the CPU time of drawing one epoch's batches
+   without training (the data path alone). Skipped when ../shared/data is absent.
 
 Usage: python benchmarks/bench_stream.py [--sizes 20 100 400] [--side 96] [--steps 10]
        [--patch 64] [--repeats 3] [--skip-rss] [--skip-busbra] [--out runs/bench]
@@ -132,28 +134,43 @@ def busbra_throughput(repeats: int) -> dict[str, Any]:
     memory = SegmentationSet(images=streamed.images, masks=streamed.masks, spacing=streamed.spacing, ids=streamed.ids)
     loss_fn = build_loss(LossConfig(), 2)
 
-    def epoch(split: SegmentationSet) -> tuple[float, float]:
+    def epoch(split: SegmentationSet) -> tuple[float, float, float]:
         torch.manual_seed(0)
         model = build_model(cfg.model, 2, 1, 2)
         trainer = Trainer(split, loss_fn, cfg.train, epochs=1, device=torch.device("cpu"), seed=0, state={})
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         loss = trainer.fit(model)["loss"]
-        return time.perf_counter() - t0, loss
+        return time.perf_counter() - t0, time.process_time() - c0, loss
+
+    def data_only(split: SegmentationSet) -> float:
+        trainer = Trainer(split, loss_fn, cfg.train, epochs=1, device=torch.device("cpu"), seed=0, state={})
+        c0 = time.process_time()
+        for _ in trainer.batches(shuffle=True):
+            pass
+        return time.process_time() - c0
 
     times: dict[str, list[float]] = {"streamed": [], "in-memory": []}
+    cpu: dict[str, list[float]] = {"streamed": [], "in-memory": []}
     losses: dict[str, float] = {}
     for r in range(repeats):  # paired, alternating which goes first
         order = [("streamed", streamed), ("in-memory", memory)]
         for name, split in order if r % 2 == 0 else order[::-1]:
-            seconds, losses[name] = epoch(split)
+            seconds, cpu_s, losses[name] = epoch(split)
             times[name].append(seconds)
-            print(name, round(seconds, 2), file=sys.stderr)
+            cpu[name].append(cpu_s)
+            print(name, round(seconds, 2), round(cpu_s, 2), file=sys.stderr)
     ratios = [m / s for s, m in zip(times["streamed"], times["in-memory"], strict=True)]
+    cpu_ratios = [m / s for s, m in zip(cpu["streamed"], cpu["in-memory"], strict=True)]
     return {
         "site": site.name, "train_images": len(streamed), "steps": -(-len(streamed) // cfg.train.batch_size),
         "load_s": round(load_s, 2), "streamed_s": [round(t, 2) for t in times["streamed"]],
         "in_memory_s": [round(t, 2) for t in times["in-memory"]],
+        "streamed_cpu_s": [round(t, 2) for t in cpu["streamed"]],
+        "in_memory_cpu_s": [round(t, 2) for t in cpu["in-memory"]],
         "throughput_streamed_over_in_memory": round(statistics.median(ratios), 3),
+        "throughput_cpu_time": round(statistics.median(cpu_ratios), 3),
+        "data_only_cpu_s": {"streamed": round(statistics.median(data_only(streamed) for _ in range(3)), 3),
+                            "in-memory": round(statistics.median(data_only(memory) for _ in range(3)), 3)},
         "losses_equal": losses["streamed"] == losses["in-memory"],
     }
 
