@@ -82,8 +82,9 @@ class TrainConfig(StrictModel):
     samples_per_volume: int = Field(1, ge=1, description="patches per case per epoch (with patch_size)")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     num_workers: int | Literal["auto"] = Field(
-        "auto", description="processes reading training cases from disk (DataLoader workers; 0: the training "
-        "process itself); auto: 0 on CPU, min(4, cpu_count - 1) on CUDA. Batches are the same with any value"
+        "auto", description="processes reading training cases streamed from disk (DataLoader workers; 0: the "
+        "training process itself; unused for data held in memory); auto: 0 on CPU, min(4, cpu_count - 1) on "
+        "CUDA. Batches are the same with any value"
     )
 
     @field_validator("patch_size")
