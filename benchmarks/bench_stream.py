@@ -8,7 +8,7 @@
    ``--patch``, batch 2, ``--steps`` optimizer steps, then one whole epoch of batches read
    without training (every case read once, its foreground voxels indexed).
 2. Throughput on BUS-BRA 2D (``configs/datasets/busbra_scanners.yaml``, preprocessed-case cache in
-   ``$FEDSEG_CACHE_DIR``): one local epoch of the largest site's training split, streamed (as
+   ``$FEDSEG_CACHE_DIR``): one local epoch of the largest site's (``--site``) training split, streamed (as
    loaded) against its stacked in-memory copy, paired and alternated, wall and CPU time (the
    process's own CPU seconds, less disturbed by other load on a shared machine), with the losses
    compared (they must be equal bit for bit); and the CPU time of drawing one epoch's batches
@@ -114,7 +114,7 @@ def rss_scaling(out: Path, sizes: list[int], side: int, steps: int, patch: int, 
     return rows
 
 
-def busbra_throughput(repeats: int) -> dict[str, Any]:
+def busbra_throughput(repeats: int, site_name: str | None = None) -> dict[str, Any]:
     from fedseg.config import LossConfig, load_config
     from fedseg.data.base import SegmentationSet
     from fedseg.data.folder import load_folder_federation
@@ -129,7 +129,7 @@ def busbra_throughput(repeats: int) -> dict[str, Any]:
     start = time.perf_counter()
     data = load_folder_federation(cfg.data.model_copy(update={"root": root}), seed=0)
     load_s = time.perf_counter() - start
-    site = max(data.sites, key=lambda s: len(s.train))
+    site = max(data.sites, key=lambda s: len(s.train)) if site_name is None else data.site(site_name)
     streamed = site.train
     memory = SegmentationSet(images=streamed.images, masks=streamed.masks, spacing=streamed.spacing, ids=streamed.ids)
     loss_fn = build_loss(LossConfig(), 2)
@@ -189,6 +189,7 @@ def main() -> int:
     parser.add_argument("--max-inmemory-gb", type=float, default=2.0)
     parser.add_argument("--skip-busbra", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--site", default=None, help="BUS-BRA site of the throughput test (default: the largest)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,7 @@ def main() -> int:
         streamed = [r["peak_rss_mb"] for r in result["rss"] if r["mode"] == "streamed"]
         result["streamed_rss_growth"] = round(max(streamed) / min(streamed), 3)
     if not args.skip_busbra:
-        result["busbra"] = busbra_throughput(args.repeats)
+        result["busbra"] = busbra_throughput(args.repeats, args.site)
     (args.out / "stream.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0
