@@ -9,7 +9,8 @@
    without training (every case read once, its foreground voxels indexed).
 2. Throughput on BUS-BRA 2D (``configs/datasets/busbra_scanners.yaml``, preprocessed-case cache in
    ``$FEDSEG_CACHE_DIR``): one local epoch of the largest site's (``--site``) training split, streamed (as
-   loaded) against its stacked in-memory copy, paired and alternated, wall and CPU time (the
+   loaded) against its stacked in-memory copy, after one untimed warm-up epoch of each, paired
+   and alternated, wall and CPU time (the
    process's own CPU seconds, less disturbed by other load on a shared machine), with the losses
    compared (they must be equal bit for bit); and the CPU time of drawing one epoch's batches
    without training (the data path alone). Skipped when ../shared/data is absent.
@@ -152,6 +153,7 @@ def busbra_throughput(repeats: int, site_name: str | None = None) -> dict[str, A
     times: dict[str, list[float]] = {"streamed": [], "in-memory": []}
     cpu: dict[str, list[float]] = {"streamed": [], "in-memory": []}
     losses: dict[str, float] = {}
+    epoch(streamed), epoch(memory)  # warm-up (allocator, first-call costs), untimed
     for r in range(repeats):  # paired, alternating which goes first
         order = [("streamed", streamed), ("in-memory", memory)]
         for name, split in order if r % 2 == 0 else order[::-1]:
