@@ -90,7 +90,7 @@ def data_cache_cost(out: Path, repeats: int = 3, batch: int = 16) -> dict[str, A
     with DecodeCounter() as counter:
         epochs = [_epoch(images, masks, batch) for _ in range(2)]
     cases = sum(len(s.train) + len(s.val) + len(s.test) for s in data.sites)
-    size = sum(p.stat().st_size for p in cache_dir.rglob("*.npz"))
+    size = sum(p.stat().st_size for p in cache_dir.rglob("*.np[yz]"))
     return {
         "dataset": f"busbra_scanners, {cases} images, 128x128 grey",
         "repeats": repeats,

@@ -206,3 +206,31 @@ def test_repeated_random_sigkill_and_resume_equals_uninterrupted(tmp_path: Path)
               if json.loads(line)["kind"] == "round"]
     assert rounds == [1, 2, 3, 4, 5]
     _assert_whole(killed)
+
+
+def test_sigkill_and_resume_with_streamed_folder_data_and_loader_workers(tmp_path: Path) -> None:
+    """Folder data streamed from the case cache through two DataLoader workers, on patches with
+    flips: killed after round 2 and resumed, the weights equal an uninterrupted run's (issue 13)."""
+    from fake_datasets import write_png_site
+
+    for site in ("A", "B"):
+        write_png_site(tmp_path / "data" / site, n_groups=6)
+    cfg = tiny_config("fedavg", rounds=4, sites=2)
+    cfg["data"] = {"source": "folder", "root": str(tmp_path / "data"), "image_size": [16, 16],
+                   "cache_dir": str(tmp_path / "cache")}
+    cfg["train"].update({"num_workers": 2, "patch_size": [8, 8], "samples_per_volume": 2,
+                         "augment": {"enabled": True, "flip_prob": 0.5, "rotate_prob": 0.0, "affine_prob": 0.0,
+                                     "elastic_prob": 0.0}})
+    full = tmp_path / "full"
+    assert _wait(_fork_run(cfg, full, resume=False), block=True) == 0
+    killed = tmp_path / "killed"
+    pid = _fork_run(cfg, killed, resume=False)
+    deadline = time.monotonic() + 120
+    while _checkpoint_round(killed) < 2 and _wait(pid, block=False) is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    os.kill(pid, signal.SIGKILL)
+    assert _wait(pid, block=True) == -signal.SIGKILL and _checkpoint_round(killed) in (2, 3)
+    assert _wait(_fork_run(cfg, killed, resume=True), block=True) == 0
+    a, b = load_checkpoint(full / "checkpoints" / "last.pt"), load_checkpoint(killed / "checkpoints" / "last.pt")
+    assert a["round"] == b["round"] == 4
+    _assert_equal(a["global_params"], b["global_params"], "global_params")

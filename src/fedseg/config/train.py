@@ -96,6 +96,11 @@ class TrainConfig(StrictModel):
     grad_clip: float | None = Field(
         None, gt=0, description="max global L2 norm of the gradients per step (after AMP unscaling); None: off"
     )
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="processes reading training cases streamed from disk (DataLoader workers; 0: the "
+        "training process itself; unused for data held in memory); auto: 0 on CPU, min(4, cpu_count - 1) on "
+        "CUDA. Batches are the same with any value"
+    )
 
     @field_validator("patch_size")
     @classmethod

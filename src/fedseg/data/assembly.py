@@ -1,11 +1,13 @@
-"""Split assembly for real folders: cases -> sites -> train/val/test -> in-memory sets.
+"""Split assembly for real folders: cases -> sites -> train/val/test -> sets (streamed from the
+cache).
 
 The stages after reading (:mod:`fedseg.data.folder`): the cases are grouped into sites (the
 folders, or the simulated sites of ``data.partition``), every site is split by group
-(``data.split``), by a split file, or entirely into test, and each split is stacked into a
-:class:`SegmentationSet`. Files-mode weak sites are planned here before anything is read
-(:func:`plan_weak`): which of their cases are training cases follows from names alone, so their
-masks are never opened. Problems are collected with their site, never raised one by one.
+(``data.split``), by a split file, or entirely into test, and each split becomes a
+:class:`SegmentationSet` whose cases stay in the on-disk cache (:func:`make_set`). Files-mode weak
+sites are planned here before anything is read (:func:`plan_weak`): which of their cases are
+training cases follows from names alone, so their masks are never opened. Problems are collected
+with their site, never raised one by one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import torch
 
 from fedseg.config import DataConfig
 from fedseg.data.base import DataError, FederatedData, Problem, SegmentationSet, SiteData
+from fedseg.data.cache import StoredCase
+from fedseg.data.cases import ListCases
 from fedseg.data.check import MAX_LISTED, CaseSummary, DatasetReport, Maskless, Splits, problems_of
 from fedseg.data.layout import SiteIndex
 from fedseg.data.partition import partition_units
@@ -182,7 +186,12 @@ def _make_weak_set(cases: Sequence[CaseSummary], kind: SupervisionKind) -> Segme
 
 
 def make_set(cases: Sequence[CaseSummary], channels: int, shape: tuple[int, ...]) -> SegmentationSet:
-    """Stack the preprocessed cases of one split (``(0, channels, *shape)`` tensors when empty)."""
+    """One split of the preprocessed cases (``(0, channels, *shape)`` tensors when empty).
+
+    Cases held by the on-disk cache (:class:`~fedseg.data.cache.StoredCase`) stay there and are
+    streamed case by case (:class:`~fedseg.data.cases.ListCases`, memory-mapped ``.npy``); cases in
+    memory (the cache is off) are stacked when they share a shape, else kept as a list.
+    """
     dims = len(shape)
     kinds = {c.weak[0] for c in cases if c.weak is not None}
     if kinds:
@@ -193,16 +202,26 @@ def make_set(cases: Sequence[CaseSummary], channels: int, shape: tuple[int, ...]
     if any(a is None or a.mask is None for a in arrays):
         raise RuntimeError("internal: a case was summarised without its preprocessed arrays")
     done = [a for a in arrays if a is not None]
-    if done:
-        images = torch.from_numpy(np.stack([a.image for a in done]))
-        masks = torch.from_numpy(np.stack([a.mask for a in done if a.mask is not None])[:, None])
-        spacing = torch.tensor([a.spacing for a in done], dtype=torch.float64)
-    else:
-        images = torch.zeros((0, channels, *shape), dtype=torch.float32)
-        masks = torch.zeros((0, 1, *shape), dtype=torch.int64)
-        spacing = torch.zeros((0, dims), dtype=torch.float64)
-    return SegmentationSet(images=images, masks=masks, spacing=spacing.reshape(len(done), dims),
-                           ids=[c.files.case_id for c in cases])
+    ids = [c.files.case_id for c in cases]
+    if not done:
+        return SegmentationSet(images=torch.zeros((0, channels, *shape), dtype=torch.float32),
+                               masks=torch.zeros((0, 1, *shape), dtype=torch.int64),
+                               spacing=torch.zeros((0, dims), dtype=torch.float64), ids=ids)
+    spacing = torch.tensor([a.spacing for a in done], dtype=torch.float64).reshape(len(done), dims)
+    shapes = [tuple(int(n) for n in a.image.shape[1:]) for a in done]
+    stored = [a for a in done if isinstance(a, StoredCase) and a.mask_path is not None]
+    if len(stored) == len(done):
+        store = ListCases([a.image_path for a in stored], [a.mask_path for a in stored if a.mask_path is not None],
+                          shapes, channels)
+        return SegmentationSet(cases=store, spacing=spacing, ids=ids)
+    if any(isinstance(a, StoredCase) for a in done):
+        raise RuntimeError("internal: a split mixes cached and in-memory cases")
+    masks = [a.mask for a in done if a.mask is not None]
+    if len(set(shapes)) > 1:
+        return SegmentationSet(cases=ListCases([a.image for a in done], masks, shapes, channels), spacing=spacing,
+                               ids=ids)
+    return SegmentationSet(images=torch.from_numpy(np.stack([a.image for a in done])),
+                           masks=torch.from_numpy(np.stack(masks)[:, None]), spacing=spacing, ids=ids)
 
 
 def build_federation(report: DatasetReport, splits: Splits, cfg: DataConfig) -> FederatedData:

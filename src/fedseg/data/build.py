@@ -11,7 +11,8 @@ from fedseg.data.synthetic import make_synthetic_federation
 __all__ = ["build_federated_data"]
 
 
-def build_federated_data(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None) -> FederatedData:
+def build_federated_data(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None,
+                         mixed_shapes: bool = False) -> FederatedData:
     """Load or generate the federation described by ``cfg``.
 
     Args:
@@ -23,6 +24,7 @@ def build_federated_data(cfg: DataConfig, seed: int, progress: ProgressCallback 
             masks (:func:`fedseg.data.supervision.apply_supervision`).
         seed: run seed (generation, splits and derived box margins are deterministic in it).
         progress: called with ``(cases read, cases in all)`` while real cases are read.
+        mixed_shapes: folder cases may differ in shape (``train.patch_size`` is set).
 
     Returns:
         The in-memory federated data.
@@ -34,5 +36,5 @@ def build_federated_data(cfg: DataConfig, seed: int, progress: ProgressCallback 
     if cfg.source == "synthetic":
         return apply_supervision(make_synthetic_federation(cfg.synthetic, cfg.split, seed), cfg, seed)
     if cfg.source in ("folder", "nnunet"):
-        return apply_supervision(load_folder_federation(cfg, seed, progress), cfg, seed)
+        return apply_supervision(load_folder_federation(cfg, seed, progress, mixed_shapes), cfg, seed)
     raise DataError(f"data.source {cfg.source!r} is unknown; allowed: synthetic, folder, nnunet")

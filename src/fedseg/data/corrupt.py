@@ -116,7 +116,7 @@ def apply_label_corruption(data: FederatedData, cfg: LabelCorruptionConfig, seed
             for offset, split in enumerate(cfg.splits):
                 current = splits[split]
                 masks = corrupt_masks(current.pixel_masks(), cfg.mode, radius=cfg.radius, seed=seed * 1000 + offset)
-                splits[split] = dataclasses.replace(current, masks=masks)
+                splits[split] = current.with_masks(masks)
             site = dataclasses.replace(site, train=splits["train"], val=splits["val"], test=splits["test"])
         sites.append(site)
     return dataclasses.replace(data, sites=sites)

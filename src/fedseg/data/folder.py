@@ -8,7 +8,7 @@ Pipeline (every stage collects problems with their file names; nothing stops at 
    from the on-disk cache (:mod:`fedseg.data.cache`) without decoding anything.
 3. A single-source dataset can be partitioned into simulated sites (:mod:`fedseg.data.partition`).
 4. Each site is split into train/val/test by group (:mod:`fedseg.data.splits`) or by a split file.
-5. All cases must share one array shape (the in-memory :class:`SegmentationSet` stacks them).
+5. All cases must share one array shape, unless patches are configured (``mixed_shapes``).
 
 This module reads the cases (stages 1-2) and runs the pipeline; :mod:`fedseg.data.assembly`
 forms sites and splits and stacks the arrays (3-5), :mod:`fedseg.data.check` holds the summaries
@@ -144,7 +144,7 @@ def _read_case(files: CaseFiles, cfg: DataConfig, keep: bool, cache: CaseCache |
     except DataError as exc:
         return None, problems_of(exc, files.site)
     if cache is not None and key is not None:
-        cache.save(key, case)
+        case = cache.save(key, case)  # its arrays now on disk, streamed by the splits
     return CaseSummary(files, case.image.shape[1:], (), case.foreground or 0.0, case), []
 
 
@@ -252,10 +252,11 @@ def _read_all(cases: list[CaseFiles], cfg: DataConfig, keep: bool, weak: WeakPla
 
 
 def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False,
-         progress: ProgressCallback | None = None) -> tuple[DatasetReport, Splits]:
+         progress: ProgressCallback | None = None, mixed_shapes: bool = False) -> tuple[DatasetReport, Splits]:
     """Index, read (``keep``: and preprocess), form sites, split, and collect every problem.
 
-    ``cfg`` must be resolved (:func:`resolved`): an nnU-Net source indexed by :mod:`fedseg.data.nnunet`."""
+    ``cfg`` must be resolved (:func:`resolved`): an nnU-Net source indexed by :mod:`fedseg.data.nnunet`.
+    ``mixed_shapes``: cases may differ in shape (patch training, ``train.patch_size``)."""
     root = Path(cfg.root) if cfg.root is not None else None
     index, dims, problems = index_nnunet(cfg) if cfg.source == "nnunet" else index_dataset(cfg)
     if cfg.spatial_dims is None and index:
@@ -270,7 +271,8 @@ def _run(cfg: DataConfig, seed: int, keep: bool, all_to_test: bool = False,
     problems += found
     if root is None:
         return DatasetReport(root, dims, problems, []), {}
-    problems += shape_problems(summaries, root, dims)
+    if not mixed_shapes:
+        problems += shape_problems(summaries, root, dims)
     sites, found = form_sites(summaries, [s.name for s in index], cfg, seed)
     problems += found
     splits, found = split_sites(sites, cfg, seed, all_to_test, no_masks)
@@ -305,16 +307,18 @@ def resolved(cfg: DataConfig) -> tuple[DataConfig, list[Problem]]:
 
 
 def _federation(cfg: DataConfig, seed: int, all_to_test: bool = False,
-                progress: ProgressCallback | None = None) -> FederatedData:
+                progress: ProgressCallback | None = None, mixed_shapes: bool = False) -> FederatedData:
     cfg, problems = resolved(cfg)
-    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test, progress=progress)
+    report, splits = _run(cfg, seed, keep=True, all_to_test=all_to_test, progress=progress,
+                          mixed_shapes=mixed_shapes)
     report.problems[:0] = problems
     for p in report.warnings:
         log.warning("%s", p)
     return build_federation(report, splits, cfg)
 
 
-def load_folder_federation(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None) -> FederatedData:
+def load_folder_federation(cfg: DataConfig, seed: int, progress: ProgressCallback | None = None,
+                           mixed_shapes: bool = False) -> FederatedData:
     """Read every site of ``cfg.root`` (or ``cfg.sites``) into a :class:`FederatedData`.
 
     Args:
@@ -322,17 +326,21 @@ def load_folder_federation(cfg: DataConfig, seed: int, progress: ProgressCallbac
             ``root`` with an ``images/`` folder, sorted.
         seed: run seed for the splits (and the partition unless ``partition.seed`` is set).
         progress: called with ``(cases read, cases in all)`` while the cases are read.
+        mixed_shapes: allow cases of different shapes (training on patches, ``train.patch_size``);
+            otherwise they are an error.
 
     Returns:
-        2D or 3D federated data, ``(N, cfg.channels, *shape)`` images of one shape.
+        2D or 3D federated data, ``(N, cfg.channels, *shape)`` images (of one shape unless
+        ``mixed_shapes``), streamed from the case cache when it is on (``data.cache``).
 
     Raises:
         DataError: every error of every site together (see :func:`check_dataset`).
     """
-    return _federation(cfg, seed, progress=progress)
+    return _federation(cfg, seed, progress=progress, mixed_shapes=mixed_shapes)
 
 
-def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False) -> SiteData:
+def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bool = False,
+                     mixed_shapes: bool = False) -> SiteData:
     """Read one site folder ``<site_dir>/{images,masks}/`` into memory and split it.
 
     Args:
@@ -341,6 +349,7 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
             ``partition`` and ``split_file`` are ignored.
         seed: run seed for the split.
         all_to_test: put every case into ``test`` (evaluate a model on a whole, possibly new, site).
+        mixed_shapes: allow cases of different shapes (a model trained on patches).
 
     Raises:
         DataError: every problem of the site together.
@@ -348,4 +357,4 @@ def load_site_folder(site_dir: Path, cfg: DataConfig, seed: int, all_to_test: bo
     site_dir = Path(site_dir)
     local = cfg.model_copy(update={"source": "folder", "root": site_dir.parent, "sites": [site_dir.name],
                                    "partition": None, "split_file": None})
-    return _federation(local, seed, all_to_test=all_to_test).sites[0]
+    return _federation(local, seed, all_to_test=all_to_test, mixed_shapes=mixed_shapes).sites[0]

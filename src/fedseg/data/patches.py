@@ -1,4 +1,4 @@
-"""Random training patches with foreground oversampling, drawn from in-memory stacked volumes.
+"""Random training patches with foreground oversampling, from stacked volumes or case by case.
 
 The sampler follows nnU-Net's rule: in a batch of ``B`` patches the last
 ``B - round(B * (1 - fg_oversample))`` are centred on a foreground voxel (a foreground class
@@ -10,7 +10,7 @@ at random in the volume. Foreground voxel indices are computed once per case wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +18,7 @@ from monai.transforms.utils import map_classes_to_indices
 from torch import Tensor
 
 from fedseg.data.base import DataError
+from fedseg.data.cases import CaseStore, padded_shape
 
 __all__ = ["PatchSampler", "pad_to_size", "oversample_mask"]
 
@@ -56,7 +57,12 @@ def oversample_mask(batch_size: int, fg_oversample: float) -> list[bool]:
 
 
 class PatchSampler:
-    """Random fixed-size patches from stacked volumes, a fraction centred on foreground.
+    """Random fixed-size patches of the cases of a split, a fraction centred on foreground.
+
+    Build it from stacked in-memory masks, or with :meth:`for_cases` from a case store whose cases
+    may differ in shape (each is padded to the patch size on its own, as :func:`pad_to_size` does).
+    The foreground voxels of a case are found the first time it is drawn, so the masks are read
+    once per round, case by case; the draws are the same either way.
 
     Args:
         masks: ``(N, 1, *spatial)`` int64 label maps of the cases the sampler serves, already
@@ -71,37 +77,81 @@ class PatchSampler:
 
     def __init__(self, masks: Tensor, patch_size: Sequence[int], num_classes: int, fg_oversample: float) -> None:
         spatial = tuple(int(s) for s in masks.shape[2:])
+        self._setup(patch_size, spatial, num_classes, fg_oversample)
+        if any(p > s for p, s in zip(self.patch_size, spatial, strict=True)):
+            raise DataError(f"train.patch_size {list(self.patch_size)} exceeds the (padded) volume size {list(spatial)}")
+        self.spatial = spatial
+        cpu = masks.detach().cpu()
+        self._shapes = [spatial] * int(masks.shape[0])
+        self._mask_of: Callable[[int], Tensor] = lambda case: cpu[case]
+
+    @classmethod
+    def for_cases(cls, cases: CaseStore, patch_size: Sequence[int], num_classes: int,
+                  fg_oversample: float) -> PatchSampler:
+        """A sampler over the cases of ``cases`` (shapes may differ; each padded to ``patch_size``)."""
+        if not cases.has_masks:
+            raise DataError("patches need pixel masks, but this split has none (data.supervision)")
+        sampler = cls.__new__(cls)
+        shapes = cases.shapes()
+        sampler._setup(patch_size, shapes[0] if shapes else tuple(int(p) for p in patch_size), num_classes,
+                    fg_oversample)
+        sampler._shapes = [padded_shape(shape, sampler.patch_size) for shape in shapes]
+        sampler.spatial = sampler._shapes[0] if sampler._shapes else sampler.patch_size
+
+        def mask_of(case: int) -> Tensor:
+            mask = cases.mask(case)
+            if mask is None:
+                raise DataError(f"case {case} has no mask")
+            return pad_to_size(mask[None], sampler.patch_size)[0]
+
+        sampler._mask_of = mask_of
+        return sampler
+
+    def _setup(self, patch_size: Sequence[int], spatial: tuple[int, ...], num_classes: int,
+               fg_oversample: float) -> None:
         self.patch_size = tuple(int(p) for p in patch_size)
         if len(self.patch_size) != len(spatial):
             raise DataError(
                 f"train.patch_size {list(self.patch_size)} has {len(self.patch_size)} entries but the images have "
                 f"{len(spatial)} spatial axes {list(spatial)}; give one size per axis"
             )
-        if any(p > s for p, s in zip(self.patch_size, spatial, strict=True)):
-            raise DataError(f"train.patch_size {list(self.patch_size)} exceeds the (padded) volume size {list(spatial)}")
         if not 0.0 <= fg_oversample <= 1.0:
             raise DataError(f"train.fg_oversample must be in [0, 1], got {fg_oversample}")
-        self.spatial = spatial
         self.fg_oversample = fg_oversample
-        # Per case: flat voxel indices of each foreground class present (classes absent are dropped).
-        self._fg: list[list[Tensor]] = []
-        for case in masks.detach().cpu():
-            per_class = map_classes_to_indices(case, num_classes=num_classes)[1:]
-            self._fg.append([torch.as_tensor(ix) for ix in per_class if len(ix) > 0])
+        self.num_classes = num_classes
+        # Per case, when first drawn: flat voxel indices of each foreground class present (absent
+        # classes dropped), int32 where the volume allows (half the memory, the same values).
+        self._fg: dict[int, list[Tensor]] = {}
 
-    def _random_start(self, gen: torch.Generator) -> list[int]:
-        return [int(torch.randint(s - p + 1, (1,), generator=gen)) for s, p in zip(self.spatial, self.patch_size)]
+    def shape_of(self, case: int) -> tuple[int, ...]:
+        """The (padded) spatial shape of ``case`` that patch starts refer to."""
+        return self._shapes[case]
+
+    def _foreground(self, case: int) -> list[Tensor]:
+        found = self._fg.get(case)
+        if found is None:
+            mask = self._mask_of(case)
+            small = mask.numel() < 2**31
+            per_class = map_classes_to_indices(mask, num_classes=self.num_classes)[1:]
+            found = [torch.as_tensor(ix).to(torch.int32 if small else torch.int64) for ix in per_class if len(ix) > 0]
+            self._fg[case] = found
+        return found
+
+    def _random_start(self, case: int, gen: torch.Generator) -> list[int]:
+        return [int(torch.randint(s - p + 1, (1,), generator=gen))
+                for s, p in zip(self._shapes[case], self.patch_size, strict=True)]
 
     def _foreground_start(self, case: int, gen: torch.Generator) -> list[int] | None:
-        classes = self._fg[case]
+        classes = self._foreground(case)
         if not classes:
             return None
+        spatial = self._shapes[case]
         voxels = classes[int(torch.randint(len(classes), (1,), generator=gen))]
         flat = int(voxels[int(torch.randint(len(voxels), (1,), generator=gen))])
-        centre = list(torch.unravel_index(torch.tensor(flat), self.spatial))
+        centre = list(torch.unravel_index(torch.tensor(flat), spatial))
         return [
             min(max(int(c) - p // 2, 0), s - p)
-            for c, p, s in zip(centre, self.patch_size, self.spatial, strict=True)
+            for c, p, s in zip(centre, self.patch_size, spatial, strict=True)
         ]
 
     def starts(self, cases: Sequence[int], gen: torch.Generator) -> list[list[int]]:
@@ -112,7 +162,7 @@ class PatchSampler:
         out = []
         for case, force_fg in zip(cases, oversample_mask(len(cases), self.fg_oversample), strict=True):
             start = self._foreground_start(int(case), gen) if force_fg else None
-            out.append(start if start is not None else self._random_start(gen))
+            out.append(start if start is not None else self._random_start(int(case), gen))
         return out
 
     def crop(self, volumes: Tensor, cases: Sequence[int], starts: Sequence[Sequence[int]]) -> Tensor:

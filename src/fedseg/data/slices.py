@@ -29,6 +29,7 @@ import numpy as np
 from fedseg.config import DataConfig
 from fedseg.config.site import spec_key
 from fedseg.data.base import Problem
+from fedseg.data.cache import StoredCase
 from fedseg.data.check import CaseSummary
 from fedseg.data.layout import SiteIndex
 from fedseg.data.preprocess import GeometryInfo, PreprocessedCase, resize_case
@@ -156,6 +157,8 @@ def expand_slices(summaries: list[CaseSummary], index: list[SiteIndex], cfg: Dat
             out.append(replace(summary, shape=tuple(target) if target is not None else plane))
             continue
         volume = summary.case
+        if isinstance(volume, StoredCase):  # cached on disk: slicing needs the values
+            volume = volume.materialised()
         if volume.mask is None:
             problems.append(Problem(str(summary.files.images[0]), "a sliced volume needs its mask", site))
             continue

@@ -166,7 +166,7 @@ def weak_split(split: SegmentationSet, kind: SupervisionKind, labels: Mapping[st
     """``split`` without masks, carrying ``labels`` and the supervision code instead."""
     weak = dict(labels)
     weak[WeakKey.SUPERVISION.value] = torch.full((len(split),), SUPERVISION_CODES[kind], dtype=torch.int64)
-    return dataclasses.replace(split, masks=None, weak=weak, supervision=kind.value)
+    return dataclasses.replace(split.with_masks(None), weak=weak, supervision=kind.value)
 
 
 def weak_training_split(images: torch.Tensor, spacing: torch.Tensor, ids: list[str], kind: SupervisionKind,
@@ -208,9 +208,9 @@ def apply_supervision(data: FederatedData, cfg: DataConfig, seed: int) -> Federa
         kind = kinds[site.name]
         train = site.train
         if kind == SupervisionKind.PIXEL:
-            if train.masks is None:
+            if not train.has_masks:
                 raise DataError(f"site {site.name}: the training split has no masks but data.supervision says pixel")
-        elif train.masks is None:
+        elif not train.has_masks:
             if train.supervision != kind.value:
                 raise DataError(f"site {site.name}: weak training labels are {train.supervision!r}, "
                                 f"data.supervision says {kind.value!r}")

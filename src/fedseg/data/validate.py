@@ -13,6 +13,7 @@ import logging
 import torch
 
 from fedseg.data.base import DataError, FederatedData, Problem, SegmentationSet
+from fedseg.data.stream_check import streamed_set_problems
 
 __all__ = ["federation_problems", "validate_federation"]
 
@@ -20,6 +21,8 @@ log = logging.getLogger(__name__)
 
 
 def _set_problems(site: str, split: str, s: SegmentationSet, data: FederatedData) -> list[Problem]:
+    if not s.in_memory:  # streamed from disk: checked case by case
+        return streamed_set_problems(site, split, s, data)
     where = f"site {site}, {split} split"
     n = len(s)
     problems = []

@@ -108,10 +108,10 @@ def attack_splits(splits: Mapping[str, Mapping[str, SegmentationSet]], cfg: Atta
         train = out.get(name, {}).get("train")
         if train is None:
             continue  # not held by this process (a ClientApp holds its own site only)
-        if train.masks is None:
+        if not train.has_masks:
             raise ConfigError(f"attack.kind label_flip: site {name} has no pixel masks to flip "
                               f"({train.supervision}-supervised); attack another site")
-        out[name]["train"] = dataclasses.replace(train, masks=flip_labels(train.masks, num_classes, cfg.label_mode))
+        out[name]["train"] = train.with_masks(flip_labels(train.pixel_masks(), num_classes, cfg.label_mode))
     return out
 
 

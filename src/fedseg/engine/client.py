@@ -142,7 +142,7 @@ class ClientRuntime:
         self.trains = cfg.federation.train_sites is None or client_id in cfg.federation.train_sites
         """Whether this client trains (``federation.train_sites``); one that never does has no
         personalised model and is scored with the method's unseen model."""
-        if train is not None and train.masks is None and self.trains and not algorithm.weak_supervision:
+        if train is not None and not train.has_masks and self.trains and not algorithm.weak_supervision:
             raise ConfigError(
                 f"site {client_id} is {train.supervision}-supervised (data.supervision); algorithm {algorithm.name} "
                 "needs pixel masks; use fedmix or leave the site out of training with federation.train_sites"
@@ -175,7 +175,7 @@ class ClientRuntime:
             state=state,
             on_epoch=lambda e, n, loss: progress.epoch_end(self.client_id, e, n, loss),
             # the test split never reaches algorithm hooks, nor a weak site's val masks (evaluator only)
-            eval_sets={k: v for k, v in self.splits.items() if k == "val" and train.masks is not None},
+            eval_sets={k: v for k, v in self.splits.items() if k == "val" and train.has_masks},
             num_classes=self.num_classes,
             eval_batch_size=self.cfg.eval.batch_size,
             window=sliding_window_for(self.cfg),

@@ -23,7 +23,7 @@ from fedseg.metrics import MetricAccumulator
 from fedseg.types import ClientState, Params
 
 __all__ = ["SlidingWindow", "sliding_window_for", "predict_logits", "evaluate", "predict_labels", "load_eval_model",
-           "improves"]
+           "improves", "case_groups"]
 
 
 @dataclass(frozen=True)
@@ -119,13 +119,38 @@ def evaluate(
     window: SlidingWindow | None = None,
 ) -> dict[str, float]:
     """Mean Dice, IoU, HD95 (mm, from ``data.spacing``), precision, recall over the cases of
-    ``data``, plus ``n``; whole images, or by sliding window when ``window`` is given."""
+    ``data``, plus ``n``; whole images, or by sliding window when ``window`` is given.
+
+    The cases go through the model ``batch_size`` at a time (:func:`case_groups`; cases of
+    different shapes in separate passes); a split streamed from disk is read group by group, so
+    memory holds one group, never the split."""
     acc = MetricAccumulator(num_classes=num_classes)
     if len(data) == 0:
         return {"n": 0}
-    pred = predict_labels(model, data.images, device, batch_size, window)
-    acc.add(pred, data.pixel_masks()[:, 0], data.spacing)
+    for start, stop in case_groups(data, batch_size):
+        if data.in_memory:
+            images, masks = data.images[start:stop], data.pixel_masks()[start:stop]
+        else:  # streamed: only this group of cases is read
+            cases = [data.case(i) for i in range(start, stop)]
+            if any(m is None for _, m in cases):
+                data.pixel_masks()  # raises MissingMaskError, naming the supervision kind
+            images = torch.stack([image for image, _ in cases])
+            masks = torch.stack([m for _, m in cases if m is not None])
+        pred = predict_labels(model, images, device, batch_size, window)
+        acc.add(pred, masks[:, 0], data.spacing[start:stop])
     return acc.summary()
+
+
+def case_groups(data: SegmentationSet, batch_size: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges of consecutive cases of one shape, at most ``batch_size`` each: the
+    forward passes of :func:`evaluate` (for a split of one shape, exactly ``batch_size`` slices)."""
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for i in range(1, len(data) + 1):
+        if i == len(data) or i - start == batch_size or data.shape_of(i) != data.shape_of(start):
+            groups.append((start, i))
+            start = i
+    return groups
 
 
 def load_eval_model(

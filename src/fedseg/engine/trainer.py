@@ -13,6 +13,7 @@ from fedseg.algorithms.base import Batch, BatchLoss, EpochHook, ExtraLoss
 from fedseg.config import SampleDPConfig, TrainConfig
 from fedseg.data.augment import BatchAugmenter
 from fedseg.data.base import SegmentationSet
+from fedseg.data.loader import Item, case_loader, resolve_num_workers
 from fedseg.data.patches import PatchSampler, pad_to_size
 from fedseg.engine.dpsgd import SampleDP, private_training
 from fedseg.engine.evaluate import SlidingWindow, evaluate
@@ -57,10 +58,14 @@ def _to_cpu(obj: Any) -> Any:
 
 
 class Trainer:
-    """Mini-batch training over one client's in-memory training split.
+    """Mini-batch training over one client's training split.
 
-    The split is moved to the device once per round. Batches are drawn by a permutation from a
-    generator seeded per (run seed, round, client), so a round is reproducible on its own.
+    A split stacked in memory is moved to the device once per round and indexed there (the fast
+    path of small data); a split streamed from the case cache is read case by case through a
+    ``DataLoader`` with ``cfg.num_workers`` workers (:mod:`fedseg.data.loader`; pinned memory on
+    CUDA), and only each batch goes to the device. Both give the same batches. Batches are drawn
+    by a permutation from a generator seeded per (run seed, round, client), so a round is
+    reproducible on its own.
 
     With ``cfg.patch_size`` every batch is a set of random patches (:class:`PatchSampler`; a
     fraction ``cfg.fg_oversample`` centred on foreground) and an epoch is
@@ -119,11 +124,17 @@ class Trainer:
         self.eval_batch_size = eval_batch_size
         self.window = window
         self.supervision = data.supervision
-        self._images = data.images.to(device)
-        # a weakly-supervised training split has no masks (None), only its weak labels
-        self._masks = data.masks.to(device) if data.masks is not None else None
+        self._cases = data.cases
+        self._streamed = not data.in_memory
+        self._workers = resolve_num_workers(cfg.num_workers, device)
+        self._images: torch.Tensor | None = None
+        self._masks: torch.Tensor | None = None
+        if not self._streamed:  # stacked in memory: moved to the device once per round
+            self._images = data.images.to(device)
+            # a weakly-supervised training split has no masks (None), only its weak labels
+            self._masks = data.masks.to(device) if data.masks is not None else None
         self._weak = {k: v.to(device) for k, v in data.weak.items()}
-        if self._masks is None and self.num_examples > 0 and (cfg.patch_size is not None or cfg.augment.enabled):
+        if not data.has_masks and self.num_examples > 0 and (cfg.patch_size is not None or cfg.augment.enabled):
             raise ValueError(
                 f"train.patch_size and train.augment need pixel masks, but this training split is "
                 f"{data.supervision}-supervised (data.supervision); weak labels are whole-image: unset "
@@ -134,16 +145,22 @@ class Trainer:
         self._patches: PatchSampler | None = None
         self._patch_gen: torch.Generator | None = None
         self._augment: BatchAugmenter | None = None
-        spatial = list(data.images.shape[2:])
+        spatial = list(data.shape_of(0)) if self._streamed else list(data.images.shape[2:])
+        if self._streamed and cfg.patch_size is None and len(set(data.cases.shapes())) > 1:
+            raise ValueError("the cases of this training split differ in shape; train on patches "
+                             "(train.patch_size) or resize them to one shape (data.image_size)")
         if cfg.patch_size is not None and self.num_examples > 0:
             if len(cfg.patch_size) != len(spatial):
                 raise ValueError(
                     f"train.patch_size {cfg.patch_size} has {len(cfg.patch_size)} entries but the images are "
                     f"{len(spatial)}D {spatial}; give one size per spatial axis"
                 )
-            self._images = pad_to_size(self._images, cfg.patch_size)
-            self._masks = pad_to_size(data.pixel_masks().to(device), cfg.patch_size)
-            self._patches = PatchSampler(self._masks, cfg.patch_size, num_classes, cfg.fg_oversample)
+            if self._streamed:  # patches read case by case (each padded on its own)
+                self._patches = PatchSampler.for_cases(data.cases, cfg.patch_size, num_classes, cfg.fg_oversample)
+            else:
+                self._images = pad_to_size(data.images.to(device), cfg.patch_size)
+                self._masks = pad_to_size(data.pixel_masks().to(device), cfg.patch_size)
+                self._patches = PatchSampler(self._masks, cfg.patch_size, num_classes, cfg.fg_oversample)
             self._patch_gen = torch.Generator()
             self._patch_gen.manual_seed(derive_seed(seed, 1))
             spatial = list(cfg.patch_size)
@@ -205,6 +222,11 @@ class Trainer:
         else:
             total = n * self.cfg.samples_per_volume
             order = (torch.randperm(total, generator=self._gen) if shuffle else torch.arange(total)) % n
+        if self._streamed:
+            yield from self._streamed_batches(order, dp, augment=augment, extras=extras)
+            return
+        if self._images is None:
+            raise RuntimeError("internal: an in-memory training split without its tensors")
         if self._patches is None and self._augment is None:
             # the plain path: index the device tensors directly (what the throughput benchmark measures)
             order = order.to(self.device)
@@ -223,6 +245,42 @@ class Trainer:
             else:
                 idx = torch.tensor(cases, device=self.device)
                 image, mask = self._images.index_select(0, idx), masks.index_select(0, idx)
+            if augment and self._augment is not None:
+                image, mask = self._augment(image, mask)
+            yield Batch(image=image, mask=mask)
+
+    def _streamed_batches(
+        self, order: torch.Tensor, dp: SampleDP | None, *, augment: bool, extras: Mapping[str, torch.Tensor]
+    ) -> Iterator[Batch]:
+        """The batches of a split streamed from disk: the plan (case order, patch starts) is drawn
+        here, in order, from the same generators as the in-memory path; the loader's workers only
+        read and crop (:mod:`fedseg.data.loader`). Only the batch goes to the device."""
+        patches, patch_gen = self._patches, self._patch_gen
+
+        def plan() -> Iterator[list[Item]]:
+            for chunk in self._chunks(order, dp):
+                cases = [int(c) for c in chunk.tolist()]
+                if patches is not None and patch_gen is not None:
+                    yield [(c, tuple(s)) for c, s in zip(cases, patches.starts(cases, patch_gen), strict=True)]
+                else:
+                    yield [(c, None) for c in cases]
+
+        pin = self.device.type == "cuda"
+        loader = case_loader(self._cases, plan(), patch_size=None if patches is None else patches.patch_size,
+                             num_workers=self._workers, pin_memory=pin)
+        for loaded in loader:
+            if loaded is None:  # an empty Poisson batch of DP-SGD
+                shape = patches.patch_size if patches is not None else self._cases.shape_of(0)
+                loaded = (torch.zeros(0, dtype=torch.int64), torch.zeros((0, self._cases.channels, *shape)),
+                          torch.zeros((0, 1, *shape), dtype=torch.int64) if self._cases.has_masks else None)
+            idx, image, mask = loaded
+            image = image.to(self.device, non_blocking=pin)
+            mask = None if mask is None else mask.to(self.device, non_blocking=pin)
+            if patches is None and self._augment is None:
+                yield Batch(image=image, mask=mask, extras=self._per_sample(idx.to(self.device), extras))
+                continue
+            if mask is None:  # refused in __init__; kept for the type checker
+                raise ValueError("patches and augmentation need pixel masks")
             if augment and self._augment is not None:
                 image, mask = self._augment(image, mask)
             yield Batch(image=image, mask=mask)

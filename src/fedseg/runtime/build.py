@@ -33,6 +33,7 @@ from fedseg.algorithms import Algorithm, build_algorithm
 from fedseg.algorithms.robust import Combiner
 from fedseg.config import ConfigError, RunConfig
 from fedseg.data.base import DataError, SegmentationSet, SiteData
+from fedseg.data.cases import ListCases
 from fedseg.engine.attack import attack_info, attack_splits, require_known_sites
 from fedseg.engine.client import ClientRuntime
 from fedseg.engine.privacy import privacy_info
@@ -78,6 +79,11 @@ def cpu_params(model: nn.Module) -> Params:
 
 def concat_sets(sets: list[SegmentationSet]) -> SegmentationSet:
     """One split made of several sites' splits (the centralised reference pools them)."""
+    if not all(s.in_memory for s in sets):  # streamed from disk: pooled case by case, nothing read
+        for s in (s for s in sets if not s.has_masks):
+            s.pixel_masks()  # raises MissingMaskError: weakly-supervised splits refuse pooling
+        return SegmentationSet(cases=ListCases.concat([s.cases for s in sets]),
+                               spacing=torch.cat([s.spacing for s in sets]), ids=[i for s in sets for i in s.ids])
     shapes = {tuple(s.images.shape[1:]) for s in sets if len(s)}
     if len(shapes) > 1:
         raise DataError(

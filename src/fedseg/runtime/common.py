@@ -83,7 +83,7 @@ def load_training_data(cfg: RunConfig, run: RunDir, data: FederatedData | None =
         DataError: the data cannot be trained on; the message lists each file or site with its
             problem (``fedseg run`` exits 2 with it, before any training).
     """
-    data = prepare_data(cfg, data if data is not None else build_federated_data(cfg.data, cfg.seed))
+    data = prepare_data(cfg, data if data is not None else build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None))
     write_splits(run.root / SPLITS_FILE, data, cfg.seed)
     return data
 

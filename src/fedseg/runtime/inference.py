@@ -70,8 +70,9 @@ def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData
     if not path.exists():
         raise EvalError(f"--data {path}: no such file or folder")
     dcfg = _folder_config(cfg, info)
+    mixed = cfg.train.patch_size is not None  # a model trained on patches takes cases of any shape
     if (path / "images").is_dir():
-        return [load_site_folder(path, dcfg, cfg.seed, all_to_test=True)]
+        return [load_site_folder(path, dcfg, cfg.seed, all_to_test=True, mixed_shapes=mixed)]
     names, problems = scan_root(path)  # a folder that is not a site is an error, never skipped
     errors = [str(p) for p in problems if p.severity == "error"]
     if errors:
@@ -79,7 +80,7 @@ def _sites_at(path: Path, cfg: RunConfig, info: dict[str, Any]) -> list[SiteData
     subdirs = [path / name for name in names]
     if not subdirs:
         raise EvalError(f"--data {path}: neither a site folder (with images/ and masks/) nor a root of site folders")
-    return [load_site_folder(p, dcfg, cfg.seed, all_to_test=True) for p in subdirs]
+    return [load_site_folder(p, dcfg, cfg.seed, all_to_test=True, mixed_shapes=mixed) for p in subdirs]
 
 
 def evaluate_run(
@@ -100,7 +101,7 @@ def evaluate_run(
     if data is None:
         if split not in ("train", "val", "test"):
             raise EvalError(f"--split {split!r}; allowed: train, val, test")
-        sites = build_federated_data(cfg.data, cfg.seed).sites
+        sites = build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None).sites
     else:
         sites, split = _sites_at(data, cfg, info), "test"
     rows = []

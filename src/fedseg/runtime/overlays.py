@@ -88,7 +88,7 @@ def write_test_overlays(run_dir: Path, sites: Sequence[SiteData] | None = None) 
     trained = open_run(run_dir)
     cfg, info = trained.cfg, trained.info
     dims, num_classes = int(info["spatial_dims"]), int(info["num_classes"])
-    sites = list(sites) if sites is not None else build_federated_data(cfg.data, cfg.seed).sites
+    sites = list(sites) if sites is not None else build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None).sites
     folder = run_dir / OVERLAY_DIR
     index: dict[str, Any] = {"selection": trained.selection, "sites": {}}
     for site in sites:

@@ -117,7 +117,7 @@ def clear_cache() -> None:
 def _federation(cfg: RunConfig) -> FederatedData:
     key = (cfg.data.model_dump_json(), cfg.seed)
     if key not in _DATA:
-        _DATA[key] = prepare_data(cfg, build_federated_data(cfg.data, cfg.seed))
+        _DATA[key] = prepare_data(cfg, build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None))
     return _DATA[key]
 
 
@@ -134,7 +134,7 @@ def _node_site(cfg: RunConfig, node_config: Mapping[str, Any]) -> tuple[SiteData
                     f"got {cfg.data.source!r}; drop {NodeKey.DATA_ROOT.value} for synthetic data"
                 )
             data_cfg = cfg.data.model_copy(update={"root": Path(str(root)), "sites": [name]})
-            data = prepare_data(cfg, build_federated_data(data_cfg, cfg.seed), partial=True)
+            data = prepare_data(cfg, build_federated_data(data_cfg, cfg.seed, mixed_shapes=cfg.train.patch_size is not None), partial=True)
             return data.site(name), -1, DataSpec.of(data)
         data = _federation(cfg)
         return data.site(name), -1, DataSpec.of(data)
