@@ -216,6 +216,7 @@ def report(
 
 app.command("predict")(predict_cmd.predict)
 app.command("loso")(loso_cmd.loso)
+app.command("bench")(__import__("fedseg.cli.bench_cmd", fromlist=["bench"]).bench)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 
