@@ -19,10 +19,12 @@ x seed, each an ordinary validated :class:`~fedseg.config.RunConfig` with its ru
     seeds: [0, 1, 2]
     loso: false                    # leave-one-site-out Dice of the global methods
 
-Merge order of a run's config: the dataset's preset (else the suite's), the suite's ``set``, the dataset's ``set``, the
-algorithm override (its ``model`` replaces the model section: another architecture; its
+Merge order of a run's config: the dataset's preset (else the suite's), the suite's ``set``, the
+dataset's ``set``, the algorithm override (its ``model`` replaces the model section: another architecture; its
 ``algorithm`` keys are defaults under the method's), the method (``algorithm`` replaces the
-section, ``model`` updates keys, ``set``), the command line's ``--set``, then the seed.
+section, keeping the preset's keys when it names the preset's algorithm; ``model`` updates keys;
+``set``), the command line's ``--set``, then the seed. A method's own ``preset`` replaces the
+dataset's (a baseline defined by its own config file).
 
 Protocol (:func:`check_protocol`, refused with the key named): ``eval.select: best_val`` (the test
 split is scored once, on the checkpoint chosen on validation), and a split by patient: every
@@ -56,7 +58,7 @@ __all__ = ["SUITE_KEYS", "SuiteError", "Method", "Dataset", "Suite", "PlannedRun
 SUITE_KEYS = ("name", "description", "budget", "preset", "set", "datasets", "methods", "exclude",
               "algorithm_overrides", "seeds", "loso")
 _DATASET_KEYS = ("name", "preset", "set", "patient_split_exempt")
-_METHOD_KEYS = ("name", "algorithm", "model", "set")
+_METHOD_KEYS = ("name", "preset", "algorithm", "model", "set")
 _OVERRIDE_KEYS = ("algorithm", "model", "set")
 
 
@@ -70,6 +72,7 @@ class Method:
     algorithm: dict[str, Any]
     model: dict[str, Any] = field(default_factory=dict)
     set: dict[str, Any] = field(default_factory=dict)
+    preset: Path | None = None  # replaces the dataset's preset (a baseline defined by its own config)
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,17 @@ def _read_yaml(path: Path, what: str) -> dict[str, Any]:
     return _mapping(loaded, f"{what} {path}")
 
 
+def _preset(value: Any, where: str, suite: Path) -> Path | None:
+    """A preset path (relative: to the suite file), checked to exist."""
+    if value is None:
+        return None
+    p = Path(str(value))
+    p = p if p.is_absolute() else suite.parent / p
+    if not p.is_file():
+        raise SuiteError(f"{suite}: {where}: no such config file: {p}")
+    return p
+
+
 def _methods(raw: Any, exclude: list[str], path: Path) -> list[Method]:
     if raw == "registered":  # every registered algorithm, so a new one joins the suite by itself
         names = [n for n in ALGORITHMS.names() if n not in exclude]
@@ -199,7 +213,8 @@ def _methods(raw: Any, exclude: list[str], path: Path) -> list[Method]:
             raise SuiteError(f"{path}: methods[{i}].algorithm.name {algorithm['name']!r} is not registered; "
                              f"allowed: {', '.join(ALGORITHMS.names())}")
         out.append(Method(str(m["name"]), algorithm, _mapping(m.get("model"), f"{path}: methods[{i}].model"),
-                          _mapping(m.get("set"), f"{path}: methods[{i}].set")))
+                          _mapping(m.get("set"), f"{path}: methods[{i}].set"),
+                          _preset(m.get("preset"), f"methods[{i}].preset", path)))
     names = [m.name for m in out]
     if len(set(names)) != len(names):
         raise SuiteError(f"{path}: methods: duplicate name(s) {sorted({n for n in names if names.count(n) > 1})}")
@@ -213,16 +228,9 @@ def load_suite(path: Path) -> Suite:
         SuiteError: an unknown key, a missing preset, an unregistered algorithm, no seeds.
     """
     raw = _mapping(_read_yaml(path, "suite"), f"suite {path}", SUITE_KEYS)
-    here = path.parent
 
     def preset(value: Any, where: str) -> Path | None:
-        if value is None:
-            return None
-        p = Path(str(value))
-        p = p if p.is_absolute() else here / p
-        if not p.is_file():
-            raise SuiteError(f"{path}: {where}: no such config file: {p}")
-        return p
+        return _preset(value, where, path)
 
     base_preset = preset(raw.get("preset"), "preset")
     base = _read_yaml(base_preset, "preset") if base_preset else {}
@@ -255,14 +263,17 @@ def run_dir_of(out: Path, dataset: str, method: str, seed: int) -> Path:
 
 
 def _raw_config(suite: Suite, dataset: Dataset, method: Method) -> dict[str, Any]:
-    raw = _read_yaml(dataset.preset, "preset") if dataset.preset else copy.deepcopy(suite.base)
+    own = method.preset or dataset.preset
+    raw = _read_yaml(own, "preset") if own else copy.deepcopy(suite.base)
     raw = set_dotted(raw, suite.set, f"{suite.path}: set")
     raw = set_dotted(raw, dataset.set, f"{suite.path}: datasets.{dataset.name}.set")
     override = suite.overrides.get(str(method.algorithm["name"]), {})
     if "model" in override:
         raw["model"] = copy.deepcopy(override["model"])
     raw = set_dotted(raw, override.get("set") or {}, f"{suite.path}: algorithm_overrides.{method.algorithm['name']}")
-    raw["algorithm"] = {**(override.get("algorithm") or {}), **method.algorithm}
+    preset_algorithm = raw.get("algorithm") if isinstance(raw.get("algorithm"), dict) else {}
+    kept = preset_algorithm if preset_algorithm.get("name") == method.algorithm["name"] else {}
+    raw["algorithm"] = {**kept, **(override.get("algorithm") or {}), **method.algorithm}
     raw["model"] = {**(raw.get("model") or {}), **method.model}
     raw = set_dotted(raw, method.set, f"{suite.path}: methods.{method.name}.set")
     raw["name"] = f"bench_{suite.name}_{dataset.name}_{method.name}"
