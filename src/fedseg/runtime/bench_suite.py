@@ -271,7 +271,8 @@ def _raw_config(suite: Suite, dataset: Dataset, method: Method) -> dict[str, Any
     if "model" in override:
         raw["model"] = copy.deepcopy(override["model"])
     raw = set_dotted(raw, override.get("set") or {}, f"{suite.path}: algorithm_overrides.{method.algorithm['name']}")
-    preset_algorithm = raw.get("algorithm") if isinstance(raw.get("algorithm"), dict) else {}
+    section = raw.get("algorithm")
+    preset_algorithm: dict[str, Any] = section if isinstance(section, dict) else {}
     kept = preset_algorithm if preset_algorithm.get("name") == method.algorithm["name"] else {}
     raw["algorithm"] = {**kept, **(override.get("algorithm") or {}), **method.algorithm}
     raw["model"] = {**(raw.get("model") or {}), **method.model}
