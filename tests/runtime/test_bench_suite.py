@@ -80,6 +80,9 @@ def test_suite_errors_name_the_key_and_the_allowed_values(tmp_path: Path) -> Non
         load_suite(_suite(tmp_path, methods=[{"name": "x", "algorithm": {"name": "nope"}}]))
     with pytest.raises(SuiteError, match="--only zzz: not a method of suite s; allowed: fedavg"):
         plan_suite(load_suite(_suite(tmp_path)), tmp_path, only=["zzz"])
+    with pytest.raises(SuiteError, match="--datasets zz: not a dataset of suite s; allowed: syn"):
+        plan_suite(load_suite(_suite(tmp_path)), tmp_path, datasets=["zz"])
+    assert len(plan_suite(load_suite(_suite(tmp_path)), tmp_path, datasets=["syn"])) == 1
     with pytest.raises(SuiteError, match="did you mean 'quick'"):
         find_suite("quik")
 

@@ -1,4 +1,5 @@
-"""``fedseg bench SUITE [--seeds 0,1,2] [--out DIR] [--set K=V ...] [--only m,...] [--dry-run] [--doc]``."""
+"""``fedseg bench SUITE [--seeds 0,1,2] [--out DIR] [--set K=V ...] [--only m,...] [--datasets d,...]
+[--dry-run] [--doc FILE]``."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ def bench(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override of every run, e.g. federation.rounds=1")]
     = None,
     only: Annotated[str | None, typer.Option("--only", help="comma-separated methods of the suite")] = None,
+    datasets: Annotated[str | None, typer.Option("--datasets", help="comma-separated datasets of the suite")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="list the planned runs and their state; train nothing")]
     = False,
     doc: Annotated[Path | None, typer.Option("--doc", help="also write the table into this markdown file's marked "
@@ -62,10 +64,11 @@ def bench(
         spec = load_suite(path)
         out_dir = out or Path("runs") / "bench" / spec.name
         planned = plan_suite(spec, out_dir, seeds=seed_list, only=[m for m in (only or "").split(",") if m],
-                             overrides=overrides)
+                             overrides=overrides, datasets=[d for d in (datasets or "").split(",") if d])
         command = " ".join(shlex.quote(a) for a in (
             "fedseg", "bench", suite, *(["--seeds", seeds] if seeds else []), "--out", str(out_dir),
-            *[x for s in overrides for x in ("--set", s)], *(["--only", only] if only else [])))
+            *[x for s in overrides for x in ("--set", s)], *(["--only", only] if only else []),
+            *(["--datasets", datasets] if datasets else [])))
         if dry_run:
             table = Table(title=f"suite {spec.name} ({path}): {len(planned)} planned runs under {out_dir}")
             for column in ("#", "run", "algorithm", "model", "state"):

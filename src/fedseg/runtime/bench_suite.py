@@ -306,16 +306,17 @@ def check_protocol(cfg: RunConfig, dataset: Dataset, label: str) -> None:
 
 
 def plan_suite(suite: Suite, out: Path, *, seeds: Sequence[int] | None = None, only: Sequence[str] | None = None,
-               overrides: Sequence[str] = ()) -> list[PlannedRun]:
+               overrides: Sequence[str] = (), datasets: Sequence[str] | None = None) -> list[PlannedRun]:
     """Every run of the suite (datasets, then methods, then seeds), validated and protocol-checked.
 
     Args:
         seeds: replaces the suite's seeds.
         only: keep these methods (names of the suite's methods).
+        datasets: keep these datasets (names of the suite's datasets).
         overrides: ``key=value`` applied to every run after the suite's own keys.
 
     Raises:
-        SuiteError: an unknown ``only`` name, a config that does not validate, a protocol breach.
+        SuiteError: an unknown ``only`` or ``datasets`` name, a config that does not validate, a protocol breach.
     """
     methods = suite.methods
     if only:
@@ -324,8 +325,15 @@ def plan_suite(suite: Suite, out: Path, *, seeds: Sequence[int] | None = None, o
             raise SuiteError(f"--only {','.join(unknown)}: not a method of suite {suite.name}; allowed: "
                              f"{', '.join(m.name for m in methods)}")
         methods = [m for m in methods if m.name in only]
+    chosen = suite.datasets
+    if datasets:
+        unknown = [d for d in datasets if d not in {x.name for x in chosen}]
+        if unknown:
+            raise SuiteError(f"--datasets {','.join(unknown)}: not a dataset of suite {suite.name}; allowed: "
+                             f"{', '.join(d.name for d in chosen)}")
+        chosen = [d for d in chosen if d.name in datasets]
     runs = []
-    for dataset in suite.datasets:
+    for dataset in chosen:
         for method in methods:
             raw = _raw_config(suite, dataset, method)
             try:
