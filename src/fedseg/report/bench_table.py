@@ -29,8 +29,8 @@ __all__ = ["BENCH_FILE", "MIN_SEEDS", "RUN_COLUMNS", "read_run", "aggregate", "r
 BENCH_FILE = "bench.json"
 """Written by the suite runner into each run directory: ``{"peak_rss_mb", "wall_seconds"}``."""
 MIN_SEEDS = 3
-_COSTS = ("dice_image", "bytes_up", "bytes_down", "bytes_total", "round_seconds", "train_seconds", "peak_rss_mb",
-          "loso_dice", "unseen_dice")
+_COSTS = ("dice_image", "bytes_up", "bytes_down", "bytes_total", "round_seconds", "train_seconds", "overhead_share",
+          "peak_rss_mb", "loso_dice", "unseen_dice")
 RUN_COLUMNS = ("dataset", "method", "seed", "algorithm", "model", "selected_round", "rounds", *METRICS, *_COSTS)
 
 
@@ -58,8 +58,9 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
     test = summary.get(SummaryKey.TEST, {})
     sites: dict[str, dict[str, Any]] = dict(test.get(judged, {}))
     unseen = {s: m for s, m in test.get(ModelKind.UNSEEN, {}).items() if s not in sites}
-    seconds = [float(r[Field.SECONDS]) for r in read_metrics(run_dir / "metrics.jsonl")
-               if r.get(Field.KIND) == Kind.ROUND and Field.SECONDS in r]
+    rounds = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get(Field.KIND) == Kind.ROUND and Field.SECONDS in r]
+    seconds = [float(r[Field.SECONDS]) for r in rounds]
+    overhead = [float(r[Field.OVERHEAD_SECONDS]) for r in rounds if Field.OVERHEAD_SECONDS in r]
     extra = _json(run_dir / BENCH_FILE) if (run_dir / BENCH_FILE).is_file() else {}
     traffic = summary.get(SummaryKey.BYTES, {})
     record: dict[str, Any] = {
@@ -72,6 +73,9 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
         "bytes_total": traffic.get(BytesKey.TOTAL),
         "round_seconds": sum(seconds) / len(seconds) if seconds else None,
         "train_seconds": sum(seconds) if seconds else None,
+        # the engine's share of a round (everything but local training: wire, codecs, aggregation)
+        "overhead_share": sum(overhead) / sum(seconds) if overhead and len(overhead) == len(seconds) and sum(seconds) > 0
+        else None,
         "peak_rss_mb": extra.get("peak_rss_mb"),
         "loso_dice": None,
         "unseen_dice": site_mean(unseen, Field.DICE) if unseen else None,
@@ -149,7 +153,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         optional = [k for k in ("loso_dice", "unseen_dice") if any(r[k][0] is not None for r in members)]
         head = (["method", "model", "seeds", "Dice (site mean)", "Dice (image-weighted)",
                  *[HEADERS[m] for m in METRICS if m != Field.DICE], *[f"Dice {s}" for s in sites],
-                 "MB up", "MB down", "MB total", "s / round", "peak RSS (MiB)",
+                 "MB up", "MB down", "MB total", "s / round", "overhead %", "peak RSS (MiB)",
                  *(["LOSO Dice"] if "loso_dice" in optional else []),
                  *(["unseen-site Dice"] if "unseen_dice" in optional else [])])
         out += [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -162,6 +166,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      *[_cell(r.get(f"site:{s}", (None, None)), 3, n) for s in sites],
                      _cell(r["bytes_up"], 3, n, MB), _cell(r["bytes_down"], 3, n, MB),
                      _cell(r["bytes_total"], 3, n, MB), _cell(r["round_seconds"], 2, n),
+                     _cell(r["overhead_share"], 1, n, 0.01),
                      _cell(r["peak_rss_mb"], 0, n), *[_cell(r[k], 3, n) for k in optional]]
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
