@@ -71,3 +71,17 @@ def test_a_child_process_run_records_its_own_peak_rss(tmp_path: Path) -> None:
     assert (runs[0].run_dir / "report.md").is_file()  # an ordinary fedseg run directory
     assert {p.name for p in (tmp_path / "out" / "plots").iterdir()} == {"syn_sites.png", "syn_bytes.png",
                                                                        "syn_time.png"}
+
+
+@pytest.mark.slow
+def test_loso_rows_for_global_methods_only(tmp_path: Path) -> None:
+    suite, runs = _plan(tmp_path, loso=True, set={**TINY, "federation.rounds": 1})
+    lines: list[str] = []
+    result = run_suite(suite, runs, tmp_path / "out", command="x", notify=lines.append, isolate=False, plots=False)
+    fedavg, fedbn = result.runs
+    loso_dir = tmp_path / "out" / "syn" / "fedavg" / "loso"
+    held = [json.loads((loso_dir / f"s0/holdout_{s}" / "summary.json").read_text())["test"]["global"][s]["dice"]
+            for s in ("site0", "site1")]
+    assert fedavg["loso_dice"] == pytest.approx(sum(held) / 2) and fedbn["loso_dice"] is None
+    assert any("fedbn is judged by personalised models" in line for line in lines)
+    assert "LOSO Dice" in (tmp_path / "out" / "results.md").read_text()
