@@ -34,3 +34,13 @@ def test_plots_are_copied_next_to_the_document_and_embedded(tmp_path: Path) -> N
     text = render_section("quick", "| t |\n", INFO, {"d_sites": plot}, doc)
     assert "![d_sites](bench/quick/d_sites.png)" in text
     assert (tmp_path / "docs" / "bench" / "quick" / "d_sites.png").read_bytes() == b"png"
+
+
+def test_a_second_suite_goes_after_the_first_never_inside_it(tmp_path: Path) -> None:
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text("# Benchmarks\n\n## History\n")
+    update_doc(doc, "quick", render_section("quick", "| q |\n", INFO, {}, doc))
+    update_doc(doc, "scaling", render_section("scaling", "| s |\n", INFO, {}, doc))
+    text = doc.read_text()
+    order = [text.index(m) for m in (*markers("quick"), *markers("scaling"), "## History")]
+    assert order == sorted(order)

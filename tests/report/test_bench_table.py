@@ -47,3 +47,11 @@ def test_csvs_keep_every_digit() -> None:
     summary = list(csv.DictReader(io.StringIO(summary_csv(aggregate(runs)))))
     assert float(summary[0]["site:a_mean"]) == 1 / 3 and summary[0]["site:a_sd"] == ""
     assert float(summary[0]["dice_image_mean"]) == (1 / 3 + 2) / 4
+
+
+def test_many_sites_leave_the_per_site_columns_to_the_csv() -> None:
+    run = _run("fedavg", 0, (0.1, 0.2))
+    run["sites"] = {f"s{i}": {"dice": 0.5, "n": 1} for i in range(9)}
+    text = results_markdown(aggregate([run]))
+    assert "Dice s0" not in text and "Per-site Dice of the 9 sites: summary.csv" in text
+    assert "site:s8_mean" in summary_csv(aggregate([run]))

@@ -3,12 +3,14 @@
 ``<!-- fedseg-bench:<suite>:begin -->`` ... ``<!-- fedseg-bench:<suite>:end -->`` holds the suite's
 table, the command that regenerates it, the commit, machine and date, and the plots (copied next
 to the document, ``<doc dir>/bench/<suite>/``). Writing replaces the section in place; a suite
-without one gets it inserted before the document's first ``## `` heading, so generated sections sit
-at the top and the hand-written history stays below, untouched.
+without one gets it after the last generated section, or (the first) before the document's first
+``## `` heading, so generated sections sit at the top and the hand-written history stays below,
+untouched.
 """
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,6 +20,8 @@ from fedseg.io.atomic import atomic_write_text
 from fedseg.report.fmt import relpath
 
 __all__ = ["markers", "render_section", "update_doc"]
+
+_END = re.compile(r"<!-- fedseg-bench:[^:]+:end -->")
 
 
 def markers(suite: str) -> tuple[str, str]:
@@ -51,8 +55,9 @@ def render_section(suite: str, table: str, info: Mapping[str, Any], plots: Mappi
 
 
 def update_doc(doc: Path, suite: str, section: str) -> Path:
-    """Replace the suite's marked section of ``doc``, or insert it before the first ``## `` heading
-    (at the end when there is none). The rest of the file is kept byte for byte."""
+    """Replace the suite's marked section of ``doc``, or insert it after the last generated section
+    (else before the first ``## `` heading; at the end when there is none). The rest of the file is
+    kept byte for byte."""
     text = doc.read_text(encoding="utf-8") if doc.is_file() else "# Benchmarks\n\n"
     begin, end = markers(suite)
     if begin in text and end in text and text.index(begin) < text.index(end):
@@ -60,8 +65,13 @@ def update_doc(doc: Path, suite: str, section: str) -> Path:
         _, tail = rest.split(end, 1)
         new = head + section.rstrip("\n") + tail
     else:
-        at = text.find("\n## ")
-        new = text + ("\n" if not text.endswith("\n") else "") + section if at < 0 else \
-            text[: at + 1] + section + "\n" + text[at + 1:]
+        ends = list(_END.finditer(text))
+        if ends:  # after the last generated section, never inside one
+            at = ends[-1].end()
+            new = text[:at] + "\n\n" + section.rstrip("\n") + text[at:]
+        else:
+            at = text.find("\n## ")
+            new = text + ("\n" if not text.endswith("\n") else "") + section if at < 0 else \
+                text[: at + 1] + section + "\n" + text[at + 1:]
     atomic_write_text(doc, new)
     return doc

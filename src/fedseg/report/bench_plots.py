@@ -17,6 +17,8 @@ from fedseg.report.fmt import MB
 
 __all__ = ["write_bench_plots"]
 
+_MAX_BAR_SITES = 12
+
 
 def _figure(title: str, xlabel: str, ylabel: str, wide: bool = False) -> tuple[Any, Any]:
     from matplotlib.figure import Figure  # renders with Agg whatever the backend is
@@ -82,12 +84,14 @@ def _scatter(dataset: str, rows: Sequence[Mapping[str, Any]], key: str, scale: f
 
 
 def write_bench_plots(rows: Sequence[Mapping[str, Any]], folder: Path) -> dict[str, Path]:
-    """Three PNGs per dataset under ``folder``: ``<dataset>_sites.png``, ``<dataset>_bytes.png``,
+    """Three PNGs per dataset under ``folder``: ``<dataset>_sites.png`` (up to 12 sites), ``<dataset>_bytes.png``,
     ``<dataset>_time.png`` (the last two only with figures to plot). Returns name -> path."""
     written: dict[str, Path] = {}
     for dataset in dict.fromkeys(str(r["dataset"]) for r in rows):
         members = [r for r in rows if r["dataset"] == dataset]
-        written[f"{dataset}_sites"] = _site_bars(dataset, members, folder / f"{dataset}_sites.png")
+        sites = {k for r in members for k in r if k.startswith("site:")}
+        if len(sites) <= _MAX_BAR_SITES:  # beyond, bars are unreadable: the CSVs hold every site
+            written[f"{dataset}_sites"] = _site_bars(dataset, members, folder / f"{dataset}_sites.png")
         for name, key, scale, label in (("bytes", "bytes_total", MB, "MB sent (up + down)"),
                                         ("time", "train_seconds", 1.0, "seconds of rounds (wall time)")):
             path = _scatter(dataset, members, key, scale, label, folder / f"{dataset}_{name}.png")

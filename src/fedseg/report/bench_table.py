@@ -23,12 +23,14 @@ from fedseg.records import BytesKey, Field, Kind, ModelKind, SummaryKey
 from fedseg.report.fmt import DASH, DECIMALS, HEADERS, MB, METRICS, fmt_mean_sd, mean_sd, site_mean
 from fedseg.report.runs import ReportError
 
-__all__ = ["BENCH_FILE", "MIN_SEEDS", "RUN_COLUMNS", "read_run", "aggregate", "runs_csv", "summary_csv",
+__all__ = ["BENCH_FILE", "MIN_SEEDS", "MAX_SITE_COLUMNS", "RUN_COLUMNS", "read_run", "aggregate", "runs_csv", "summary_csv",
            "results_markdown"]
 
 BENCH_FILE = "bench.json"
 """Written by the suite runner into each run directory: ``{"peak_rss_mb", "wall_seconds"}``."""
 MIN_SEEDS = 3
+MAX_SITE_COLUMNS = 8
+"""Markdown tables show per-site Dice columns up to this many sites (all sites stay in the CSVs)."""
 _COSTS = ("dice_image", "bytes_up", "bytes_down", "bytes_total", "round_seconds", "train_seconds", "overhead_share",
           "peak_rss_mb", "loso_dice", "unseen_dice")
 RUN_COLUMNS = ("dataset", "method", "seed", "algorithm", "model", "selected_round", "rounds", *METRICS, *_COSTS)
@@ -149,7 +151,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     out: list[str] = []
     for dataset in dict.fromkeys(str(r["dataset"]) for r in rows):
         members = [r for r in rows if r["dataset"] == dataset]
-        sites = sorted({k[5:] for r in members for k in r if k.startswith("site:")})
+        all_sites = sorted({k[5:] for r in members for k in r if k.startswith("site:")})
+        sites = all_sites if len(all_sites) <= MAX_SITE_COLUMNS else []
         optional = [k for k in ("loso_dice", "unseen_dice") if any(r[k][0] is not None for r in members)]
         head = (["method", "model", "seeds", "Dice (site mean)", "Dice (image-weighted)",
                  *[HEADERS[m] for m in METRICS if m != Field.DICE], *[f"Dice {s}" for s in sites],
@@ -169,6 +172,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      _cell(r["overhead_share"], 1, n, 0.01),
                      _cell(r["peak_rss_mb"], 0, n), *[_cell(r[k], 3, n) for k in optional]]
             out.append("| " + " | ".join(cells) + " |")
+        if len(all_sites) > MAX_SITE_COLUMNS:
+            out += ["", f"Per-site Dice of the {len(all_sites)} sites: summary.csv (`site:<name>_mean`, `_sd`)."]
         out.append("")
     if any(int(r["seeds"]) < MIN_SEEDS for r in rows):
         out.append(f"`n=<k>`: fewer than {MIN_SEEDS} seeds, the mean alone (no sd is claimed).")
