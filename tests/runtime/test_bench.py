@@ -43,6 +43,8 @@ def test_suite_runs_skips_finished_runs_resumes_killed_ones_and_refuses_another_
     with pytest.raises(_Killed):  # round 1 checkpointed, then killed
         run_inprocess(killed.config, killed.run_dir, progress=_KillAtRound2(), write_report=False)
     assert [run_state(r) for r in runs] == ["resume", "new"]
+    with pytest.raises(SuiteError, match="holds a checkpointed run of another configuration"):
+        run_state(_plan(tmp_path, set={**TINY, "federation.rounds": 1})[1][0])
     lines: list[str] = []
     result = run_suite(suite, runs, tmp_path / "out", command="fedseg bench s", notify=lines.append, isolate=False,
                        plots=False)

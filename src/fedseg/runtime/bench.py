@@ -57,15 +57,16 @@ def run_state(run: PlannedRun) -> str:
     """``finished``, ``resume`` (a checkpoint exists) or ``new``.
 
     Raises:
-        SuiteError: the directory holds a finished run of another configuration.
+        SuiteError: the directory holds a finished or checkpointed run of another configuration.
     """
     rd = RunDir(run.run_dir)
-    if rd.summary.is_file():
-        if not rd.config.is_file() or rd.config.read_text(encoding="utf-8") != config_text(run.config):
-            raise SuiteError(f"{run.run_dir} holds a finished run of another configuration than the planned "
-                             f"{run.label} (config.yaml differs); use another --out, or delete {run.run_dir}")
-        return "finished"
-    return "resume" if rd.checkpoint.is_file() else "new"
+    if not rd.summary.is_file() and not rd.checkpoint.is_file():
+        return "new"
+    if not rd.config.is_file() or rd.config.read_text(encoding="utf-8") != config_text(run.config):
+        what = "finished" if rd.summary.is_file() else "checkpointed"
+        raise SuiteError(f"{run.run_dir} holds a {what} run of another configuration than the planned {run.label} "
+                         f"(config.yaml differs); use another --out, or delete {run.run_dir}")
+    return "finished" if rd.summary.is_file() else "resume"
 
 
 def _train(run: PlannedRun, resume: bool, command: str, isolate: bool) -> None:
@@ -103,7 +104,7 @@ def _loso(suite: Suite, runs: Sequence[PlannedRun], out: Path, say: Callable[[st
         folder = out / first.dataset / first.method / "loso"
         say(f"loso: {first.dataset}/{first.method} -> {folder}")
         run_loso(first.config, folder, seeds=seeds[key], notify=say)
-        dice = [d for row in collect(first.config, folder, seeds[key]) for d in [row.stats(row.dice)[0]]]
+        dice = [row.stats(row.dice)[0] for row in collect(first.config, folder, seeds[key])]  # per held-out site
         scores[key] = sum(dice) / len(dice) if dice else float("nan")
     return scores
 
