@@ -21,6 +21,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from fedseg.cli import (
+    bench_cmd,
     certs_cmd,
     data_cmd,
     evaluate_folder_cmd,
@@ -319,6 +320,7 @@ flower_cmd.app.command("renew-certs")(certs_cmd.renew_certs)
 app.command("plan")(plan_cmd.plan)
 app.command("export")(export_cmd.export)
 app.command("evaluate-folder")(evaluate_folder_cmd.evaluate_folder)
+app.command("bench")(bench_cmd.bench)
 app.add_typer(flower_cmd.app, name="flower")
 app.add_typer(data_cmd.app, name="data")
 

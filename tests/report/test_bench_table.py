@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from typing import Any
+
+from fedseg.report.bench_table import aggregate, results_markdown, runs_csv, summary_csv
+
+
+def _run(method: str, seed: int, dice: tuple[float, float], bytes_total: int = 1_000_000) -> dict[str, Any]:
+    sites = {"a": {"dice": dice[0], "n": 1}, "b": {"dice": dice[1], "n": 3}}
+    return {"dataset": "d", "method": method, "seed": seed, "algorithm": method, "model": "global",
+            "selected_round": 1, "rounds": 2, "sites": sites, "dice": (dice[0] + dice[1]) / 2, "iou": 0.5,
+            "hd95": 2.0, "precision": 0.5, "recall": 0.5, "dice_image": (dice[0] + 3 * dice[1]) / 4,
+            "bytes_up": bytes_total / 2, "bytes_down": bytes_total / 2, "bytes_total": bytes_total,
+            "round_seconds": 0.5, "train_seconds": 1.0, "peak_rss_mb": 100.0, "loso_dice": None,
+            "unseen_dice": None}
+
+
+def test_rows_are_mean_and_sample_sd_over_seeds_per_site_and_site_mean() -> None:
+    runs = [_run("fedavg", s, (0.1 * s, 0.2 * s)) for s in (1, 2, 3)] + [_run("local", 0, (0.3, 0.5))]
+    rows = aggregate(runs)
+    assert [(r["method"], r["seeds"]) for r in rows] == [("fedavg", 3), ("local", 1)]
+    fedavg = rows[0]
+    site_a = [0.1 * s for s in (1, 2, 3)]
+    assert fedavg["site:a"] == (statistics.fmean(site_a), statistics.stdev(site_a))  # sample sd, ddof 1
+    assert fedavg["dice"][1] == statistics.stdev([(0.1 * s + 0.2 * s) / 2 for s in (1, 2, 3)])
+    assert rows[1]["dice"] == (0.4, None)  # one seed: no sd
+
+
+def test_markdown_claims_sd_only_with_three_seeds_and_marks_fewer() -> None:
+    rows = aggregate([_run("fedavg", s, (0.1 * s, 0.2 * s)) for s in (1, 2, 3)] + [_run("local", 0, (0.3, 0.5))])
+    text = results_markdown(rows)
+    fedavg = next(line for line in text.splitlines() if line.startswith("| `fedavg`"))
+    local = next(line for line in text.splitlines() if line.startswith("| `local`"))
+    assert "0.300 ± 0.150" in fedavg and "(n=" not in fedavg
+    assert "`local` (n=1)" in local and "±" not in local and "| 0.400 |" in local
+    assert "| 1.000 |" in local  # MB total
+    assert "fewer than 3 seeds" in text
+
+
+def test_csvs_keep_every_digit() -> None:
+    runs = [_run("fedavg", 0, (1 / 3, 2 / 3))]
+    per_run = list(csv.DictReader(io.StringIO(runs_csv(runs))))
+    assert float(per_run[0]["dice:a"]) == 1 / 3 and float(per_run[0]["dice"]) == 0.5
+    summary = list(csv.DictReader(io.StringIO(summary_csv(aggregate(runs)))))
+    assert float(summary[0]["site:a_mean"]) == 1 / 3 and summary[0]["site:a_sd"] == ""
+    assert float(summary[0]["dice_image_mean"]) == (1 / 3 + 2) / 4
+
+
+def test_many_sites_leave_the_per_site_columns_to_the_csv() -> None:
+    run = _run("fedavg", 0, (0.1, 0.2))
+    run["sites"] = {f"s{i}": {"dice": 0.5, "n": 1} for i in range(9)}
+    text = results_markdown(aggregate([run]))
+    assert "Dice s0" not in text and "Per-site Dice of the 9 sites: summary.csv" in text
+    assert "site:s8_mean" in summary_csv(aggregate([run]))
