@@ -20,6 +20,7 @@ import yaml
 
 from fedseg.config import ConfigError, RunConfig, config_from_dict
 from fedseg.config.loading import apply_overrides
+from fedseg.io.atomic import atomic_write_text
 from fedseg.planning.fingerprint import PlanError
 from fedseg.planning.planner import Plan
 
@@ -73,7 +74,7 @@ def plan_to_yaml(plan: Plan, sites: list[str], source: str) -> str:
 def write_plans(path: Path, plan: Plan, sites: list[str], source: str) -> Path:
     """Write ``plans.yaml`` (parent folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(plan_to_yaml(plan, sites, source), encoding="utf-8")
+    atomic_write_text(path, plan_to_yaml(plan, sites, source))
     return path
 
 

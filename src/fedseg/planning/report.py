@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from fedseg.io.atomic import atomic_write_text
 from fedseg.planning.fingerprint import Fingerprint
 from fedseg.planning.planner import Plan
 
@@ -88,5 +89,5 @@ def write_plan_report(plan: Plan, fp: Fingerprint, sites: list[str], out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     names = plot_fingerprint(fp, out_dir) if plots else []
     path = out_dir / "plans.md"
-    path.write_text(plan_markdown(plan, fp, sites, names), encoding="utf-8")
+    atomic_write_text(path, plan_markdown(plan, fp, sites, names))
     return path
