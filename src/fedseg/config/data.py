@@ -268,7 +268,8 @@ class DataConfig(StrictModel):
     )
     partition: PartitionConfig | None = Field(None, description="split a single-source dataset into sites")
     cache: bool = Field(True, description="keep preprocessed arrays on disk so later loads do not decode files")
-    cache_dir: Path | None = Field(None, description="default: $FEDSEG_CACHE_DIR or .fedseg_cache")
+    cache_dir: Path | None = Field(None, description="default: $FEDSEG_CACHE_DIR, else <run dir>/cache for a run, "
+                                      "else ~/.cache/fedseg (never the current directory)")
     corrupt_labels: LabelCorruptionConfig | None = Field(
         None, description="experiment option: corrupt one site's train/val labels (fedseg.data.corrupt)"
     )

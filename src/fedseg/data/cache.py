@@ -39,7 +39,16 @@ from fedseg.data.layout import CaseFiles
 from fedseg.data.preprocess import GeometryInfo, PreprocessedCase
 from fedseg.io.atomic import atomic_open, remove_orphans
 
-__all__ = ["CACHE_VERSION", "ORPHAN_AGE", "CaseCache", "StoredCase", "default_cache_dir", "preprocessing_key"]
+__all__ = [
+    "CACHE_VERSION",
+    "ORPHAN_AGE",
+    "RUN_CACHE",
+    "CaseCache",
+    "StoredCase",
+    "default_cache_dir",
+    "preprocessing_key",
+    "with_run_cache",
+]
 
 CACHE_VERSION = 4
 
@@ -49,9 +58,27 @@ shared between machines, where a process id says nothing, and no entry takes thi
 log = logging.getLogger(__name__)
 
 
+RUN_CACHE = "cache"
+"""The cache folder inside a run directory (the default for the runs that hold a site's data)."""
+
+
 def default_cache_dir() -> Path:
-    """``$FEDSEG_CACHE_DIR`` when set (tests point it at a temporary folder), else ``.fedseg_cache``."""
-    return Path(os.environ.get("FEDSEG_CACHE_DIR") or ".fedseg_cache")
+    """Where preprocessed (patient-derived) arrays go when neither ``data.cache_dir`` nor a run
+    directory says: ``$FEDSEG_CACHE_DIR`` when set (tests point it at a temporary folder), else
+    the user's cache folder (``$XDG_CACHE_HOME/fedseg``, default ``~/.cache/fedseg``) - never the
+    current directory."""
+    env = os.environ.get("FEDSEG_CACHE_DIR")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fedseg"
+
+
+def with_run_cache(cfg: DataConfig, run_dir: Path | None) -> DataConfig:
+    """``cfg`` with its cache under ``run_dir/cache`` when neither ``data.cache_dir`` nor
+    ``$FEDSEG_CACHE_DIR`` names one (the saved config is not changed: only the copy used to load)."""
+    if run_dir is None or cfg.cache_dir is not None or os.environ.get("FEDSEG_CACHE_DIR"):
+        return cfg
+    return cfg.model_copy(update={"cache_dir": Path(run_dir) / RUN_CACHE})
 
 
 def preprocessing_key(cfg: DataConfig) -> str:

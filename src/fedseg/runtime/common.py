@@ -17,6 +17,7 @@ import yaml
 from fedseg.config import RunConfig
 from fedseg.data.base import FederatedData, SiteData
 from fedseg.data.build import build_federated_data
+from fedseg.data.cache import with_run_cache
 from fedseg.data.corrupt import apply_label_corruption
 from fedseg.data.splits import write_splits
 from fedseg.data.validate import validate_federation
@@ -83,7 +84,10 @@ def load_training_data(cfg: RunConfig, run: RunDir, data: FederatedData | None =
         DataError: the data cannot be trained on; the message lists each file or site with its
             problem (``fedseg run`` exits 2 with it, before any training).
     """
-    data = prepare_data(cfg, data if data is not None else build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None))
+    if data is None:
+        data = build_federated_data(with_run_cache(cfg.data, run.root), cfg.seed,
+                                    mixed_shapes=cfg.train.patch_size is not None)
+    data = prepare_data(cfg, data)
     write_splits(run.root / SPLITS_FILE, data, cfg.seed)
     return data
 

@@ -22,6 +22,7 @@ from torch import nn
 from fedseg.config import DataConfig, PreprocessConfig, RunConfig
 from fedseg.data.base import DataError, SiteData
 from fedseg.data.build import build_federated_data
+from fedseg.data.cache import with_run_cache
 from fedseg.data.folder import load_site_folder
 from fedseg.data.preprocess import preprocess_case, restore_geometry
 from fedseg.data.scan import scan_root
@@ -101,7 +102,8 @@ def evaluate_run(
     if data is None:
         if split not in ("train", "val", "test"):
             raise EvalError(f"--split {split!r}; allowed: train, val, test")
-        sites = build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None).sites
+        sites = build_federated_data(with_run_cache(cfg.data, run_dir), cfg.seed,
+                                     mixed_shapes=cfg.train.patch_size is not None).sites
     else:
         sites, split = _sites_at(data, cfg, info), "test"
     rows = []

@@ -22,6 +22,7 @@ from PIL import Image
 
 from fedseg.data.base import SiteData
 from fedseg.data.build import build_federated_data
+from fedseg.data.cache import with_run_cache
 from fedseg.engine.evaluate import predict_labels, sliding_window_for
 from fedseg.io.atomic import atomic_open, atomic_write_text
 from fedseg.metrics import MetricAccumulator
@@ -88,7 +89,8 @@ def write_test_overlays(run_dir: Path, sites: Sequence[SiteData] | None = None) 
     trained = open_run(run_dir)
     cfg, info = trained.cfg, trained.info
     dims, num_classes = int(info["spatial_dims"]), int(info["num_classes"])
-    sites = list(sites) if sites is not None else build_federated_data(cfg.data, cfg.seed, mixed_shapes=cfg.train.patch_size is not None).sites
+    sites = list(sites) if sites is not None else build_federated_data(
+        with_run_cache(cfg.data, run_dir), cfg.seed, mixed_shapes=cfg.train.patch_size is not None).sites
     folder = run_dir / OVERLAY_DIR
     index: dict[str, Any] = {"selection": trained.selection, "sites": {}}
     for site in sites:
