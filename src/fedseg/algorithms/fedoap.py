@@ -22,7 +22,9 @@ assumptions (methods.md section 3 and the FedOAP decisions of section 7) are lab
   default 10) trains only the local parameters on task loss + ``pbl_weight * PBL``.
 * evaluation: each site with its own model and the others' banks
   (:meth:`FedOAP.prepare_eval_model`); a site that never trained [A6] with the sample-weighted
-  mean of the clients' local parts and every client's bank.
+  mean of the clients' local parts and every client's bank. Under ``eval.select: best_val`` the
+  selected round is the last one (the fine-tuned models exist only after it; the engine writes no
+  ``best.pt`` during the rounds of a method with a post-federation phase).
 
 With ``local: []``, ``mode: kv_param``, ``train_pbl_weight: 0`` and ``finetune_epochs: 0`` the
 method is FedAvg on the same model, bit for bit.

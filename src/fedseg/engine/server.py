@@ -158,8 +158,11 @@ class FederationServer:
 
     def _track_best(self, rnd: int, records: Sequence[dict[str, Any]]) -> None:
         """``eval.select: best_val``: write ``checkpoints/best.pt`` (atomically) when the global
-        model's mean validation Dice over the training sites beats the best so far."""
-        if self.cfg.eval.select != Selection.BEST_VAL.value or not self.algorithm.has_global_model:
+        model's mean validation Dice over the training sites beats the best so far. Not for a method
+        with a post-federation phase (FedOAP): its personalised models exist only after the last
+        round, so an earlier round's shared parameters and banks would not match them."""
+        if (self.cfg.eval.select != Selection.BEST_VAL.value or not self.algorithm.has_global_model
+                or overrides_personalize(self.algorithm)):
             return
         sites = set(self._selection_sites())
         dice = [float(r[Field.DICE]) for r in records if r.get(Field.MODEL) == ModelKind.GLOBAL
