@@ -98,7 +98,11 @@ def test_defaults_of_recent_fields_are_kept() -> None:
     assert cfg.model.init_checkpoint is None and cfg.model.name == "unet"
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "configs").rglob("*.yaml")), ids=lambda p: p.name)
+PRESETS = sorted(p for p in (REPO / "configs").rglob("*.yaml") if p.parent.name != "bench")  # bench: suites
+"""Every run config shipped; ``configs/bench`` holds benchmark suites (tests/runtime/test_bench_suite.py)."""
+
+
+@pytest.mark.parametrize("path", PRESETS, ids=lambda p: p.name)
 def test_every_preset_loads(path: Path) -> None:
     load_config(path)
 
