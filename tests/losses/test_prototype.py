@@ -150,3 +150,19 @@ def test_alignment_subsampling_is_seeded_and_bounded() -> None:
     assert torch.equal(prototype_alignment_loss(feats, labels, protos, tau=1.0, num_pixels=64), full)
     with pytest.raises(ValueError, match="num_pixels"):
         prototype_alignment_loss(feats, labels, protos, num_pixels=0)
+
+
+def test_contrastive_is_constant_on_nonnegative_features_at_the_authors_constants() -> None:
+    # Post-ReLU features and their prototypes are >= 0, so cosines are >= 0 and, once above
+    # logit_clamp * tau = 0.1, every logit is clamped at 20 and every exp at 1e6: the loss is
+    # log((P + Q) / P) whatever the features, with zero gradient (docs/benchmarks.md, FedBCS: why
+    # FPL's InfoNCE at the `last` tap gives no training signal and FPL behaved like FedProto).
+    g = torch.Generator().manual_seed(0)
+    f = torch.rand(16, 8, generator=g).add(0.1).requires_grad_()
+    pos, neg = torch.rand(1, 8, generator=g).add(0.1), torch.rand(1, 8, generator=g).add(0.1)
+    cos = F.cosine_similarity(f[:, None], torch.cat([pos, neg])[None], dim=2)
+    assert cos.min() > 0.1  # the precondition: every logit saturates
+    loss = prototype_contrastive_loss(f, pos, neg)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-6)
+    loss.backward()
+    assert f.grad is not None and torch.count_nonzero(f.grad) == 0
