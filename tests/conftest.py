@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from fedseg.engine.seeding import seed_everything
 
@@ -114,3 +116,13 @@ def flower_process() -> Iterator[None]:
     with task_identity():
         yield
     clear_cache()
+
+
+def tensor_digest(tensors: dict[str, Any]) -> str:
+    """SHA-256 over the names and bytes of ``tensors`` (sorted by name): "unchanged" checks."""
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        value: torch.Tensor = tensors[key]
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()

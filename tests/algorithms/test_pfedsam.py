@@ -3,7 +3,6 @@ travels, what stays, what never changes, the KD term, and pFedSAM without expert
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_config
+from conftest import tensor_digest, tiny_config
 from fedseg.algorithms import build_algorithm
 from fedseg.algorithms.base import Algorithm, ClientContext
 from fedseg.algorithms.pfedsam import PFedSAM, distillation_loss
@@ -28,14 +27,6 @@ from fedseg.types import Broadcast, ClientUpdate
 SPEC = DataSpec(spatial_dims=2, in_channels=1, num_classes=2)
 
 
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 @dataclass
 class SpyPFedSAM(PFedSAM):
     """pFedSAM recording the frozen weights' hash after every client's training."""
@@ -45,7 +36,7 @@ class SpyPFedSAM(PFedSAM):
     def on_round_end(self, model: nn.Module, ctx: ClientContext) -> None:
         super().on_round_end(model, ctx)
         sd = model.state_dict()
-        self.digests.append(_digest({k: sd[k] for k in self.frozen_keys(model)}))
+        self.digests.append(tensor_digest({k: sd[k] for k in self.frozen_keys(model)}))
 
 
 def _keys_anywhere(obj: Any) -> set[str]:
@@ -84,7 +75,7 @@ def test_frozen_encoder_and_experts_never_travel_only_lora_and_decoder_do(tmp_pa
     assert frozen and local and shared and not (frozen & local)
     assert frozen | local | shared == set(model.state_dict())
     # the frozen encoders hash as the initial model after every client's training, in both rounds
-    assert len(alg.digests) == 4 and set(alg.digests) == {_digest({k: init[k] for k in frozen})}
+    assert len(alg.digests) == 4 and set(alg.digests) == {tensor_digest({k: init[k] for k in frozen})}
     updates = [m for m in sent if isinstance(m, ClientUpdate)]
     broadcasts = [m for m in sent if isinstance(m, Broadcast)]
     assert len(updates) == 4 and broadcasts

@@ -3,7 +3,6 @@ state or checkpoints; every process rebuilds them from the initial model."""
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import tiny_config
+from conftest import tensor_digest, tiny_config
 from fedseg.algorithms.base import Algorithm, ClientContext, module_keys, norm_layer_keys
 from fedseg.config import config_from_dict
 from fedseg.engine import wire
@@ -24,14 +23,6 @@ from fedseg.runtime.sim import run_inprocess
 from fedseg.types import Broadcast, ClientUpdate
 
 _FROZEN_MODULE = "model.0.conv"  # the first convolution of the tiny MONAI U-Net: a stand-in pretrained encoder
-
-
-def _digest(tensors: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for key in sorted(tensors):
-        h.update(key.encode())
-        h.update(tensors[key].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
 
 
 @dataclass
@@ -49,7 +40,7 @@ class FrozenEncoder(Algorithm):
     def on_round_end(self, model: nn.Module, ctx: ClientContext) -> None:
         super().on_round_end(model, ctx)
         sd = model.state_dict()
-        self.digests.append(_digest({k: sd[k] for k in self.frozen_keys(model)}))  # right after training
+        self.digests.append(tensor_digest({k: sd[k] for k in self.frozen_keys(model)}))  # right after training
 
 
 def _run(alg: Algorithm, run_dir: Path, monkeypatch: pytest.MonkeyPatch, rounds: int = 2) -> list[Any]:
@@ -88,7 +79,7 @@ def test_frozen_weights_are_never_trained_sent_stored_or_checkpointed(tmp_path: 
     assert frozen == {f"{_FROZEN_MODULE}.weight", f"{_FROZEN_MODULE}.bias"}
 
     # never trained: after every client's training in both rounds the frozen weights hash as the init
-    assert len(alg.digests) == 4 and set(alg.digests) == {_digest({k: init[k] for k in frozen})}
+    assert len(alg.digests) == 4 and set(alg.digests) == {tensor_digest({k: init[k] for k in frozen})}
     # never sent, in either direction
     updates = [m for m in sent if isinstance(m, ClientUpdate)]
     broadcasts = [m for m in sent if isinstance(m, Broadcast)]
