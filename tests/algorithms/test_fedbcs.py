@@ -176,22 +176,9 @@ def test_fedbcs_runs_on_flower_exactly_as_inprocess(tmp_path: Path) -> None:
     import sys
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "flower"))
-    from flower_testlib import DirectGrid, task_identity
-
-    from fedseg.runtime.common import config_text
-    from fedseg.runtime.flower.client_app import clear_cache, make_client_app
-    from fedseg.runtime.flower.keys import RunKey
-    from fedseg.runtime.flower.server_app import run_server
+    from flower_testlib import run_flower_sim
 
     cfg_dict = _cfg("fedbcs", fsr=True)
     inproc = _run(tmp_path, "inproc", cfg_dict)
-    cfg = config_from_dict({**cfg_dict, "engine": "flower-sim"})
-    run_config = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(tmp_path / "flower")}
-    clear_cache()
-    try:
-        with task_identity():
-            grid = DirectGrid(make_client_app(run_config), [{"partition-id": i} for i in range(2)])
-            flower = run_server(grid, run_config, engine="flower-sim", expected_nodes=2, write_report=False)
-    finally:
-        clear_cache()
+    flower = run_flower_sim(config_from_dict({**cfg_dict, "engine": "flower-sim"}), tmp_path / "flower")
     _assert_same(inproc, flower)

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import task_identity, tiny_config
+from conftest import tiny_config
 from fedseg.algorithms.fedoap import FedOAP, OAPKey, read_banks
 from fedseg.cli.main import app
 from fedseg.config import config_from_dict
@@ -91,26 +91,13 @@ def test_fedoap_runs_on_flower_exactly_as_inprocess(tmp_path: Path) -> None:
     """Banks travel up and down through Flower's records, the client id and local parts live in
     the ClientApps' state, fine-tuning runs there: same global model and personal test scores."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime" / "flower"))
-    from flower_testlib import DirectGrid
-
-    from fedseg.runtime.common import config_text
-    from fedseg.runtime.flower.client_app import clear_cache, make_client_app
-    from fedseg.runtime.flower.keys import RunKey
-    from fedseg.runtime.flower.server_app import run_server
+    from flower_testlib import run_flower_sim
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         inproc = run_inprocess(config_from_dict(_cfg()), tmp_path / "inproc", write_report=False)
-        cfg = config_from_dict({**_cfg(), "engine": "flower-sim"})
-        run_config = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(tmp_path / "flower")}
-        clear_cache()
-        try:
-            with task_identity():
-                grid = DirectGrid(make_client_app(run_config), [{"partition-id": i} for i in range(2)])
-                flower = run_server(grid, run_config, engine="flower-sim", expected_nodes=2, write_report=False)
-        finally:
-            clear_cache()
+        flower = run_flower_sim(config_from_dict({**_cfg(), "engine": "flower-sim"}), tmp_path / "flower")
     finally:
         torch.set_num_threads(threads)
     assert inproc.global_params.keys() == flower.global_params.keys()

@@ -108,3 +108,21 @@ def write_foreign_app(app_dir: Path, *, publisher: str = "mole", name: str = "mo
         '[tool.flwr.app.config]\n'
     )
     return app_dir
+
+
+def run_flower_sim(cfg: Any, run_dir: Path, nodes: int = 2) -> Any:
+    """Run ``cfg`` as a flower-sim federation in this process: the ServerApp driving ``nodes``
+    partition ClientApps through :class:`DirectGrid` (the parity tests' engine); the server's result."""
+    from fedseg.runtime.common import config_text
+    from fedseg.runtime.flower.client_app import clear_cache, make_client_app
+    from fedseg.runtime.flower.keys import RunKey
+    from fedseg.runtime.flower.server_app import run_server
+
+    run_config = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    clear_cache()
+    try:
+        with task_identity():
+            grid = DirectGrid(make_client_app(run_config), [{"partition-id": i} for i in range(nodes)])
+            return run_server(grid, run_config, engine="flower-sim", expected_nodes=nodes, write_report=False)
+    finally:
+        clear_cache()
