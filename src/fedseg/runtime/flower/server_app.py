@@ -35,6 +35,7 @@ from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
 from fedseg.runtime.flower.handshake import check_versions
 from fedseg.runtime.flower.keys import RunKey
+from fedseg.runtime.flower.plan_round import is_plan_only, run_plan_server
 from fedseg.types import Params
 
 __all__ = ["app", "make_server_app", "run_server", "ServerResult", "expected_sites", "check_flower_config",
@@ -214,6 +215,9 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = {RunKey.COMMAND.value: f"flwr run  # Flower run {context.run_id}", **base, **context.run_config}
+        if is_plan_only(run_config):  # `fedseg flower app --plan-only`: the planning round, no training
+            run_plan_server(grid, run_config)
+            return
         result = run_server(grid, run_config, engine=engine, expected_nodes=expected_nodes, progress=progress,
                             resume=resume, state_dir=state_dir)
         if results is not None:
