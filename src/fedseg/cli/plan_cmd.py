@@ -4,7 +4,7 @@ simulation runtime (docs/planning.md); a deployment plans with ``fedseg flower a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import click
 import typer
@@ -20,6 +20,14 @@ ENGINES = ("inprocess", "flower-sim")
 """``fedseg plan --engine``: as ``fedseg run --engine`` (a deployment plans through ``flwr run``)."""
 
 
+class _Engines(click.Choice):  # type: ignore[type-arg]
+    """Refused values listed the way ``fedseg run --engine`` lists them (main.py imports this module)."""
+
+    def get_invalid_choice_message(self, value: Any, ctx: click.Context | None) -> str:
+        return (f"{value!r}: allowed {', '.join(map(str, self.choices))} (a deployment plans with "
+                "`fedseg flower app --plan-only`, see docs/planning.md)")
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(2)
@@ -33,7 +41,7 @@ def plan(
         "--report", help="folder for plans.md and fingerprint.png (default: next to --out)")] = None,
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="draw the fingerprint")] = True,
     engine: Annotated[str | None, typer.Option(
-        "--engine", click_type=click.Choice(ENGINES),
+        "--engine", click_type=_Engines(ENGINES),
         help="inprocess | flower-sim (default: the config's engine; a deployment plans with "
              "`fedseg flower app --plan-only` and `flwr run`, docs/planning.md)")] = None,
 ) -> None:
