@@ -5,6 +5,8 @@ its data, which fixes the model, and its package versions: :mod:`~fedseg.runtime
 FederationServer as the in-process engine with a :class:`FlowerExecutor` as transport: sampling,
 the algorithm's broadcast and aggregation, evaluation rounds, metrics.jsonl, atomic checkpoints,
 summary.json and the report all land in the run directory exactly as for an in-process run.
+With the run config ``fedseg-plan-only = true`` it runs only the planning round instead
+(:func:`~fedseg.runtime.flower.plan_round.run_plan_server`, docs/planning.md).
 """
 
 from __future__ import annotations
