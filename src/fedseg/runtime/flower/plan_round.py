@@ -174,11 +174,12 @@ def check_fingerprint(fp: Fingerprint, cfg: RunConfig, site: str) -> None:
     for key, (got, expected) in want.items():
         if got != expected:
             raise _fail(site, f"{key} {got}, the run's data has {expected}")
-    lengths: dict[str, tuple[Sequence[Any], int]] = {"spacing_um": (fp.spacing, dims), "shape": (fp.shape, dims), "extent_um": (fp.extent, dims),
-               "intensity_bins": (fp.intensity, fp.channels), "intensity_count": (fp.intensity_count, fp.channels),
-               "intensity_sum": (fp.intensity_sum, fp.channels), "intensity_sumsq": (fp.intensity_sumsq, fp.channels),
-               "intensity_min": (fp.intensity_min, fp.channels), "intensity_max": (fp.intensity_max, fp.channels),
-               "class_voxels": (fp.class_voxels, fp.num_classes)}
+    lengths: dict[str, tuple[Sequence[Any], int]] = {
+        "spacing_um": (fp.spacing, dims), "shape": (fp.shape, dims), "extent_um": (fp.extent, dims),
+        "intensity_bins": (fp.intensity, fp.channels), "intensity_count": (fp.intensity_count, fp.channels),
+        "intensity_sum": (fp.intensity_sum, fp.channels), "intensity_sumsq": (fp.intensity_sumsq, fp.channels),
+        "intensity_min": (fp.intensity_min, fp.channels), "intensity_max": (fp.intensity_max, fp.channels),
+        "class_voxels": (fp.class_voxels, fp.num_classes)}
     for key, (values, n) in lengths.items():
         if len(values) != n:
             raise _fail(site, f"{key} has {len(values)} entries, expected {n}")
@@ -237,8 +238,9 @@ def _reply(cfg: RunConfig, node: int, reply: Message) -> tuple[str, Fingerprint]
     record = reply.content.config_records.get(PLAN_RECORD)
     site, text = (record.get(PlanField.SITE.value), record.get(PlanField.FINGERPRINT.value)) if record else (None, None)
     if not isinstance(site, str) or not site or not isinstance(text, str):
-        raise PlanError(f"node {node}: refused fingerprint reply: no {PLAN_RECORD!r} record with a {PlanField.SITE.value!r} "
-                        f"and a {PlanField.FINGERPRINT.value!r} text (is the node running fedseg's ClientApp?)")
+        raise PlanError(f"node {node}: refused fingerprint reply: no {PLAN_RECORD!r} record with a "
+                        f"{PlanField.SITE.value!r} and a {PlanField.FINGERPRINT.value!r} text (is the node running "
+                        "fedseg's ClientApp?)")
     try:
         fp = fingerprint_from_json(text)
     except PlanError as exc:
