@@ -2,7 +2,8 @@
 
 * ``fedseg flower certs``: a CA, the SuperLink's TLS certificate and SuperNode key pairs;
 * ``fedseg flower connection``: the ``flwr`` CLI's SuperLink connection in ``$FLWR_HOME/config.toml``;
-* ``fedseg flower app``: the Flower app directory (``pyproject.toml``) that ``flwr run`` submits;
+* ``fedseg flower app``: the Flower app directory (``pyproject.toml``) that ``flwr run`` submits
+  (``--plan-only``: an app that runs the planning round; ``--plans``: one that trains under a plan);
 * ``fedseg flower clientapp``: the long-lived ClientApp process of a SuperNode started with
   ``--isolation process``.
 * ``fedseg flower supernode``: Flower's SuperNode with its polling sleeps shortened (optional).
@@ -147,30 +148,44 @@ def app_dir(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override, e.g. federation.rounds=5")] = None,
     sign_key: Annotated[Path | None, typer.Option(
         "--sign-key", help="the operator's app signing key (app-signing.key): sign the configuration")] = None,
+    plan_only: Annotated[bool, typer.Option(
+        "--plan-only", help="the ServerApp runs only the planning round: RUN_DIR/plans.yaml (docs/planning.md)")
+    ] = False,
+    plans: Annotated[Path | None, typer.Option(
+        "--plans", help="plans.yaml of `fedseg plan` (config and --set override it key by key)")] = None,
 ) -> None:
     """Write the Flower app that `flwr run` submits: fedseg's ServerApp/ClientApp + this config."""
     from fedseg.algorithms import AlgorithmConfigError
     from fedseg.config import ConfigError, load_config
+    from fedseg.planning import PlanError, load_planned_config
     from fedseg.registry import UnknownNameError
     from fedseg.runtime.common import RunError
     from fedseg.runtime.flower.project import write_app
     from fedseg.runtime.flower.server_app import check_flower_config
 
+    if plan_only and plans is not None:
+        _fail("give --plan-only (write an app that plans) or --plans (an app that trains under a plan), not both")
     try:
-        cfg = load_config(config, set_ or [])
-        check_flower_config(cfg)
-    except (ConfigError, AlgorithmConfigError, UnknownNameError, RunError) as exc:
+        cfg = load_config(config, set_ or []) if plans is None else load_planned_config(config, plans, set_ or [])
+        if not plan_only:
+            check_flower_config(cfg)
+        elif cfg.data.source != "folder":
+            raise PlanError(f"--plan-only: data.source {cfg.data.source!r}; planning reads real cases (data.source "
+                            "'folder')")
+    except (ConfigError, AlgorithmConfigError, UnknownNameError, RunError, PlanError) as exc:
         _fail(str(exc))
         return
     sets = " ".join(f"--set {s}" for s in set_ or [])
-    command = f"flwr run {out_dir}  # fedseg flower app {out_dir} {config} --run-dir {run_dir} {sets}".rstrip()
+    extra = " --plan-only" if plan_only else (f" --plans {plans}" if plans is not None else "")
+    command = f"flwr run {out_dir}  # fedseg flower app {out_dir} {config} --run-dir {run_dir}{extra} {sets}".rstrip()
     try:
-        path = write_app(out_dir, cfg, run_dir, command=command, sign_key=sign_key)
+        path = write_app(out_dir, cfg, run_dir, command=command, sign_key=sign_key, plan_only=plan_only)
     except ValueError as exc:
         _fail(f"--sign-key: {exc}")
         return
     signed = "signed" if sign_key is not None else "unsigned: sites with --trusted-app-key refuse it"
-    console.print(f"Flower app: {path} ({signed}; run directory on the SuperLink machine: {run_dir})")
+    what = "plans into RUN_DIR/plans.yaml" if plan_only else "trains"
+    console.print(f"Flower app: {path} ({signed}; {what}; run directory on the SuperLink machine: {run_dir})")
 
 
 @app.command()

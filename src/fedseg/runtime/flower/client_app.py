@@ -3,7 +3,9 @@ Flower's Message API.
 
 Message types (:class:`~fedseg.runtime.flower.keys.Action`): ``query.hello`` (which site this
 node serves, the shape of its data, its package versions), ``train`` (one round of local training), ``train.personalize``
-(the algorithm's post-federation phase) and ``evaluate`` (metrics on the site's own split).
+(the algorithm's post-federation phase) and ``evaluate`` (metrics on the site's own split); and the
+planning round's ``query.plan_fingerprint`` / ``query.plan_result``
+(:mod:`~fedseg.runtime.flower.plan_round`), which read only the site's training cases.
 
 The site's data, model and runtime are built once per process and cached, so a long-lived ClientApp
 process (``fedseg flower clientapp``, or a Ray actor in simulation) never re-reads data or rebuilds
@@ -49,6 +51,7 @@ from fedseg.records import Split
 from fedseg.runtime.build import Federation, build_federation
 from fedseg.runtime.common import DataSpec, RunError, prepare_data, site_split_digests
 from fedseg.runtime.flower.keys import Action, Field, NodeKey, Record, RunKey, state_file_name
+from fedseg.runtime.flower.plan_round import register_plan_queries
 from fedseg.runtime.flower.records import (
     PACKED,
     broadcast_from_content,
@@ -316,7 +319,7 @@ def make_client_app(defaults: Mapping[str, Any] | None = None) -> ClientApp:
     def evaluate(message: Message, context: Context) -> Message:
         return _evaluate(message, context, base, state_dir)
 
-    return client_app
+    return register_plan_queries(client_app, base)  # the planning round (docs/planning.md): every site answers it
 
 
 app = make_client_app()

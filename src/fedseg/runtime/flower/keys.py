@@ -90,6 +90,9 @@ class RunKey(StrEnum):
     """Simulation only (read from the apps' built-in defaults, never from ``flwr run``): the run's
     ``client_states/`` folder, where each ClientApp writes its state after every round so that the
     server's checkpoint can refer to it (``--resume``, ``fedseg eval --client``)."""
+    PLAN_ONLY = "fedseg-plan-only"
+    """true: the ServerApp runs only the planning round and writes ``plans.yaml`` into ``run-dir``
+    (``fedseg flower app --plan-only``; docs/planning.md)."""
 
 
 class NodeKey(StrEnum):

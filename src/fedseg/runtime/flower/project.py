@@ -39,10 +39,13 @@ APP_FILES = frozenset({"pyproject.toml", "fedseg.yaml"})
 
 
 def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, version: str = "1.0.0",
-                  signature: str | None = None) -> dict[str, Any]:
+                  signature: str | None = None, plan_only: bool = False) -> dict[str, Any]:
     """The ``pyproject.toml`` of a fedseg Flower app for ``cfg`` as a mapping; ``signature``: the
-    operator's signature of ``config_text(cfg)`` (:func:`fedseg.runtime.flower.trust.sign_config`)."""
-    config: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir)}
+    operator's signature of ``config_text(cfg)`` (:func:`fedseg.runtime.flower.trust.sign_config`);
+    ``plan_only``: the ServerApp runs only the planning round (always written, so that ``flwr run
+    --run-config 'fedseg-plan-only=true'`` can switch it for one submission)."""
+    config: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir),
+                              RunKey.PLAN_ONLY.value: plan_only}
     if signature:
         config[RunKey.SIGNATURE.value] = signature
     if command:
@@ -69,7 +72,7 @@ def app_pyproject(cfg: RunConfig, run_dir: Path, *, command: str | None = None, 
 
 
 def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | None = None,
-              sign_key: Path | None = None) -> Path:
+              sign_key: Path | None = None, plan_only: bool = False) -> Path:
     """Write the Flower app directory for ``cfg`` (``pyproject.toml`` + a copy of the config).
 
     Args:
@@ -78,6 +81,7 @@ def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | No
             path is relative to the SuperLink's working directory.
         sign_key: the operator's Ed25519 private key: sign the configuration, so that sites
             started with ``--trusted-app-key`` run it (docs/deployment.md).
+        plan_only: the ServerApp plans (``plans.yaml`` in ``run_dir``) instead of training.
 
     Returns:
         The path of ``pyproject.toml``.
@@ -92,7 +96,8 @@ def write_app(out_dir: Path, cfg: RunConfig, run_dir: Path, *, command: str | No
         signature = sign_config(config_text(cfg), load_signing_key(sign_key))
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "pyproject.toml"
-    atomic_write_text(path, tomli_w.dumps(app_pyproject(cfg, run_dir, command=command, signature=signature),
+    atomic_write_text(path, tomli_w.dumps(app_pyproject(cfg, run_dir, command=command, signature=signature,
+                                                        plan_only=plan_only),
                                           multiline_strings=True))
     atomic_write_text(out_dir / "fedseg.yaml", config_text(cfg))
     return path

@@ -5,6 +5,8 @@ its data, which fixes the model, and its package versions: :mod:`~fedseg.runtime
 FederationServer as the in-process engine with a :class:`FlowerExecutor` as transport: sampling,
 the algorithm's broadcast and aggregation, evaluation rounds, metrics.jsonl, atomic checkpoints,
 summary.json and the report all land in the run directory exactly as for an in-process run.
+With the run config ``fedseg-plan-only = true`` it runs only the planning round instead
+(:func:`~fedseg.runtime.flower.plan_round.run_plan_server`, docs/planning.md).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites
 from fedseg.runtime.flower.handshake import check_versions
 from fedseg.runtime.flower.keys import RunKey
+from fedseg.runtime.flower.plan_round import is_plan_only, run_plan_server
 from fedseg.types import Params
 
 __all__ = ["app", "make_server_app", "run_server", "ServerResult", "expected_sites", "check_flower_config",
@@ -214,6 +217,9 @@ def make_server_app(
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         run_config = {RunKey.COMMAND.value: f"flwr run  # Flower run {context.run_id}", **base, **context.run_config}
+        if is_plan_only(run_config):  # `fedseg flower app --plan-only`: the planning round, no training
+            run_plan_server(grid, run_config)
+            return
         result = run_server(grid, run_config, engine=engine, expected_nodes=expected_nodes, progress=progress,
                             resume=resume, state_dir=state_dir)
         if results is not None:
