@@ -14,14 +14,25 @@
    process's own CPU seconds, less disturbed by other load on a shared machine), with the losses
    compared (they must be equal bit for bit); and the CPU time of drawing one epoch's batches
    without training (the data path alone). Skipped when ../shared/data is absent.
+3. With ``--throughput-3d``: 3D patch throughput. ``--cases-3d`` synthetic cases of ``--side``^3
+   (as in part 1), one client's local epoch of patches of ``--patch``^3 (batch 2, nnU-Net's
+   ``fg_oversample`` 1/3, ``--spv`` patches per case as the BraTS presets use), same model as part 1;
+   streamed (memory-mapped ``.npy`` through the trainer's DataLoader path, once per
+   ``--workers-3d`` value) against the stacked in-memory split. An untimed warm-up epoch of each
+   arm, then ``--pairs-3d`` rounds of one epoch per arm, rotating which goes first. Reports
+   samples/s, wall and CPU seconds (this process plus its joined DataLoader workers) per epoch and
+   each pair's in-memory / streamed ratio with the median; raises unless every epoch of every arm
+   ends with the same loss and the same weights (bit for bit).
 
 Usage: python benchmarks/bench_stream.py [--sizes 20 100 400] [--side 96] [--steps 10]
        [--patch 64] [--repeats 3] [--skip-rss] [--skip-busbra] [--out runs/bench]
+       [--throughput-3d] [--cases-3d 24] [--spv 4] [--workers-3d 0 1] [--pairs-3d 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -177,6 +188,86 @@ def busbra_throughput(repeats: int, site_name: str | None = None) -> dict[str, A
     }
 
 
+def _cpu_now() -> float:
+    """CPU seconds of this process plus its reaped children (DataLoader workers are joined at the
+    end of each epoch, so a worker's reading counts too)."""
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + kids.ru_utime + kids.ru_stime
+
+
+def patch3d_throughput(out: Path, n: int, side: int, patch: int, spv: int, repeats: int,
+                       workers: list[int]) -> dict[str, Any]:
+    """One local epoch of 3D patch training: streamed cases (one per ``workers`` entry) against the
+    stacked in-memory split, paired and alternated after an untimed warm-up of each; losses and
+    final weights must be equal bit for bit."""
+    from fedseg.config import LossConfig, ModelConfig, TrainConfig
+    from fedseg.data.base import SegmentationSet
+    from fedseg.data.cases import ListCases
+    from fedseg.engine.trainer import Trainer
+    from fedseg.losses import build_loss
+    from fedseg.models import build_model
+
+    folder = out / f"stream_cases_{side}"
+    write_cases(folder, n, side)
+    images = [folder / f"{i}.image.npy" for i in range(n)]
+    masks = [folder / f"{i}.mask.npy" for i in range(n)]
+    spacing = torch.ones(n, 3, dtype=torch.float64)
+    streamed = SegmentationSet(cases=ListCases(images, masks, [(side,) * 3] * n, 1), spacing=spacing)
+    memory = SegmentationSet(images=torch.from_numpy(np.stack([np.load(p) for p in images])),
+                             masks=torch.from_numpy(np.stack([np.load(p) for p in masks]).astype(np.int64))[:, None],
+                             spacing=spacing)
+    loss_fn = build_loss(LossConfig(), 2)
+    model_cfg = ModelConfig(channels=[8, 16, 32], strides=[2, 2], num_res_units=0)
+    arms = {"in-memory": (memory, 0)} | {f"streamed-w{w}": (streamed, w) for w in workers}
+
+    def epoch(split: SegmentationSet, num_workers: int) -> tuple[float, float, float, str]:
+        torch.manual_seed(0)
+        model = build_model(model_cfg, 3, 1, 2)
+        cfg = TrainConfig(batch_size=2, patch_size=[patch] * 3, fg_oversample=1 / 3, samples_per_volume=spv,
+                          num_workers=num_workers)
+        trainer = Trainer(split, loss_fn, cfg, epochs=1, device=torch.device("cpu"), seed=0, state={})
+        t0, c0 = time.perf_counter(), _cpu_now()
+        loss = trainer.fit(model)["loss"]
+        seconds, cpu_s = time.perf_counter() - t0, _cpu_now() - c0
+        digest = hashlib.sha256()
+        for tensor in model.state_dict().values():
+            digest.update(tensor.detach().contiguous().numpy().tobytes())
+        return seconds, cpu_s, loss, digest.hexdigest()[:16]
+
+    wall: dict[str, list[float]] = {a: [] for a in arms}
+    cpu: dict[str, list[float]] = {a: [] for a in arms}
+    results: dict[str, set[tuple[float, str]]] = {a: set() for a in arms}
+    for name, (split, w) in arms.items():  # warm-up (allocator, first-call costs, page cache), untimed
+        results[name].add(epoch(split, w)[2:])
+    names = list(arms)
+    for r in range(repeats):  # rotate which arm goes first
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            seconds, cpu_s, *res = epoch(*arms[name])
+            wall[name].append(seconds)
+            cpu[name].append(cpu_s)
+            results[name].add((res[0], res[1]))
+            print("3d", name, round(seconds, 2), round(cpu_s, 2), res[0], file=sys.stderr)
+    distinct = set().union(*results.values())
+    if len(distinct) != 1:
+        raise RuntimeError(f"3D patch epochs differ between arms or repeats (loss, weights digest): {results}")
+    samples = n * spv
+    row: dict[str, Any] = {"cases": n, "side": side, "patch": patch, "batch": 2, "samples_per_volume": spv,
+                           "fg_oversample": round(1 / 3, 3), "samples_per_epoch": samples,
+                           "steps": -(-samples // 2), "pairs": repeats, "losses_and_weights_equal": True,
+                           "loss": distinct.pop()[0]}
+    for name in arms:
+        row[name] = {"wall_s": [round(t, 2) for t in wall[name]], "cpu_s": [round(t, 2) for t in cpu[name]],
+                     "samples_per_s": round(samples / statistics.median(wall[name]), 2)}
+    for name in names[1:]:
+        ratios = [m / s for s, m in zip(wall[name], wall["in-memory"], strict=True)]
+        cpu_ratios = [m / s for s, m in zip(cpu[name], cpu["in-memory"], strict=True)]
+        row[f"{name}_over_in_memory"] = {"wall": [round(x, 3) for x in ratios],
+                                         "wall_median": round(statistics.median(ratios), 3),
+                                         "cpu": [round(x, 3) for x in cpu_ratios],
+                                         "cpu_median": round(statistics.median(cpu_ratios), 3)}
+    return row
+
+
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
         folder, n, side, mode, steps, patch = sys.argv[2:8]
@@ -191,6 +282,11 @@ def main() -> int:
     parser.add_argument("--max-inmemory-gb", type=float, default=2.0)
     parser.add_argument("--skip-busbra", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
+    parser.add_argument("--throughput-3d", action="store_true", help="run part 3 (3D patch throughput)")
+    parser.add_argument("--cases-3d", type=int, default=24, help="synthetic cases of part 3")
+    parser.add_argument("--spv", type=int, default=4, help="train.samples_per_volume of part 3")
+    parser.add_argument("--workers-3d", type=int, nargs="+", default=[0, 1], help="streamed num_workers of part 3")
+    parser.add_argument("--pairs-3d", type=int, default=5, help="paired repeats of part 3")
     parser.add_argument("--site", default=None, help="BUS-BRA site of the throughput test (default: the largest)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench"))
     args = parser.parse_args()
@@ -202,6 +298,9 @@ def main() -> int:
         result["streamed_rss_growth"] = round(max(streamed) / min(streamed), 3)
     if not args.skip_busbra:
         result["busbra"] = busbra_throughput(args.repeats, args.site)
+    if args.throughput_3d:
+        result["patch3d"] = patch3d_throughput(args.out, args.cases_3d, args.side, args.patch, args.spv,
+                                               args.pairs_3d, args.workers_3d)
     (args.out / "stream.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
     return 0

@@ -14,16 +14,21 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from fedseg.data.cases import CaseStore
+from fedseg.data.cases import CaseStore, ListCases
 from fedseg.io.errors import DataError
 
-__all__ = ["Item", "LoadedBatch", "CaseDataset", "resolve_num_workers", "case_loader", "collate_cases"]
+__all__ = ["Item", "Sample", "LoadedBatch", "CaseDataset", "resolve_num_workers", "case_loader", "collate_cases"]
 
 Item = tuple[int, tuple[int, ...] | None]
 """One batch position: the case index and the patch start (``None``: the whole case)."""
+
+Sample = tuple[int, torch.Tensor | np.ndarray, torch.Tensor | np.ndarray | None]
+"""One read item: the case index, its image ``(C, *spatial)`` and mask ``(1, *spatial)`` (or None), as
+tensors or, for a patch of a memory-mapped case, unread array views of the stored dtypes."""
 
 LoadedBatch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
 """``(case indices (B,) int64, images (B, C, *spatial), masks (B, 1, *spatial) or None)``."""
@@ -45,7 +50,7 @@ def resolve_num_workers(value: int | str, device: torch.device) -> int:
     return int(value)
 
 
-class CaseDataset(Dataset[tuple[int, torch.Tensor, torch.Tensor | None]]):
+class CaseDataset(Dataset[Sample]):
     """Map-style dataset over ``(case, patch start)`` items of a case store.
 
     Args:
@@ -60,17 +65,30 @@ class CaseDataset(Dataset[tuple[int, torch.Tensor, torch.Tensor | None]]):
     def __len__(self) -> int:
         return len(self.cases)
 
-    def __getitem__(self, item: Item) -> tuple[int, torch.Tensor, torch.Tensor | None]:
+    def __getitem__(self, item: Item) -> Sample:
         case, start = item
         if start is None or self.patch_size is None:
             image, mask = self.cases.case(case)
-        else:
-            image, mask = self.cases.patch(case, start, self.patch_size)
+            return case, image, mask
+        window = self.cases.window(case, start, self.patch_size) if isinstance(self.cases, ListCases) else None
+        if window is not None:  # memory-mapped views, read once when the batch is stacked
+            return case, window[0], window[1]
+        image, mask = self.cases.patch(case, start, self.patch_size)
         return case, image, mask
 
 
-def collate_cases(samples: list[tuple[int, torch.Tensor, torch.Tensor | None]]) -> LoadedBatch | None:
-    """Stack one batch (``None`` for an empty one, which DP-SGD's Poisson draws can give)."""
+def _stack(parts: Sequence[torch.Tensor | np.ndarray], dtype: torch.dtype) -> torch.Tensor:
+    """``parts`` stacked into one ``dtype`` tensor; arrays (memory-mapped windows of a stored
+    dtype) are stacked as stored and converted once."""
+    if all(isinstance(p, torch.Tensor) for p in parts):
+        return torch.stack([p for p in parts if isinstance(p, torch.Tensor)]).to(dtype)
+    arrays = [p.numpy() if isinstance(p, torch.Tensor) else p for p in parts]
+    return torch.from_numpy(np.asarray(np.stack(arrays))).to(dtype)
+
+
+def collate_cases(samples: list[Sample]) -> LoadedBatch | None:
+    """Stack one batch (``None`` for an empty one, which DP-SGD's Poisson draws can give): images
+    float32, masks int64, as tensors whatever the samples' dtypes."""
     if not samples:
         return None
     shapes = {tuple(image.shape) for _, image, _ in samples}
@@ -78,9 +96,9 @@ def collate_cases(samples: list[tuple[int, torch.Tensor, torch.Tensor | None]]) 
         raise DataError(f"the cases of one batch differ in shape ({', '.join(map(str, sorted(shapes)))}); train on "
                         "patches (train.patch_size) or resize them to one shape (data.image_size)")
     idx = torch.tensor([case for case, _, _ in samples], dtype=torch.int64)
-    images = torch.stack([image for _, image, _ in samples])
+    images = _stack([image for _, image, _ in samples], torch.float32)
     masks = [mask for _, _, mask in samples]
-    stacked = None if any(m is None for m in masks) else torch.stack([m for m in masks if m is not None])
+    stacked = None if any(m is None for m in masks) else _stack([m for m in masks if m is not None], torch.int64)
     return idx, images, stacked
 
 
@@ -101,7 +119,7 @@ def case_loader(
     patch_size: Sequence[int] | None,
     num_workers: int,
     pin_memory: bool,
-) -> DataLoader[tuple[int, torch.Tensor, torch.Tensor | None]]:
+) -> DataLoader[Sample]:
     """A loader yielding :data:`LoadedBatch` es (or None for an empty batch) in the order of ``plan``.
 
     Args:
