@@ -31,6 +31,8 @@ def test_a_child_process_is_in_the_tree_and_its_memory_counts() -> None:
             time.sleep(0.2)
         peak = mem.peak
         assert peak.processes >= 2 and peak.samples >= 2
+        assert peak.parts["this process"] > 0 and sum(peak.parts.values()) == pytest.approx(peak.rss_mb)
+        assert any(name.startswith("python") and mb >= 90 for name, mb in peak.parts.items())  # the child
         assert peak.rss_mb is not None and peak.rss_mb * 1024 >= own + 90 * 1024
         assert peak.pss_mb is not None and 0 < peak.pss_mb <= peak.rss_mb
         assert 0 < pss_kib(child.pid) <= rss_kib(child.pid)

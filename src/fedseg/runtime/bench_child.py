@@ -12,7 +12,8 @@ on ``flower-sim`` (whose Ray workers are other processes) it is the sampled peak
 process tree's summed RSS. Both engines also record the tree's sampled peaks
 (:class:`fedseg.runtime.bench_memory.TreeMemory`, every second): ``peak_tree_rss_mb`` (summed RSS:
 shared pages counted once per process), ``peak_tree_pss_mb`` (summed PSS: shared pages divided
-among their processes) and ``tree_processes`` (most processes at once). Processes of the tree
+among their processes), ``tree_processes`` (most processes at once) and ``peak_tree_parts_mb``
+(at the RSS peak: each process name's summed RSS). Processes of the tree
 still running when the run has returned (Flower's Ray actors can outlive it by minutes) are ended
 before the next run starts (``ended_processes``: how many).
 """
@@ -81,6 +82,7 @@ def train_one(cfg: RunConfig, run_dir: Path, *, resume: bool, command: str | Non
              "peak_rss_mb": tree.peak.rss_mb if own_process and cfg.engine == "flower-sim" else own,
              "peak_tree_rss_mb": tree.peak.rss_mb, "peak_tree_pss_mb": tree.peak.pss_mb,
              "tree_processes": tree.peak.processes or None, "ended_processes": len(left),
+             "peak_tree_parts_mb": tree.peak.parts or None,
              "wall_seconds": time.perf_counter() - start, "resumed": resume}
     atomic_write_text(run_dir / BENCH_FILE, json.dumps(extra, indent=2))
 

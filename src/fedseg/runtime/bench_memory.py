@@ -24,7 +24,7 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = ["TreePeak", "TreeMemory", "descendants", "end_processes", "rss_kib", "pss_kib"]
@@ -41,6 +41,7 @@ class TreePeak:
     pss_mb: float | None = None
     processes: int = 0
     samples: int = 0
+    parts: dict[str, float] = field(default_factory=dict)  # at the RSS peak: process name -> summed RSS (MiB)
 
 
 def _ppid(stat: str) -> int:
@@ -96,6 +97,14 @@ def end_processes(pids: list[int], grace: float = 5.0) -> None:
             return
 
 
+def _name(pid: int) -> str:
+    """The process's name (``/proc/PID/comm``, at most 15 characters; ``?`` when it has ended)."""
+    try:
+        return (_PROC / str(pid) / "comm").read_text().strip() or "?"
+    except OSError:
+        return "?"
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of ``pid`` in KiB (0 when it has ended)."""
     try:
@@ -143,9 +152,16 @@ class TreeMemory:
         procs = _scan()
         pids = descendants(self.root, procs)
         self.seen.update({p: procs[p][1] for p in pids if p != self.root and p in procs})
-        rss = sum(rss_kib(p) for p in pids) / 1024
+        each = {p: rss_kib(p) / 1024 for p in pids}
+        rss = sum(each.values())
         pss = sum(pss_kib(p) for p in pids) / 1024
         peak = self.peak
+        if peak.rss_mb is None or rss > peak.rss_mb:
+            parts: dict[str, float] = {}
+            for pid, mb in each.items():
+                name = "this process" if pid == self.root else _name(pid)
+                parts[name] = parts.get(name, 0.0) + mb
+            peak.parts = parts
         peak.rss_mb = rss if peak.rss_mb is None else max(peak.rss_mb, rss)
         peak.pss_mb = pss if peak.pss_mb is None else max(peak.pss_mb, pss)
         peak.processes = max(peak.processes, len(pids))
