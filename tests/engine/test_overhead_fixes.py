@@ -79,3 +79,30 @@ def test_kept_sizes_spill_exactly_where_summing_every_state_would(tmp_path: Path
     other = ClientStateStore(tmp_path, spill_bytes=2000)
     other.restore(snap)
     assert other._sizes == {c: state_nbytes(s) for c, s in memory.items()}
+
+
+def test_without_an_up_codec_the_raw_size_is_the_encoded_update_sized_once(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """``bytes_up_raw`` of a train line is ``wire.encoded_size`` of the update; without an up codec
+    the client takes ``len`` of the bytes it sends (the same number by encoded_size's contract)."""
+    from conftest import tiny_config
+    from fedseg.config import config_from_dict
+    from fedseg.engine import wire
+    from fedseg.engine.rundir import read_metrics
+    from fedseg.records import Field, Kind
+    from fedseg.runtime.sim import run_inprocess
+
+    sizes: list[tuple[int, int]] = []
+    real_encode = wire.encode
+
+    def spy(message):  # type: ignore[no-untyped-def]
+        data = real_encode(message)
+        if isinstance(message, ClientUpdate):
+            sizes.append((len(data), wire.encoded_size(message)))
+        return data
+
+    monkeypatch.setattr(wire, "encode", spy)
+    run_inprocess(config_from_dict(tiny_config(rounds=1)), tmp_path / "run", write_report=False)
+    train = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if r.get(Field.KIND) == Kind.TRAIN]
+    assert len(train) == 2 and all(r[Field.BYTES_UP_RAW] == r[Field.BYTES_UP] for r in train)
+    assert sizes and all(a == b for a, b in sizes)
