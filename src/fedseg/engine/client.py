@@ -201,11 +201,14 @@ class ClientRuntime:
         norm = clip_update(update.params, self._broadcast(payload).params, dp.clipping_norm) if dp.enabled else None
         if self.attack is not None:  # a simulated hostile site (the attack section; benchmarks only)
             update = self.attack.apply(update, self._broadcast(payload), rnd)
-        raw = wire.encoded_size(update)  # the same update without the up codec
         if self.codecs.up.active:
+            raw = wire.encoded_size(update)  # the same update without the up codec
             # Delta against a fresh decode: hooks may have modified the broadcast they were given
             update.params = self.codecs.up.encode(update.params, self._broadcast(payload).params, state)
-        data = wire.encode(update)
+            data = wire.encode(update)
+        else:
+            data = wire.encode(update)
+            raw = len(data)  # = wire.encoded_size(update), without checking and sizing the update twice
         loss = float(update.metrics.get("loss", float("nan")))
         progress.client_end(self.client_id, loss)
         record: dict[str, Any] = {

@@ -139,10 +139,20 @@ def update_problem(
 
 def update_norm(params: Params, global_params: Params) -> float:
     """``||w_k - w||_2`` over the floating-point tensors of ``params``, in float64."""
+    return _update_norm(params, global_params, {})
+
+
+def _update_norm(params: Params, global_params: Params, wide: dict[str, torch.Tensor]) -> float:
+    """:func:`update_norm` with ``wide`` caching the float64 copies of ``global_params`` (filled as
+    keys are met), so that over a round's updates each global tensor is widened once, not once per
+    update; the arithmetic, and so every norm, is the same."""
     total = 0.0
     for key, tensor in params.items():
         if tensor.is_floating_point():
-            diff = tensor.detach().to(torch.float64) - global_params[key].detach().to(torch.float64)
+            ref = wide.get(key)
+            if ref is None:
+                ref = wide[key] = global_params[key].detach().to(torch.float64)
+            diff = tensor.detach().to(torch.float64) - ref
             total += float(diff.pow(2).sum())
     return math.sqrt(total)
 
@@ -174,7 +184,8 @@ def screen_updates(
             rejected.append(Rejection(update.client_id, f"{update.client_id}: {problem}"))
     if max_norm_ratio is None or len(valid) < 3:
         return Screening(valid, rejected)
-    norms = [update_norm(u.params, global_params) for u in valid]
+    wide: dict[str, torch.Tensor] = {}  # the global tensors in float64, once for the round
+    norms = [_update_norm(u.params, global_params, wide) for u in valid]
     moved = [n for n in norms if n > 0]  # an unchanged model (a client that skipped the round) sets no scale
     if len(moved) < 3:
         return Screening(valid, rejected)

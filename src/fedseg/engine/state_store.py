@@ -40,6 +40,7 @@ class ClientStateStore:
         self.directory = directory
         self.spill_bytes = spill_bytes
         self._memory: dict[str, ClientState] = {}
+        self._sizes: dict[str, int] = {}  # state_nbytes of each in-memory state (kept with _memory)
         self._disk: dict[str, Path] = {}
 
     def load(self, client_id: str) -> ClientState:
@@ -52,14 +53,18 @@ class ClientStateStore:
 
     def save(self, client_id: str, state: ClientState, rnd: int) -> None:
         size = state_nbytes(state)
-        in_memory = sum(state_nbytes(s) for c, s in self._memory.items() if c != client_id)
+        # the other clients' in-memory bytes, from the sizes kept at their save: one sum over
+        # integers, not a walk over every state (quadratic in the clients per round)
+        in_memory = sum(n for c, n in self._sizes.items() if c != client_id)
         if in_memory + size <= self.spill_bytes:
             self._memory[client_id] = state
+            self._sizes[client_id] = size
             self._disk.pop(client_id, None)
             return
         path = self.directory / f"{client_id}.r{rnd}.pt"
         atomic_torch_save(state, path)
         self._memory.pop(client_id, None)
+        self._sizes.pop(client_id, None)
         self._disk[client_id] = path
 
     def snapshot(self) -> dict[str, Any]:
@@ -77,6 +82,7 @@ class ClientStateStore:
                 raise CheckpointError(f"the checkpoint names client {client!r}'s state file {name!r}; expected a file "
                                       f"name inside {self.directory}")
         self._memory = dict(snap["memory"])
+        self._sizes = {c: state_nbytes(s) for c, s in self._memory.items()}
         self._disk = {c: self.directory / name for c, name in snap["disk"].items()}
 
     def prune(self) -> None:
