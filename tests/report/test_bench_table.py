@@ -55,3 +55,20 @@ def test_many_sites_leave_the_per_site_columns_to_the_csv() -> None:
     text = results_markdown(aggregate([run]))
     assert "Dice s0" not in text and "Per-site Dice of the 9 sites: summary.csv" in text
     assert "site:s8_mean" in summary_csv(aggregate([run]))
+
+
+def test_read_run_splits_the_round_into_server_overhead_and_not_training(tmp_path: Any) -> None:
+    import json
+
+    from fedseg.report.bench_table import read_run
+
+    (tmp_path / "summary.json").write_text(json.dumps({"judged_by": "global", "test": {"global": {}}}))
+    lines = [{"kind": "round", "round": r, "seconds": 2.0, "overhead_seconds": 0.1} for r in (1, 2)]
+    lines += [{"kind": "train", "round": r, "site": s, "seconds": 0.8} for r in (1, 2) for s in ("a", "b")]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    rec = read_run(tmp_path, "d", "fedavg", 0)
+    assert rec["overhead_share"] == 0.05  # 0.2 / 4.0 s
+    assert abs(rec["not_training_share"] - 0.2) < 1e-12  # 1 - 3.2 / 4.0 s
+    lines += [{"kind": "train", "round": 1, "site": "c", "seconds": 1.0}]  # overlapping clients (Flower)
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert read_run(tmp_path, "d", "fedavg", 0)["not_training_share"] is None

@@ -32,7 +32,7 @@ MIN_SEEDS = 3
 MAX_SITE_COLUMNS = 8
 """Markdown tables show per-site Dice columns up to this many sites (all sites stay in the CSVs)."""
 _COSTS = ("dice_image", "bytes_up", "bytes_down", "bytes_total", "round_seconds", "train_seconds", "overhead_share",
-          "peak_rss_mb", "loso_dice", "unseen_dice")
+          "not_training_share", "peak_rss_mb", "loso_dice", "unseen_dice")
 RUN_COLUMNS = ("dataset", "method", "seed", "algorithm", "model", "selected_round", "rounds", *METRICS, *_COSTS)
 
 
@@ -63,6 +63,8 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
     rounds = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get(Field.KIND) == Kind.ROUND and Field.SECONDS in r]
     seconds = [float(r[Field.SECONDS]) for r in rounds]
     overhead = [float(r[Field.OVERHEAD_SECONDS]) for r in rounds if Field.OVERHEAD_SECONDS in r]
+    local = sum(float(r[Field.SECONDS]) for r in read_metrics(run_dir / "metrics.jsonl")
+                if r.get(Field.KIND) == Kind.TRAIN and Field.SECONDS in r)
     extra = _json(run_dir / BENCH_FILE) if (run_dir / BENCH_FILE).is_file() else {}
     traffic = summary.get(SummaryKey.BYTES, {})
     record: dict[str, Any] = {
@@ -75,8 +77,13 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
         "bytes_total": traffic.get(BytesKey.TOTAL),
         "round_seconds": sum(seconds) / len(seconds) if seconds else None,
         "train_seconds": sum(seconds) if seconds else None,
-        # the engine's share of a round (everything but local training: wire, codecs, aggregation)
+        # the server's share of a round (``overhead_seconds``: broadcast encode, update decode and
+        # screening, aggregation; not the clients' side of the wire, model reset or seeding)
         "overhead_share": sum(overhead) / sum(seconds) if overhead and len(overhead) == len(seconds) and sum(seconds) > 0
+        else None,
+        # everything but local training (1 - local training / round time); clients run one after
+        # another in-process, so None where they overlap (Flower: the sum of trainings exceeds the round)
+        "not_training_share": 1.0 - local / sum(seconds) if seconds and sum(seconds) > 0 and 0 < local <= sum(seconds)
         else None,
         "peak_rss_mb": extra.get("peak_rss_mb"),
         "loso_dice": None,
@@ -156,7 +163,8 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         optional = [k for k in ("loso_dice", "unseen_dice") if any(r[k][0] is not None for r in members)]
         head = (["method", "model", "seeds", "Dice (site mean)", "Dice (image-weighted)",
                  *[HEADERS[m] for m in METRICS if m != Field.DICE], *[f"Dice {s}" for s in sites],
-                 "MB up", "MB down", "MB total", "s / round", "overhead %", "peak RSS (MiB)",
+                 "MB up", "MB down", "MB total", "s / round", "server overhead %",
+                 "not training %", "peak RSS (MiB)",
                  *(["LOSO Dice"] if "loso_dice" in optional else []),
                  *(["unseen-site Dice"] if "unseen_dice" in optional else [])])
         out += [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
@@ -169,7 +177,7 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      *[_cell(r.get(f"site:{s}", (None, None)), 3, n) for s in sites],
                      _cell(r["bytes_up"], 3, n, MB), _cell(r["bytes_down"], 3, n, MB),
                      _cell(r["bytes_total"], 3, n, MB), _cell(r["round_seconds"], 2, n),
-                     _cell(r["overhead_share"], 1, n, 0.01),
+                     _cell(r["overhead_share"], 1, n, 0.01), _cell(r["not_training_share"], 1, n, 0.01),
                      _cell(r["peak_rss_mb"], 0, n), *[_cell(r[k], 3, n) for k in optional]]
             out.append("| " + " | ".join(cells) + " |")
         if len(all_sites) > MAX_SITE_COLUMNS:
