@@ -28,7 +28,6 @@ from fedseg.models import build_model
 from fedseg.records import BytesKey, Field, Kind, SummaryKey
 from fedseg.report.fmt import image_mean, mean_sd, site_mean
 
-ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("fedsam", "pfedsam", "fedavg_unet", "pfedsam_random")
 
 
