@@ -89,7 +89,7 @@ def test_suite_errors_name_the_key_and_the_allowed_values(tmp_path: Path) -> Non
 
 @pytest.mark.skipif(not (SHARED_DATA / "busbra_scanners").is_dir(), reason="needs ../shared/data")
 @pytest.mark.parametrize("name", ["busbra", "organs", "mixed", "compression", "robustness", "brats3d", "scaling",
-                                  "scaling_flower", "fedoap_busbra"])
+                                  "scaling_flower", "fedoap_busbra", "pfedsam"])
 def test_every_shipped_suite_plans_under_the_protocol(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])  # presets name data relative to the checkout
     assert name in suite_names()
