@@ -11,7 +11,7 @@ image-weighted mean, MB over the whole run). This script adds, from the same run
    bytes (training + evaluation messages) divided by the rounds; set against full fine-tuning of
    the same SAM (every tensor of the official layout trainable, fp32) and against the FedAvg U-Net.
 
-Usage: ``python benchmarks/pfedsam_table.py --table /work/runs/sambench/bench`` (markdown on stdout).
+Usage: ``python benchmarks/pfedsam_table.py --table runs/sambench/bench`` (markdown on stdout).
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ CVC-ClinicDB) and PH2 dermoscopy, reduced to grey: never BUS-BRA (configs/pfedsa
 A finished run (``summary.json``) is not trained again. Usage (from the repository root)::
 
     OMP_NUM_THREADS=1 FEDSEG_CACHE_DIR=... nice -n 5 python benchmarks/pretrain_sam.py \
-        [--rounds 30] [--out /work/runs/sambench/pretrain] \
-        [--weights /work/runs/sam_pretrained/sam_tiny64.pth]
+        [--rounds 30] [--out runs/sambench/pretrain] \
+        [--weights runs/sam_pretrained/sam_tiny64.pth]
 
 Then fine-tune: ``fedseg run configs/pfedsam/busbra_tiny.yaml --set model.init_checkpoint=WEIGHTS``
 or ``fedseg bench pfedsam`` (configs/bench/pfedsam.yaml).
@@ -48,7 +48,7 @@ from fedseg.records import Field, Kind, Split, SummaryKey
 ROOT = Path(__file__).resolve().parents[1]
 PRETRAIN = ROOT / "configs" / "pfedsam" / "pretrain_tiny.yaml"
 FINETUNE = ROOT / "configs" / "pfedsam" / "busbra_tiny.yaml"
-WEIGHTS = Path("/work/runs/sam_pretrained/sam_tiny64.pth")
+WEIGHTS = Path("runs/sam_pretrained/sam_tiny64.pth")
 
 
 def train(out: Path, rounds: int) -> None:
@@ -109,7 +109,7 @@ def scores(out: Path) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=30, help="epochs over the pooled training data")
-    parser.add_argument("--out", type=Path, default=Path("/work/runs/sambench/pretrain"))
+    parser.add_argument("--out", type=Path, default=Path("runs/sambench/pretrain"))
     parser.add_argument("--weights", type=Path, default=WEIGHTS)
     args = parser.parse_args()
     train(args.out, args.rounds)
