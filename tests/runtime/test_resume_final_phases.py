@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import traceback
 from collections import Counter
@@ -164,3 +165,39 @@ def test_resume_while_the_run_still_runs_there_is_refused(tmp_path: Path) -> Non
     _assert_same_run(tmp_path / "full", run_dir)
     run_inprocess(cfg, run_dir, resume=True, write_report=False)  # the lock died with its process
     _assert_same_run(tmp_path / "full", run_dir)
+
+
+def test_the_lock_dies_with_its_process_even_when_a_forked_worker_lives_on(tmp_path: Path) -> None:
+    """A run holding its directory forks a worker (as DataLoader workers are forked) and is
+    SIGKILLed while the worker still lives: the lock is gone at once (the worker dropped its
+    inherited copy), so the resume is not refused."""
+    from fedseg.engine.rundir import RunDir, RunDirBusy
+
+    run_dir, ready, done = tmp_path / "run", tmp_path / "ready", tmp_path / "done"
+    run_dir.mkdir()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the run: lock, fork a long-lived worker, wait to be killed
+        RunDir(run_dir).lock()
+        if os.fork() == 0:
+            end = time.monotonic() + 20
+            while not done.exists() and time.monotonic() < end:
+                time.sleep(0.01)
+            os._exit(0)
+        ready.touch()
+        time.sleep(30)
+        os._exit(0)
+    deadline = time.monotonic() + 20
+    while not ready.exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    here = RunDir(run_dir)
+    with pytest.raises(RunDirBusy, match=f"pid {pid}"):
+        here.lock()
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    try:
+        here.lock()  # the worker (still running) does not hold it
+        here.lock()  # held already by this process: a no-op
+    finally:
+        here.unlock()
+        done.touch()  # the worker may end

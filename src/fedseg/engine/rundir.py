@@ -161,7 +161,11 @@ class RunDir:
         key = os.path.realpath(self.root)
         if fcntl is None or key in _LOCKS:
             return
-        fd = os.open(key, os.O_RDONLY)
+        try:
+            fd = os.open(key, os.O_RDONLY)
+        except OSError as exc:
+            logger.warning("%s: cannot lock the run directory (%s); make sure no other process writes it", key, exc)
+            return
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
