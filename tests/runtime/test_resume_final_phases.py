@@ -26,6 +26,8 @@ from fedseg.io.safe import load_checkpoint
 from fedseg.records import Split
 from fedseg.runtime.sim import RunError, run_inprocess
 
+pytestmark = pytest.mark.slow
+
 _WALL = {"seconds", "overhead_seconds", "wall_seconds"}
 
 
@@ -103,18 +105,32 @@ _BOUNDARIES += [("fedoap", b) for b in ("after_last_checkpoint", "during_persona
                                        "after_personalize_checkpoint", "during_test", "before_summary")]
 
 
+@pytest.fixture(scope="module")
+def uninterrupted() -> dict[str, Path]:
+    """The uninterrupted run of each algorithm, trained once for the module (filled on demand)."""
+    return {}
+
+
+def _config(algorithm: str) -> Any:
+    return config_from_dict(tiny_config(algorithm, rounds=2, sites=2, eval={"every": 1, "select": "best_val"}))
+
+
 @pytest.mark.parametrize(("algorithm", "boundary"), _BOUNDARIES)
 def test_stopped_after_the_last_round_resumes_to_the_uninterrupted_run(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, algorithm: str, boundary: str) -> None:
-    cfg = config_from_dict(tiny_config(algorithm, rounds=2, sites=2, eval={"every": 1, "select": "best_val"}))
-    run_inprocess(cfg, tmp_path / "full", write_report=False)
+        tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch,
+        uninterrupted: dict[str, Path], algorithm: str, boundary: str) -> None:
+    cfg = _config(algorithm)
+    if algorithm not in uninterrupted:
+        uninterrupted[algorithm] = tmp_path_factory.mktemp(f"full_{algorithm}") / "run"
+        run_inprocess(cfg, uninterrupted[algorithm], write_report=False)
+    full = uninterrupted[algorithm]
     with monkeypatch.context() as patch:
         _crash_at(patch, boundary)
         with pytest.raises(_Crash):
             run_inprocess(cfg, tmp_path / "resumed", write_report=False)
     assert (tmp_path / "resumed" / "summary.json").exists() == (boundary == "after_summary")
     run_inprocess(cfg, tmp_path / "resumed", resume=True, write_report=False)
-    _assert_same_run(tmp_path / "full", tmp_path / "resumed")
+    _assert_same_run(full, tmp_path / "resumed")
 
 
 class _PauseAfterRound(ProgressSink):
