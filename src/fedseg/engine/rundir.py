@@ -26,6 +26,11 @@ Layout::
   ``selected_round`` (the round of the scored model).
 
 Key names are :class:`fedseg.records.Field` members.
+
+One process at a time writes a run directory: :meth:`RunDir.lock` holds an exclusive ``flock`` on
+the directory itself (no lock file) until :meth:`RunDir.unlock` or the process's death (SIGKILL
+included, so no stale lock survives a crash); another process that starts or resumes a run there
+is refused (:class:`RunDirBusy`).
 """
 
 from __future__ import annotations
@@ -39,9 +44,53 @@ from typing import Any
 
 from fedseg.io.atomic import atomic_write_text, remove_orphans
 
-__all__ = ["RunDir", "MetricsError", "atomic_write_text", "read_metrics"]
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: runs are not locked
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RunDir", "RunDirBusy", "MetricsError", "atomic_write_text", "read_metrics"]
 
 logger = logging.getLogger(__name__)
+
+_LOCKS: dict[str, int] = {}
+"""Run directories this process holds (real path -> the locked directory descriptor): a run
+that prepares its directory twice (Flower's simulation driver, then its ServerApp thread) holds
+it once."""
+
+
+def _forget_inherited() -> None:
+    """In a forked child (a DataLoader worker, a test's forked run): the lock stays its parent's.
+    Closing the inherited descriptors keeps a worker that outlives a killed run from holding it."""
+    for fd in _LOCKS.values():
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_inherited)
+
+
+class RunDirBusy(RuntimeError):
+    """Another live process holds the run directory (:meth:`RunDir.lock`)."""
+
+
+def _holder(path: Path) -> int | None:
+    """The pid that holds the ``flock`` on ``path`` according to ``/proc/locks`` (Linux), else None."""
+    try:
+        st = os.stat(path)
+        key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+        with open("/proc/locks", encoding="ascii") as fh:
+            for line in fh:
+                parts = line.split()
+                if "FLOCK" in parts and key in parts:
+                    return int(parts[parts.index(key) - 1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 class MetricsError(ValueError):
@@ -100,6 +149,43 @@ class RunDir:
 
     def create(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
+
+    def lock(self) -> None:
+        """Hold the directory for this process (see the module docstring); a no-op when this
+        process holds it already, or where the file system has no locks (a warning).
+
+        Raises:
+            RunDirBusy: another live process holds it; the message names the directory, the
+                holder's pid where known, and what to do.
+        """
+        key = os.path.realpath(self.root)
+        if fcntl is None or key in _LOCKS:
+            return
+        try:
+            fd = os.open(key, os.O_RDONLY)
+        except OSError as exc:
+            logger.warning("%s: cannot lock the run directory (%s); make sure no other process writes it", key, exc)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            pid = _holder(self.root)
+            raise RunDirBusy(
+                f"{self.root} is in use by another process{f' (pid {pid})' if pid else ''} that is still running a "
+                "fedseg run there; two processes writing one run would both append its rounds to metrics.jsonl. "
+                "Wait for it to end (or stop it), then continue with --resume") from None
+        except OSError as exc:
+            os.close(fd)
+            logger.warning("%s: cannot lock the run directory (%s); make sure no other process writes it", key, exc)
+            return
+        _LOCKS[key] = fd
+
+    def unlock(self) -> None:
+        """Let other processes use the directory again (a no-op when this process does not hold it)."""
+        fd = _LOCKS.pop(os.path.realpath(self.root), None)
+        if fd is not None:
+            os.close(fd)  # closing the only descriptor of the open file releases the flock
 
     def remove_orphans(self) -> list[Path]:
         """Delete temporary files that killed writes left in the run directory (only those of

@@ -21,7 +21,7 @@ from fedseg.data.cache import with_run_cache
 from fedseg.data.corrupt import apply_label_corruption
 from fedseg.data.splits import write_splits
 from fedseg.data.validate import validate_federation
-from fedseg.engine.rundir import MetricsError, RunDir, atomic_write_text, read_metrics
+from fedseg.engine.rundir import MetricsError, RunDir, RunDirBusy, atomic_write_text, read_metrics
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.io.atomic import is_temp
 from fedseg.io.safe import CheckpointError, load_checkpoint
@@ -190,9 +190,24 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, command: str
         RunError: the directory does not fit the request; the message names it and says what to do.
     """
     run = RunDir(run_dir)
-    text = config_text(cfg)
     if run_dir.exists() and not run_dir.is_dir():
         raise RunError(f"{run_dir} is a file, not a run directory; choose another --out")
+    try:  # one process at a time: the caller unlocks when its run ends (or its process dies)
+        if run_dir.is_dir():
+            run.lock()
+        _prepare(cfg, run, resume=resume, command=command)
+    except RunDirBusy as exc:
+        raise RunError(str(exc)) from None
+    except BaseException:
+        run.unlock()
+        raise
+    return run
+
+
+def _prepare(cfg: RunConfig, run: RunDir, *, resume: bool, command: str | None) -> None:
+    """:func:`prepare_run_dir` once the directory (if it exists) is locked."""
+    run_dir = run.root
+    text = config_text(cfg)
     run.remove_orphans()
     if resume:
         if not run.checkpoint.is_file():
@@ -216,9 +231,9 @@ def prepare_run_dir(cfg: RunConfig, run_dir: Path, *, resume: bool, command: str
             raise RunError(f"{run_dir} already holds a run ({_describe(run, held)}); continue it with --resume, or "
                            + _ELSEWHERE.format(dir=run_dir))
     run.create()
+    run.lock()
     if not resume:
         run.metrics.unlink(missing_ok=True)  # an empty one of a run that never trained
     atomic_write_text(run.config, text)
     if command:
         atomic_write_text(run.command, command + "\n")
-    return run

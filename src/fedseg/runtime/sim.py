@@ -200,27 +200,31 @@ def run_inprocess(
     check_codec_config(cfg.codec)  # a codec mistake is a ConfigError before any directory or data
     check_model_outputs(cfg, build_algorithm(cfg.algorithm))  # e.g. FedBCS's prototype levels on a plain U-Net
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
-    configure_determinism(cfg.train.deterministic)
-    check_client_dp(cfg, build_algorithm(cfg.algorithm))  # before any data is read
-    # opt-in label corruption, validation (every problem at once, before any training), splits.json
-    data = load_training_data(cfg, run, data)
-    # the algorithm is looked up here (not in the builder) so tests can inject one via sim.build_algorithm
-    federation = build_federation(cfg, DataSpec.of(data), resolve_device(cfg.train.device), engine=INPROCESS,
-                                  data=data.sites, run=run, resume=resume, progress=progress,
-                                  algorithm=build_algorithm(cfg.algorithm))
-    store = ClientStateStore(run.client_states, int(cfg.federation.state_spill_mb * 2**20))
-    executor = InProcessExecutor(federation.clients, store, progress, cfg.federation.round_timeout)
-    server = federation.server
-    # the size each client's updates must declare (screening); the pooled client's is the pooled split's
-    server.declared_sizes = {c: len(rt.splits["train"]) for c, rt in federation.clients.items() if "train" in rt.splits}
-    try:
-        summary = server.run_all(executor, resume=resume)
-    except QuorumError as exc:
-        raise _stopped(exc, executor) from exc
-    if write_report:
-        from fedseg.report import write_report as _write_report
-        from fedseg.runtime.overlays import write_test_overlays
+    try:  # the run directory is this process's until the run ends (RunDir.lock)
+        configure_determinism(cfg.train.deterministic)
+        check_client_dp(cfg, build_algorithm(cfg.algorithm))  # before any data is read
+        # opt-in label corruption, validation (every problem at once, before any training), splits.json
+        data = load_training_data(cfg, run, data)
+        # the algorithm is looked up here (not in the builder) so tests can inject one via sim.build_algorithm
+        federation = build_federation(cfg, DataSpec.of(data), resolve_device(cfg.train.device), engine=INPROCESS,
+                                      data=data.sites, run=run, resume=resume, progress=progress,
+                                      algorithm=build_algorithm(cfg.algorithm))
+        store = ClientStateStore(run.client_states, int(cfg.federation.state_spill_mb * 2**20))
+        executor = InProcessExecutor(federation.clients, store, progress, cfg.federation.round_timeout)
+        server = federation.server
+        # the size each client's updates must declare (screening); the pooled client's is the pooled split's
+        server.declared_sizes = {c: len(rt.splits["train"]) for c, rt in federation.clients.items()
+                                 if "train" in rt.splits}
+        try:
+            summary = server.run_all(executor, resume=resume)
+        except QuorumError as exc:
+            raise _stopped(exc, executor) from exc
+        if write_report:
+            from fedseg.report import write_report as _write_report
+            from fedseg.runtime.overlays import write_test_overlays
 
-        write_test_overlays(run_dir, data.sites)  # report pictures: this process holds every site's test data
-        _write_report(run_dir)
-    return RunResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
+            write_test_overlays(run_dir, data.sites)  # report pictures: this process holds every site's test data
+            _write_report(run_dir)
+        return RunResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
+    finally:
+        run.unlock()

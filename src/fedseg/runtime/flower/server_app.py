@@ -134,53 +134,56 @@ def run_server(
     run_dir = Path(run_dir_value).expanduser()
     command = run_config.get(RunKey.COMMAND.value)
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=str(command) if command else None)
-    if resume:
-        check_resumable(run)
-    sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
-                           expected_nodes=expected_nodes)
-    # the version handshake: a site on other versions is refused before any model is built
-    check_versions({s: i.versions for s, i in sites.items()}, package_versions(), cfg.flower.version_policy)
-    specs = {info.spec for info in sites.values()}
-    if len(specs) != 1:
-        raise FlowerRunError(
-            "the sites disagree on the data: "
-            + "; ".join(f"{s}: {i.spec}" for s, i in sorted(sites.items()))
-            + ". Every site needs the same dimensionality, channels and classes"
+    try:  # the run directory is this process's until the run ends (RunDir.lock)
+        if resume:
+            check_resumable(run)
+        sites = discover_sites(grid, cfg.flower, expected=expected_sites(cfg) if expected_nodes is None else None,
+                               expected_nodes=expected_nodes)
+        # the version handshake: a site on other versions is refused before any model is built
+        check_versions({s: i.versions for s, i in sites.items()}, package_versions(), cfg.flower.version_policy)
+        specs = {info.spec for info in sites.values()}
+        if len(specs) != 1:
+            raise FlowerRunError(
+                "the sites disagree on the data: "
+                + "; ".join(f"{s}: {i.spec}" for s, i in sorted(sites.items()))
+                + ". Every site needs the same dimensionality, channels and classes"
+            )
+        spec: DataSpec = specs.pop()
+        order = sorted(sites.values(), key=lambda i: (i.order < 0, i.order, _position(cfg, i.site), i.site))
+        names = [info.site for info in order]
+        indices = {name: i for i, name in enumerate(names)}
+        federation = build_federation(
+            cfg, spec, torch.device("cpu"), engine=engine, sites=names, run=run, resume=resume, progress=progress,
+            device_label="cpu (server)", algorithm=algorithm,
+            # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
+            # (the ids stay on the sites; a simulation also writes splits.json)
+            info={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
+                                 "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False)),
+                                 "versions": dict(i.versions)}
+                             for s, i in sites.items()}},
         )
-    spec: DataSpec = specs.pop()
-    order = sorted(sites.values(), key=lambda i: (i.order < 0, i.order, _position(cfg, i.site), i.site))
-    names = [info.site for info in order]
-    indices = {name: i for i, name in enumerate(names)}
-    federation = build_federation(
-        cfg, spec, torch.device("cpu"), engine=engine, sites=names, run=run, resume=resume, progress=progress,
-        device_label="cpu (server)", algorithm=algorithm,
-        # what the sites reported of their splits: sizes and the SHA-256 of each split's case ids
-        # (the ids stay on the sites; a simulation also writes splits.json)
-        info={"flower": {s: {"node_id": i.node_id, "train_val_test": list(i.sizes),
-                             "split_sha256": dict(zip(("train", "val", "test"), i.split_sha256, strict=False)),
-                             "versions": dict(i.versions)}
-                         for s, i in sites.items()}},
-    )
-    model, server = federation.model, federation.server
-    server.declared_sizes = {s: int(i.sizes[0]) for s, i in sites.items()}  # update screening checks n_k against it
-    # client-level DP (privacy.client) runs inside ClientRuntime and FederationServer, as in-process
-    executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model),
-                              audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir,
-                              round_timeout=cfg.federation.round_timeout)
-    logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
-    try:
-        summary = server.run_all(executor, resume=resume)
-    except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
-        raise FlowerRunError(str(exc)) from None
-    if write_report:
-        from fedseg.io.packages import MissingExtraError
-        from fedseg.report import write_report as _write_report
-
+        model, server = federation.model, federation.server
+        server.declared_sizes = {s: int(i.sizes[0]) for s, i in sites.items()}  # update screening checks n_k against it
+        # client-level DP (privacy.client) runs inside ClientRuntime and FederationServer, as in-process
+        executor = FlowerExecutor(grid, sites, indices, cfg.flower, local_keys=algorithm.local_keys(model),
+                                  audit_path=run.root / RECEIVED_KEYS_FILE, state_dir=state_dir,
+                                  round_timeout=cfg.federation.round_timeout)
+        logger.info("fedseg ServerApp: %s on %s, run directory %s", algorithm.name, ", ".join(names), run_dir)
         try:
-            _write_report(run_dir)
-        except MissingExtraError as exc:  # a server installed without [report]: the run itself is complete
-            logger.warning("no report written: %s; later: fedseg report %s", exc, run_dir)
-    return ServerResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
+            summary = server.run_all(executor, resume=resume)
+        except QuorumError as exc:  # a round short of its quorum after the retries: a message, not a traceback
+            raise FlowerRunError(str(exc)) from None
+        if write_report:
+            from fedseg.io.packages import MissingExtraError
+            from fedseg.report import write_report as _write_report
+
+            try:
+                _write_report(run_dir)
+            except MissingExtraError as exc:  # a server installed without [report]: the run itself is complete
+                logger.warning("no report written: %s; later: fedseg report %s", exc, run_dir)
+        return ServerResult(run_dir=run_dir, global_params=server.global_params, summary=summary)
+    finally:
+        run.unlock()
 
 
 def _position(cfg: RunConfig, site: str) -> int:

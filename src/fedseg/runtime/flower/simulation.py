@@ -75,35 +75,38 @@ def run_flower_simulation(
     cfg = cfg.model_copy(update={"engine": "flower-sim"})
     check_flower_config(cfg)
     run = prepare_run_dir(cfg, run_dir, resume=resume, command=command)
-    if resume:
-        check_resumable(run)
-    data = load_training_data(cfg, run)  # every problem at once, before Ray starts; splits.json
-    num_sites = len(data.sites)
-    if cfg.model.init_checkpoint:  # refuse a bad file here too, not inside the Ray actors
-        init_model(cfg, DataSpec.of(data), torch.device("cpu"))
-    del data  # each ClientApp builds its own site
-    apply_env_defaults()
-    defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir),
-                                RunKey.STATE_DIR.value: str(run.client_states.resolve())}
-    if command:
-        defaults[RunKey.COMMAND.value] = command
-    results: list[ServerResult] = []
-    server_app = make_server_app(defaults, engine="flower-sim", expected_nodes=num_sites, progress=progress,
-                                 results=results, resume=resume)
-    client_app = make_client_app(defaults)
-    on_gpu = resolve_device(cfg.train.device).type != "cpu"
-    backend: dict[str, Any] = {
-        "client_resources": {
-            "num_cpus": cfg.flower.sim_cpus_per_client,
-            # every site shares the visible GPU(s); Ray hides GPUs from actors that ask for none
-            "num_gpus": min(1.0, 1.0 / num_sites) if on_gpu else 0.0,
-        },
-        "init_args": {"logging_level": logging.WARNING, "log_to_driver": False},
-    }
-    if cfg.flower.sim_num_cpus is not None:
-        backend["init_args"]["num_cpus"] = cfg.flower.sim_num_cpus
-    logger.info("Flower simulation: %d SuperNodes, run directory %s", num_sites, run_dir)
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_sites, backend_config=backend)
-    if not results:
-        raise RunError(f"the Flower simulation ended without a result; see the log above (run directory {run_dir})")
-    return results[0]
+    try:  # the run directory is this process's until the run ends (RunDir.lock)
+        if resume:
+            check_resumable(run)
+        data = load_training_data(cfg, run)  # every problem at once, before Ray starts; splits.json
+        num_sites = len(data.sites)
+        if cfg.model.init_checkpoint:  # refuse a bad file here too, not inside the Ray actors
+            init_model(cfg, DataSpec.of(data), torch.device("cpu"))
+        del data  # each ClientApp builds its own site
+        apply_env_defaults()
+        defaults: dict[str, Any] = {RunKey.CONFIG.value: config_text(cfg), RunKey.RUN_DIR.value: str(run_dir),
+                                    RunKey.STATE_DIR.value: str(run.client_states.resolve())}
+        if command:
+            defaults[RunKey.COMMAND.value] = command
+        results: list[ServerResult] = []
+        server_app = make_server_app(defaults, engine="flower-sim", expected_nodes=num_sites, progress=progress,
+                                     results=results, resume=resume)
+        client_app = make_client_app(defaults)
+        on_gpu = resolve_device(cfg.train.device).type != "cpu"
+        backend: dict[str, Any] = {
+            "client_resources": {
+                "num_cpus": cfg.flower.sim_cpus_per_client,
+                # every site shares the visible GPU(s); Ray hides GPUs from actors that ask for none
+                "num_gpus": min(1.0, 1.0 / num_sites) if on_gpu else 0.0,
+            },
+            "init_args": {"logging_level": logging.WARNING, "log_to_driver": False},
+        }
+        if cfg.flower.sim_num_cpus is not None:
+            backend["init_args"]["num_cpus"] = cfg.flower.sim_num_cpus
+        logger.info("Flower simulation: %d SuperNodes, run directory %s", num_sites, run_dir)
+        run_simulation(server_app=server_app, client_app=client_app, num_supernodes=num_sites, backend_config=backend)
+        if not results:
+            raise RunError(f"the Flower simulation ended without a result; see the log above (run directory {run_dir})")
+        return results[0]
+    finally:
+        run.unlock()
