@@ -19,7 +19,7 @@ from fedseg.config.model import ModelConfig, model_config_class, owners_of
 from fedseg.config.run import RunConfig
 from fedseg.registry import UnknownNameError, suggest
 
-__all__ = ["config_from_dict", "apply_overrides", "load_config"]
+__all__ = ["config_from_dict", "apply_overrides", "load_config", "read_raw_config"]
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...], raw: Any) -> list[str]:
@@ -161,6 +161,30 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return out
 
 
+def read_raw_config(path: Path | None) -> dict[str, Any]:
+    """The raw mapping of the YAML config at ``path`` ({} when None), not yet validated.
+
+    Raises:
+        ConfigError: the file is missing, unreadable or not a YAML mapping (names the file).
+    """
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from None
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
+    # a section whose keys are all commented out (`codec:`) is YAML null: it means the defaults
+    return {k: {} if v is None and k in _SECTIONS else v for k, v in loaded.items()}
+
+
 def load_config(path: Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read YAML at ``path`` (or defaults when None), apply overrides, validate.
 
@@ -168,21 +192,4 @@ def load_config(path: Path | None, overrides: list[str] | None = None) -> RunCon
         ConfigError: the file is missing, unreadable or not a YAML mapping, an override is
             malformed, or the result does not validate (see :func:`config_from_dict`).
     """
-    raw: dict[str, Any] = {}
-    if path is not None:
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: cannot read the config ({type(exc).__name__}: {exc})") from None
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: top level must be a mapping, got {type(loaded).__name__}")
-        # a section whose keys are all commented out (`codec:`) is YAML null: it means the defaults
-        raw = {k: {} if v is None and k in _SECTIONS else v for k, v in loaded.items()}
-    raw = apply_overrides(raw, overrides or [])
-    return config_from_dict(raw)
+    return config_from_dict(apply_overrides(read_raw_config(path), overrides or []))

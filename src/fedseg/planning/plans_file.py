@@ -18,8 +18,8 @@ from typing import Any
 
 import yaml
 
-from fedseg.config import ConfigError, RunConfig, config_from_dict
-from fedseg.config.loading import apply_overrides
+from fedseg.config import RunConfig, config_from_dict
+from fedseg.config.loading import apply_overrides, read_raw_config
 from fedseg.io.atomic import atomic_write_text
 from fedseg.planning.fingerprint import PlanError
 from fedseg.planning.planner import Plan
@@ -129,18 +129,7 @@ def load_planned_config(config_path: Path | None, plans_path: Path, overrides: l
         ConfigError: the config file or the result is invalid (names the key).
     """
     plan = read_plan_overrides(plans_path)
-    raw: dict[str, Any] = {}
-    if config_path is not None:
-        if not config_path.is_file():
-            raise ConfigError(f"config file not found: {config_path}")
-        try:
-            loaded = yaml.safe_load(config_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{config_path}: cannot read the config ({type(exc).__name__}: {exc})") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{config_path}: top level must be a mapping, got {type(loaded).__name__}")
-        raw = {k: {} if v is None else v for k, v in loaded.items()}
-    user = apply_overrides(raw, overrides)
+    user = apply_overrides(read_raw_config(config_path), overrides)
     planned_model = _model_name(plan, None)
     user_model = _model_name(user, planned_model)
     if planned_model is not None and user_model is not None and user_model != planned_model:
