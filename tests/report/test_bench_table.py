@@ -53,7 +53,7 @@ def test_many_sites_leave_the_per_site_columns_to_the_csv() -> None:
     run = _run("fedavg", 0, (0.1, 0.2))
     run["sites"] = {f"s{i}": {"dice": 0.5, "n": 1} for i in range(9)}
     text = results_markdown(aggregate([run]))
-    assert "Dice s0" not in text and "Per-site Dice of the 9 sites: summary.csv" in text
+    assert "Dice s0" not in text and "Per-site Dice and HD95 of the 9 sites: summary.csv" in text
     assert "site:s8_mean" in summary_csv(aggregate([run]))
 
 
@@ -72,3 +72,30 @@ def test_read_run_splits_the_round_into_server_overhead_and_not_training(tmp_pat
     lines += [{"kind": "train", "round": 1, "site": "c", "seconds": 1.0}]  # overlapping clients (Flower)
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     assert read_run(tmp_path, "d", "fedavg", 0)["not_training_share"] is None
+
+
+def test_per_site_hd95_is_aggregated_and_tabled_beside_the_dice() -> None:
+    runs = [_run("fedavg", s, (0.5, 0.5)) for s in (1, 2, 3)]
+    for s, r in zip((1, 2, 3), runs):
+        r["sites"]["a"]["hd95"] = float(s)
+    rows = aggregate(runs)
+    assert rows[0]["hd95:a"] == (2.0, 1.0) and rows[0]["hd95:b"] == (None, None)
+    text = results_markdown(rows)
+    assert "| method | model | HD95 a (mm) | HD95 b (mm) |" in text and "| `fedavg` | global | 2.00 ± 1.00 | – |" in text
+    per_run = list(csv.DictReader(io.StringIO(runs_csv(runs))))
+    assert [float(r["hd95:a"]) for r in per_run] == [1.0, 2.0, 3.0] and per_run[0]["hd95:b"] == ""
+
+
+def test_unseen_site_hd95_is_the_unseen_models_mean(tmp_path: Any) -> None:
+    import json
+
+    from fedseg.report.bench_table import read_run
+
+    test = {"personal": {"a": {"dice": 0.9, "hd95": 1.0}},
+            "unseen": {"a": {"dice": 0.1, "hd95": 50.0}, "u": {"dice": 0.4, "hd95": 7.0}}}
+    (tmp_path / "summary.json").write_text(json.dumps({"judged_by": "personal", "test": test}))
+    (tmp_path / "metrics.jsonl").write_text("")
+    rec = read_run(tmp_path, "d", "fedoap", 0)
+    assert (rec["unseen_dice"], rec["unseen_hd95"]) == (0.4, 7.0)
+    text = results_markdown(aggregate([rec]))
+    assert "unseen-site HD95 (mm)" in text and "| 7.00 |" in text

@@ -32,7 +32,7 @@ MIN_SEEDS = 3
 MAX_SITE_COLUMNS = 8
 """Markdown tables show per-site Dice columns up to this many sites (all sites stay in the CSVs)."""
 _COSTS = ("dice_image", "bytes_up", "bytes_down", "bytes_total", "round_seconds", "train_seconds", "overhead_share",
-          "not_training_share", "peak_rss_mb", "loso_dice", "unseen_dice")
+          "not_training_share", "peak_rss_mb", "loso_dice", "unseen_dice", "unseen_hd95")
 RUN_COLUMNS = ("dataset", "method", "seed", "algorithm", "model", "selected_round", "rounds", *METRICS, *_COSTS)
 
 
@@ -49,8 +49,9 @@ def _json(path: Path) -> dict[str, Any]:
 def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, Any]:
     """One finished run as a flat record (keys :data:`RUN_COLUMNS` plus ``sites``: {site: metrics}).
 
-    The metrics are the site means of the judged-by model's test scores; ``unseen_dice`` is the mean
-    test Dice of the ``unseen`` model on the sites that did not train (None when there are none).
+    The metrics are the site means of the judged-by model's test scores; ``unseen_dice`` and
+    ``unseen_hd95`` are the means of the ``unseen`` model's test scores on the sites that did not
+    train (None when there are none).
 
     Raises:
         ReportError: no readable ``summary.json``.
@@ -88,13 +89,15 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
         "peak_rss_mb": extra.get("peak_rss_mb"),
         "loso_dice": None,
         "unseen_dice": site_mean(unseen, Field.DICE) if unseen else None,
+        "unseen_hd95": site_mean(unseen, Field.HD95) if unseen else None,
     }
     return record
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """One row per (dataset, method), in first-seen order: ``{key: (mean, sd)}`` for every metric
-    and cost, ``site:<name>: (mean, sd)`` per site's Dice, ``seeds``, ``model``, ``algorithm``."""
+    and cost, ``site:<name>`` and ``hd95:<name>``: (mean, sd) per site's Dice and HD95, ``seeds``,
+    ``model``, ``algorithm``."""
     groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in runs:
         groups.setdefault((str(r["dataset"]), str(r["method"])), []).append(r)
@@ -107,6 +110,8 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         sites = sorted({s for m in members for s in m.get("sites", {})})
         for site in sites:
             row[f"site:{site}"] = mean_sd([m.get("sites", {}).get(site, {}).get(Field.DICE) for m in members])
+        for site in sites:
+            row[f"hd95:{site}"] = mean_sd([m.get("sites", {}).get(site, {}).get(Field.HD95) for m in members])
         rows.append(row)
     return rows
 
@@ -116,15 +121,17 @@ def _digits(value: float | None) -> str:
 
 
 def runs_csv(runs: Sequence[Mapping[str, Any]]) -> str:
-    """Every run, every digit: :data:`RUN_COLUMNS` then ``dice:<site>`` columns (empty cells: missing)."""
+    """Every run, every digit: :data:`RUN_COLUMNS` then ``dice:<site>`` and ``hd95:<site>`` columns
+    (empty cells: missing)."""
     sites = sorted({s for r in runs for s in r.get("sites", {})})
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow([*RUN_COLUMNS, *[f"dice:{s}" for s in sites]])
+    writer.writerow([*RUN_COLUMNS, *[f"{k}:{s}" for k in ("dice", Field.HD95) for s in sites]])
     for r in runs:
         cells = [r.get(c) for c in RUN_COLUMNS]
         writer.writerow([_digits(c) if isinstance(c, float) else "" if c is None else c for c in cells]
-                        + [_digits(r.get("sites", {}).get(s, {}).get(Field.DICE)) for s in sites])
+                        + [_digits(r.get("sites", {}).get(s, {}).get(k)) for k in (Field.DICE, Field.HD95)
+                           for s in sites])
     return buf.getvalue()
 
 
@@ -153,6 +160,20 @@ def _cell(value: tuple[float | None, float | None], decimals: int, seeds: int, s
     return fmt_mean_sd(mean / scale, sd / scale if sd is not None and seeds >= MIN_SEEDS else None, decimals)
 
 
+def _site_hd95_table(members: Sequence[Mapping[str, Any]], sites: Sequence[str]) -> list[str]:
+    """The per-site HD95 (mm) of the dataset's rows, mean +- sd as in the main table."""
+    head = ["method", "model", *[f"HD95 {s} (mm)" for s in sites]]
+    out = ["", "Per-site test HD95 (mm) of the same models:", "", "| " + " | ".join(head) + " |",
+           "|---|---|" + "---:|" * len(sites)]
+    for r in members:
+        n = int(r["seeds"])
+        marker = "" if n >= MIN_SEEDS else f" (n={n})"
+        out.append("| " + " | ".join([f"`{r['method']}`{marker}", str(r["model"]),
+                                      *[_cell(r.get(f"hd95:{s}", (None, None)), DECIMALS[Field.HD95], n)
+                                        for s in sites]]) + " |")
+    return out
+
+
 def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
     """One markdown table per dataset, rounded: mean +- sd over seeds (``n=<k>`` below 3 seeds)."""
     out: list[str] = []
@@ -160,13 +181,14 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
         members = [r for r in rows if r["dataset"] == dataset]
         all_sites = sorted({k[5:] for r in members for k in r if k.startswith("site:")})
         sites = all_sites if len(all_sites) <= MAX_SITE_COLUMNS else []
-        optional = [k for k in ("loso_dice", "unseen_dice") if any(r[k][0] is not None for r in members)]
+        optional = [k for k in ("loso_dice", "unseen_dice", "unseen_hd95") if any(r[k][0] is not None for r in members)]
         head = (["method", "model", "seeds", "Dice (site mean)", "Dice (image-weighted)",
                  *[HEADERS[m] for m in METRICS if m != Field.DICE], *[f"Dice {s}" for s in sites],
                  "MB up", "MB down", "MB total", "s / round", "server overhead %",
                  "not training %", "peak RSS (MiB)",
                  *(["LOSO Dice"] if "loso_dice" in optional else []),
-                 *(["unseen-site Dice"] if "unseen_dice" in optional else [])])
+                 *(["unseen-site Dice"] if "unseen_dice" in optional else []),
+                 *(["unseen-site HD95 (mm)"] if "unseen_hd95" in optional else [])])
         out += [f"### {dataset}", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
         for r in members:
             n = int(r["seeds"])
@@ -178,10 +200,14 @@ def results_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                      _cell(r["bytes_up"], 3, n, MB), _cell(r["bytes_down"], 3, n, MB),
                      _cell(r["bytes_total"], 3, n, MB), _cell(r["round_seconds"], 2, n),
                      _cell(r["overhead_share"], 1, n, 0.01), _cell(r["not_training_share"], 1, n, 0.01),
-                     _cell(r["peak_rss_mb"], 0, n), *[_cell(r[k], 3, n) for k in optional]]
+                     _cell(r["peak_rss_mb"], 0, n),
+                     *[_cell(r[k], DECIMALS[Field.HD95] if k == "unseen_hd95" else 3, n) for k in optional]]
             out.append("| " + " | ".join(cells) + " |")
+        if sites:
+            out += _site_hd95_table(members, sites)
         if len(all_sites) > MAX_SITE_COLUMNS:
-            out += ["", f"Per-site Dice of the {len(all_sites)} sites: summary.csv (`site:<name>_mean`, `_sd`)."]
+            out += ["", f"Per-site Dice and HD95 of the {len(all_sites)} sites: summary.csv "
+                        "(`site:<name>_mean`, `hd95:<name>_mean`, `_sd`)."]
         out.append("")
     if any(int(r["seeds"]) < MIN_SEEDS for r in rows):
         out.append(f"`n=<k>`: fewer than {MIN_SEEDS} seeds, the mean alone (no sd is claimed).")
