@@ -85,13 +85,9 @@ def test_fixture_preset_runs_two_rounds(name: str, algorithm: str, tmp_path: Pat
 
 
 def _bench() -> Any:
-    import importlib.util
+    from bench_scripts import load_bench_script
 
-    spec = importlib.util.spec_from_file_location("bench_fedbcs", REPO / "benchmarks" / "bench_fedbcs.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("bench_fedbcs")
 
 
 def test_benchmark_configs_differ_from_the_preset_only_as_documented() -> None:

@@ -2,21 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
 import yaml
+from bench_scripts import load_bench_script
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _bench() -> Any:
-    spec = importlib.util.spec_from_file_location("plan_vs_hand", REPO / "benchmarks" / "plan_vs_hand.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("plan_vs_hand")
 
 
 def test_plan_arm_drops_exactly_the_planned_keys() -> None:

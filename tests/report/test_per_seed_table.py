@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _script() -> Any:
-    spec = importlib.util.spec_from_file_location("per_seed_table", REPO / "benchmarks" / "per_seed_table.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from bench_scripts import load_bench_script
 
 
 def test_wins_count_per_seed_against_the_best_other_method(tmp_path: Path, capsys: Any) -> None:
@@ -24,7 +15,7 @@ def test_wins_count_per_seed_against_the_best_other_method(tmp_path: Path, capsy
              "d,x,0,0.5,0.2,0.6,0.4,1,1", "d,x,1,0.5,0.2,0.5,0.5,1,1",
              "d,y,0,0.55,,0.65,0.45,1,1", "d,y,1,0.45,,0.4,0.5,1,1"]
     (tmp_path / "runs.csv").write_text("\n".join(rows) + "\n")
-    assert _script().main([str(tmp_path / "runs.csv"), "--ref", "ref", "--against", "x,y"]) == 0
+    assert load_bench_script("per_seed_table").main([str(tmp_path / "runs.csv"), "--ref", "ref", "--against", "x,y"]) == 0
     text = capsys.readouterr().out
     assert "| 0 | +0.050 (vs `y`) | +0.050 (vs `y`) | +0.050 (vs `y`) | +0.100 (vs `x`) |" in text
     assert "| 1 | -0.200 (vs `x`) | +0.000 (vs `x`) | -0.100 (vs `x`) | -0.100 (vs `x`) |" in text
