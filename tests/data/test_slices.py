@@ -48,6 +48,20 @@ def test_slice_case_cuts_and_resizes() -> None:
     assert set(np.unique(big.mask).tolist()) == {0, 1}  # nearest: labels stay labels
 
 
+def test_slices_of_a_cached_uint8_mask_are_int64_class_indices() -> None:
+    """A volume read back from the preprocessed-case cache has a uint8 mask; its slices, kept at the
+    volume's grid (no resize: the BraTS slices of the cross-organ preset), must be int64 like every
+    other site's (found: `fedseg bench organs` refused brain_mr's uint8 masks)."""
+    mask = np.zeros((4, 6, 3), dtype=np.uint8)
+    mask[1:3, 2:4, 1] = 1
+    info = GeometryInfo((4, 6, 3), (1.0, 1.0, 1.0), None, (4, 6, 3), (4, 6, 3), ((0, 0),) * 3, (4, 6, 3),
+                        (1.0, 1.0, 1.0))
+    volume = PreprocessedCase(np.zeros((1, 4, 6, 3), np.float32), mask, (1.0, 1.0, 1.0), info, 0.0)
+    for target in (None, (4, 6), (8, 12)):
+        flat = slice_case(volume, 2, 1, target, False)
+        assert flat.mask is not None and flat.mask.dtype == np.int64 and int(flat.mask.sum()) > 0
+
+
 def _volumes(site: Path, patients: int, per_patient: int = 2) -> None:
     rows = []
     for p in range(patients):

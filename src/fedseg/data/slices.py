@@ -78,7 +78,7 @@ def slice_volume(case: PreprocessedCase, axis: int, indices: list[int], target: 
     same result as slice by slice, since every channel is interpolated on its own).
 
     Args:
-        case: image ``(C, X, Y, Z)`` float32, mask ``(X, Y, Z)`` int64 (or None).
+        case: image ``(C, X, Y, Z)`` float32, mask ``(X, Y, Z)`` integer class indices (or None).
         axis: spatial axis (0, 1, 2) of the volume array.
         indices: the slices.
         target: 2D shape to resize to (``None``: keep the volume grid).
@@ -105,7 +105,8 @@ def slice_volume(case: PreprocessedCase, axis: int, indices: list[int], target: 
     out = []
     for k in range(len(indices)):
         image = np.ascontiguousarray(images[k * channels:(k + 1) * channels], dtype=np.float32)
-        mask = None if masks is None else np.ascontiguousarray(masks[k])
+        # int64 class indices whatever the volume's dtype (a cached volume's mask is stored uint8)
+        mask = None if masks is None else np.ascontiguousarray(masks[k], dtype=np.int64)
         foreground = None if mask is None else float(np.count_nonzero(mask)) / max(mask.size, 1)
         out.append(PreprocessedCase(image=image, mask=mask, spacing=new_spacing, info=info, foreground=foreground))
     return out
