@@ -12,6 +12,8 @@ Usage (markdown on stdout)::
 
     python benchmarks/per_seed_table.py runs/bench/organs/runs.csv --ref fedoap \\
         --against local,fedavg,fedbn,fedper,fedrep,ditto,lgfedavg
+    python benchmarks/per_seed_table.py runs/bench/busbra/runs.csv runs/bench/fedoap_busbra/runs.csv \\
+        --ref fedoap --against fedoap_no_pbl,fedoap_no_dca,fedoap_kv_param
 """
 
 from __future__ import annotations
@@ -32,13 +34,18 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
-def load(path: Path) -> tuple[list[dict[str, str]], list[str]]:
-    """The rows of ``runs.csv`` and its site names (from the ``dice:<site>`` columns)."""
-    with path.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
+def load(paths: list[Path]) -> tuple[list[dict[str, str]], list[str]]:
+    """The rows of one or more ``runs.csv`` (e.g. two suites on the same data) and the site names
+    (from the ``dice:<site>`` columns, in first-seen order)."""
+    rows: list[dict[str, str]] = []
+    sites: list[str] = []
+    for path in paths:
+        with path.open(newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            sites += [c[5:] for c in reader.fieldnames or [] if c.startswith("dice:") and c[5:] not in sites]
+            rows += list(reader)
     if not rows:
-        raise SystemExit(f"{path}: no finished run")
-    sites = [c[5:] for c in rows[0] if c.startswith("dice:")]
+        raise SystemExit(f"{', '.join(map(str, paths))}: no finished run")
     return rows, sites
 
 
@@ -85,7 +92,7 @@ def wins(rows: list[dict[str, str]], sites: list[str], ref: str, against: list[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs_csv", type=Path)
+    parser.add_argument("runs_csv", type=Path, nargs="+", help="one or more suites' runs.csv")
     parser.add_argument("--ref", required=True, help="the method compared (e.g. fedoap)")
     parser.add_argument("--against", required=True, help="comma-separated methods it is compared with")
     parser.add_argument("--show", default="", help="methods of table 1 (default: ref, then --against)")
@@ -94,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     against = [m for m in args.against.split(",") if m]
     missing = [m for m in [args.ref, *against] if not any(r["method"] == m for r in rows)]
     if missing:
-        print(f"note: no finished run of {', '.join(missing)} in {args.runs_csv}", file=sys.stderr)
+        print(f"note: no finished run of {', '.join(missing)}", file=sys.stderr)
     show = [m for m in args.show.split(",") if m] or [args.ref, *against]
     print(per_seed(rows, sites, show))
     print()
