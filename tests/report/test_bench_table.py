@@ -99,3 +99,21 @@ def test_unseen_site_hd95_is_the_unseen_models_mean(tmp_path: Any) -> None:
     assert (rec["unseen_dice"], rec["unseen_hd95"]) == (0.4, 7.0)
     text = results_markdown(aggregate([rec]))
     assert "unseen-site HD95 (mm)" in text and "| 7.00 |" in text
+
+
+def test_a_global_models_held_out_site_is_scored_as_unseen_not_in_its_site_mean(tmp_path: Any) -> None:
+    import json
+
+    from fedseg.report.bench_table import read_run
+
+    test = {"global": {"a": {"dice": 0.8, "hd95": 1.0, "n": 1}, "b": {"dice": 0.6, "hd95": 3.0, "n": 3},
+                       "u": {"dice": 0.1, "hd95": 9.0, "n": 5}},
+            "unseen": {"u": {"dice": 0.1, "hd95": 9.0, "n": 5}}}
+    summary = {"judged_by": "global", "test": test, "mean": {"global": {"dice": 0.5, "dice_image": 0.3}}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "metrics.jsonl").write_text("")
+    (tmp_path / "config.yaml").write_text("federation:\n  train_sites: [a, b]\n")
+    rec = read_run(tmp_path, "d", "fedavg", 0)
+    assert set(rec["sites"]) == {"a", "b"} and abs(rec["dice"] - 0.7) < 1e-12
+    assert abs(rec["dice_image"] - (0.8 + 3 * 0.6) / 4) < 1e-12  # over the trained sites' images
+    assert (rec["unseen_dice"], rec["unseen_hd95"]) == (0.1, 9.0)

@@ -18,9 +18,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from fedseg.engine.rundir import read_metrics
 from fedseg.records import BytesKey, Field, Kind, ModelKind, SummaryKey
-from fedseg.report.fmt import DASH, DECIMALS, HEADERS, MB, METRICS, fmt_mean_sd, mean_sd, site_mean
+from fedseg.report.fmt import DASH, DECIMALS, HEADERS, MB, METRICS, fmt_mean_sd, image_mean, mean_sd, site_mean
 from fedseg.report.runs import ReportError
 
 __all__ = ["BENCH_FILE", "MIN_SEEDS", "MAX_SITE_COLUMNS", "RUN_COLUMNS", "read_run", "aggregate", "runs_csv", "summary_csv",
@@ -46,10 +48,24 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
+def _train_sites(run_dir: Path) -> set[str] | None:
+    """``federation.train_sites`` of the run's ``config.yaml`` (None: every site trained, or no config)."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
+    sites = (cfg or {}).get("federation", {}).get("train_sites") if isinstance(cfg, dict) else None
+    return {str(s) for s in sites} if sites else None
+
+
 def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, Any]:
     """One finished run as a flat record (keys :data:`RUN_COLUMNS` plus ``sites``: {site: metrics}).
 
-    The metrics are the site means of the judged-by model's test scores; ``unseen_dice`` and
+    The metrics are the site means of the judged-by model's test scores on the sites that trained
+    (a global model's scores on held-out sites are left out of them); ``unseen_dice`` and
     ``unseen_hd95`` are the means of the ``unseen`` model's test scores on the sites that did not
     train (None when there are none).
 
@@ -59,8 +75,13 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
     summary = _json(run_dir / "summary.json")
     judged = str(summary.get(SummaryKey.JUDGED_BY, ModelKind.GLOBAL))
     test = summary.get(SummaryKey.TEST, {})
-    sites: dict[str, dict[str, Any]] = dict(test.get(judged, {}))
-    unseen = {s: m for s, m in test.get(ModelKind.UNSEEN, {}).items() if s not in sites}
+    unseen_all: dict[str, dict[str, Any]] = dict(test.get(ModelKind.UNSEEN, {}))
+    scored: dict[str, dict[str, Any]] = dict(test.get(judged, {}))
+    # the judged model's scores on the sites that trained (federation.train_sites): a global model
+    # is also tested on the held-out sites, which belong to the unseen-site columns, not its site mean
+    trained = _train_sites(run_dir)
+    sites = scored if trained is None or judged == ModelKind.UNSEEN else {s: m for s, m in scored.items() if s in trained}
+    unseen = {s: m for s, m in unseen_all.items() if s not in sites}
     rounds = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get(Field.KIND) == Kind.ROUND and Field.SECONDS in r]
     seconds = [float(r[Field.SECONDS]) for r in rounds]
     overhead = [float(r[Field.OVERHEAD_SECONDS]) for r in rounds if Field.OVERHEAD_SECONDS in r]
@@ -73,7 +94,8 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
         "model": judged, "selected_round": summary.get(SummaryKey.SELECTION, {}).get("round"),
         "rounds": summary.get(SummaryKey.ROUNDS), "sites": sites,
         **{m: site_mean(sites, m) for m in METRICS},
-        "dice_image": summary.get(SummaryKey.MEAN, {}).get(judged, {}).get("dice_image"),
+        "dice_image": summary.get(SummaryKey.MEAN, {}).get(judged, {}).get("dice_image") if sites == scored
+        else image_mean(sites, Field.DICE),
         "bytes_up": traffic.get(BytesKey.UP), "bytes_down": traffic.get(BytesKey.DOWN),
         "bytes_total": traffic.get(BytesKey.TOTAL),
         "round_seconds": sum(seconds) / len(seconds) if seconds else None,
