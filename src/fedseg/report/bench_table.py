@@ -18,12 +18,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fedseg.engine.rundir import read_metrics
 from fedseg.records import BytesKey, Field, Kind, ModelKind, SummaryKey
 from fedseg.report.fmt import DASH, DECIMALS, HEADERS, MB, METRICS, fmt_mean_sd, image_mean, mean_sd, site_mean
-from fedseg.report.runs import ReportError
+from fedseg.report.runs import ReportError, configured_train_sites
 
 __all__ = ["BENCH_FILE", "MIN_SEEDS", "MAX_SITE_COLUMNS", "RUN_COLUMNS", "read_run", "aggregate", "runs_csv", "summary_csv",
            "results_markdown"]
@@ -48,19 +46,6 @@ def _json(path: Path) -> dict[str, Any]:
     return value
 
 
-def _train_sites(run_dir: Path) -> set[str] | None:
-    """``federation.train_sites`` of the run's ``config.yaml`` (None: every site trained, or no config)."""
-    path = run_dir / "config.yaml"
-    if not path.is_file():
-        return None
-    try:
-        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as exc:
-        raise ReportError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
-    sites = (cfg or {}).get("federation", {}).get("train_sites") if isinstance(cfg, dict) else None
-    return {str(s) for s in sites} if sites else None
-
-
 def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, Any]:
     """One finished run as a flat record (keys :data:`RUN_COLUMNS` plus ``sites``: {site: metrics}).
 
@@ -79,7 +64,7 @@ def read_run(run_dir: Path, dataset: str, method: str, seed: int) -> dict[str, A
     scored: dict[str, dict[str, Any]] = dict(test.get(judged, {}))
     # the judged model's scores on the sites that trained (federation.train_sites): a global model
     # is also tested on the held-out sites, which belong to the unseen-site columns, not its site mean
-    trained = _train_sites(run_dir)
+    trained = configured_train_sites(run_dir)
     sites = scored if trained is None or judged == ModelKind.UNSEEN else {s: m for s, m in scored.items() if s in trained}
     unseen = {s: m for s, m in unseen_all.items() if s not in sites}
     rounds = [r for r in read_metrics(run_dir / "metrics.jsonl") if r.get(Field.KIND) == Kind.ROUND and Field.SECONDS in r]

@@ -40,7 +40,7 @@ from fedseg.records import (
 )
 from fedseg.report.fmt import finite
 
-__all__ = ["MODEL_ORDER", "MetricTable", "ReportError", "RunRecords", "SelectionInfo", "load_runs", "same_metrics"]
+__all__ = ["MODEL_ORDER", "MetricTable", "ReportError", "RunRecords", "configured_train_sites", "SelectionInfo", "load_runs", "same_metrics"]
 
 MetricTable = dict[str, dict[str, dict[str, Any]]]
 """``{model: {site: {metric: value}}}``, e.g. ``summary.json["test"]``."""
@@ -73,6 +73,20 @@ def _read_yaml(path: Path) -> dict[str, Any]:
         return {}
     loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     return loaded if isinstance(loaded, dict) else {}
+
+
+def configured_train_sites(run_dir: Path) -> set[str] | None:
+    """``federation.train_sites`` of a run directory's ``config.yaml`` (None: every site trained,
+    or no config).
+
+    Raises:
+        ReportError: the config file is not valid YAML.
+    """
+    try:
+        sites = _read_yaml(run_dir / "config.yaml").get(_FEDERATION, {}).get(_TRAIN_SITES)
+    except (OSError, yaml.YAMLError) as exc:
+        raise ReportError(f"{run_dir / 'config.yaml'}: cannot read ({type(exc).__name__}: {exc})") from None
+    return {str(s) for s in sites} if sites else None
 
 
 def _as_int(value: Any) -> int | None:
