@@ -19,7 +19,7 @@ from fedseg.config import config_from_dict
 from fedseg.engine import wire
 from fedseg.engine.rundir import read_metrics
 from fedseg.models.sam import SAM, is_lora_key, is_moe_key
-from fedseg.runtime.build import init_model
+from fedseg.runtime.model_init import init_model
 from fedseg.runtime.common import DataSpec
 from fedseg.runtime.sim import run_inprocess
 from fedseg.types import Broadcast, ClientUpdate

@@ -16,7 +16,7 @@ from fedseg.algorithms.base import Algorithm, ClientContext, module_keys, norm_l
 from fedseg.config import config_from_dict
 from fedseg.engine import wire
 from fedseg.engine.frozen import FrozenKeyError, frozen_parameters
-from fedseg.runtime.build import init_model
+from fedseg.runtime.model_init import init_model
 from fedseg.runtime.common import DataSpec
 from fedseg.runtime.inference import load_trained_model
 from fedseg.runtime.sim import run_inprocess

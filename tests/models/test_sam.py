@@ -14,7 +14,7 @@ from fedseg.config import SAMConfig, config_from_dict
 from fedseg.models import build_model
 from fedseg.models.init import InitCheckpointError, load_init_checkpoint
 from fedseg.models.sam import SAM, boxes_from_mask, is_extension_key
-from fedseg.runtime.build import init_model
+from fedseg.runtime.model_init import init_model
 from fedseg.runtime.common import DataSpec
 
 SIZES: dict[str, Any] = {"image_size": 32, "patch_size": 8, "embed_dim": 16, "depth": 3, "num_heads": 2,

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from fedseg.algorithms import build_algorithm
 from fedseg.config import ConfigError, config_from_dict
-from fedseg.runtime.build import check_model_outputs
+from fedseg.runtime.model_init import check_model_outputs
 from fedseg.runtime.flower.server_app import check_flower_config
 from fedseg.runtime.sim import run_inprocess
 

@@ -39,15 +39,12 @@ from fedseg.engine.client import ClientRuntime
 from fedseg.engine.privacy import privacy_info
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
-from fedseg.engine.seeding import seed_everything
 from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.io.packages import package_versions
 from fedseg.losses import DeepSupervisionLoss, build_loss
-from fedseg.models import build_model
-from fedseg.models.init import InitCheckpointError, load_init_checkpoint
-from fedseg.models.taps import AuxOutputError
 from fedseg.records import InfoKey
 from fedseg.runtime.common import DataSpec, RunError
+from fedseg.runtime.model_init import init_model
 from fedseg.types import Params
 
 __all__ = [
@@ -56,9 +53,6 @@ __all__ = [
     "Federation",
     "build_federation",
     "check_engine",
-    "check_model_outputs",
-    "init_model",
-    "cpu_params",
     "concat_sets",
     "client_splits",
     "write_run_info",
@@ -70,11 +64,6 @@ POOLED_CLIENT = "pooled"
 
 INPROCESS = "inprocess"
 """The only engine that may pool data (``RunConfig.engine``)."""
-
-
-def cpu_params(model: nn.Module) -> Params:
-    """CPU copies of the model's whole state dict."""
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def concat_sets(sets: list[SegmentationSet]) -> SegmentationSet:
@@ -131,56 +120,6 @@ def check_engine(algorithm: Algorithm, engine: str) -> None:
             f"algorithm {algorithm.name!r} pools every site's training data in one place; it is the upper "
             "reference of the in-process engine only. Run it with --engine inprocess"
         )
-
-
-def check_model_outputs(cfg: RunConfig, algorithm: Algorithm) -> None:
-    """Refuse, before any data is read, an algorithm that needs auxiliary outputs (e.g. FedBCS's
-    prototype levels) the configured model does not offer.
-
-    The model is built on the ``meta`` device (no memory, no weights) with the configured channels
-    and classes; a model that cannot be built that way is left to the real build after loading.
-
-    Raises:
-        ConfigError: the algorithm's outputs are not offered by ``model.name`` (names both keys and
-            what the model offers).
-    """
-    data = cfg.data
-    dims = data.spatial_dims or (data.synthetic.spatial_dims if data.source == "synthetic" else 2)
-    classes = data.synthetic.num_classes if data.source == "synthetic" else data.num_classes
-    try:
-        with torch.device("meta"):
-            model = build_model(cfg.model, dims, data.channels, classes)
-    except Exception:  # noqa: BLE001 - the real build, with the data's shape, reports it
-        return
-    try:
-        algorithm.aux_outputs(model)
-    except AuxOutputError as exc:
-        raise ConfigError(
-            f"algorithm.name {algorithm.name!r} needs auxiliary outputs that model.name {cfg.model.name!r} does not "
-            f"offer: {exc}"
-        ) from exc
-
-
-def init_model(cfg: RunConfig, spec: DataSpec, device: torch.device) -> tuple[nn.Module, Params, str | None]:
-    """The model on ``device``, its initial parameters (identical in every process) and the SHA-256
-    of ``model.init_checkpoint`` (None when unset).
-
-    The model is built under ``seed_everything(cfg.seed)``; with ``model.init_checkpoint`` its
-    weights are then replaced, strictly, by the file's (:func:`fedseg.models.init.load_init_checkpoint`).
-
-    Raises:
-        RunError: the init checkpoint is missing, unreadable, unsafe or does not fit the model; the
-            message names the file and the first offending keys.
-    """
-    seed_everything(cfg.seed)
-    model = build_model(cfg.model, spec.spatial_dims, spec.in_channels, spec.num_classes).to(device)
-    digest = None
-    if cfg.model.init_checkpoint:
-        try:
-            digest = load_init_checkpoint(model, cfg.model.init_checkpoint)
-        except InitCheckpointError as exc:
-            raise RunError(f"model.init_checkpoint: {exc}") from exc
-    return model, cpu_params(model), digest
 
 
 def write_run_info(

@@ -36,7 +36,8 @@ from fedseg.engine.server import FederationServer, sample_clients
 from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
 from fedseg.records import Split
-from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation, check_model_outputs
+from fedseg.runtime.build import INPROCESS, POOLED_CLIENT, build_federation
+from fedseg.runtime.model_init import check_model_outputs
 from fedseg.runtime.common import DataSpec, RunError, load_training_data, prepare_run_dir
 from fedseg.types import ClientFailure, ClientState, Params
 

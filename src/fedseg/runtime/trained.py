@@ -31,7 +31,7 @@ from fedseg.engine.state_store import ClientStateStore
 from fedseg.engine.trainer import resolve_device
 from fedseg.io.safe import CheckpointError, load_checkpoint
 from fedseg.records import Field, ModelKind, Selection
-from fedseg.runtime.build import init_model
+from fedseg.runtime.model_init import init_model
 from fedseg.runtime.common import DataSpec
 from fedseg.types import ClientState, Params, Scalar
 

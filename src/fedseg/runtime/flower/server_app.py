@@ -31,7 +31,8 @@ from fedseg.engine.privacy import check_client_dp
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.rundir import RunDir
 from fedseg.io.packages import package_versions
-from fedseg.runtime.build import build_federation, check_engine, check_model_outputs
+from fedseg.runtime.build import build_federation, check_engine
+from fedseg.runtime.model_init import check_model_outputs
 from fedseg.runtime.common import DataSpec, RunError, prepare_run_dir
 from fedseg.runtime.flower.client_app import load_run_config
 from fedseg.runtime.flower.executor import RECEIVED_KEYS_FILE, FlowerExecutor, FlowerRunError, discover_sites

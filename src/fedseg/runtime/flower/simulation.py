@@ -25,7 +25,7 @@ from fedseg.config import RunConfig
 from fedseg.engine.progress import ProgressSink
 from fedseg.engine.trainer import resolve_device
 from fedseg.io.packages import MissingExtraError, check_extra
-from fedseg.runtime.build import init_model
+from fedseg.runtime.model_init import init_model
 from fedseg.runtime.common import DataSpec, RunError, config_text, load_training_data, prepare_run_dir
 from fedseg.runtime.flower.client_app import make_client_app
 from fedseg.runtime.flower.keys import ENV_DEFAULTS, RunKey
