@@ -2,10 +2,22 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import statistics
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from fedseg.report.bench_table import aggregate, results_markdown, runs_csv, summary_csv
+from fedseg.report.bench_table import aggregate, read_run, results_markdown, runs_csv, summary_csv
+
+
+def _write_run(run_dir: Path, summary: dict[str, Any], metrics: Sequence[dict[str, Any]] = (), config: str | None = None) -> Path:
+    """A finished run directory as read_run reads it: summary.json, metrics.jsonl, config.yaml."""
+    (run_dir / "summary.json").write_text(json.dumps(summary))
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in metrics))
+    if config is not None:
+        (run_dir / "config.yaml").write_text(config)
+    return run_dir
 
 
 def _run(method: str, seed: int, dice: tuple[float, float], bytes_total: int = 1_000_000) -> dict[str, Any]:
@@ -58,19 +70,15 @@ def test_many_sites_leave_the_per_site_columns_to_the_csv() -> None:
 
 
 def test_read_run_splits_the_round_into_server_overhead_and_not_training(tmp_path: Any) -> None:
-    import json
-
-    from fedseg.report.bench_table import read_run
-
-    (tmp_path / "summary.json").write_text(json.dumps({"judged_by": "global", "test": {"global": {}}}))
+    summary = {"judged_by": "global", "test": {"global": {}}}
     lines = [{"kind": "round", "round": r, "seconds": 2.0, "overhead_seconds": 0.1} for r in (1, 2)]
     lines += [{"kind": "train", "round": r, "site": s, "seconds": 0.8} for r in (1, 2) for s in ("a", "b")]
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    _write_run(tmp_path, summary, lines)
     rec = read_run(tmp_path, "d", "fedavg", 0)
     assert rec["overhead_share"] == 0.05  # 0.2 / 4.0 s
     assert abs(rec["not_training_share"] - 0.2) < 1e-12  # 1 - 3.2 / 4.0 s
     lines += [{"kind": "train", "round": 1, "site": "c", "seconds": 1.0}]  # overlapping clients (Flower)
-    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    _write_run(tmp_path, summary, lines)
     assert read_run(tmp_path, "d", "fedavg", 0)["not_training_share"] is None
 
 
@@ -87,14 +95,9 @@ def test_per_site_hd95_is_aggregated_and_tabled_beside_the_dice() -> None:
 
 
 def test_unseen_site_hd95_is_the_unseen_models_mean(tmp_path: Any) -> None:
-    import json
-
-    from fedseg.report.bench_table import read_run
-
     test = {"personal": {"a": {"dice": 0.9, "hd95": 1.0}},
             "unseen": {"a": {"dice": 0.1, "hd95": 50.0}, "u": {"dice": 0.4, "hd95": 7.0}}}
-    (tmp_path / "summary.json").write_text(json.dumps({"judged_by": "personal", "test": test}))
-    (tmp_path / "metrics.jsonl").write_text("")
+    _write_run(tmp_path, {"judged_by": "personal", "test": test})
     rec = read_run(tmp_path, "d", "fedoap", 0)
     assert (rec["unseen_dice"], rec["unseen_hd95"]) == (0.4, 7.0)
     text = results_markdown(aggregate([rec]))
@@ -102,17 +105,11 @@ def test_unseen_site_hd95_is_the_unseen_models_mean(tmp_path: Any) -> None:
 
 
 def test_a_global_models_held_out_site_is_scored_as_unseen_not_in_its_site_mean(tmp_path: Any) -> None:
-    import json
-
-    from fedseg.report.bench_table import read_run
-
     test = {"global": {"a": {"dice": 0.8, "hd95": 1.0, "n": 1}, "b": {"dice": 0.6, "hd95": 3.0, "n": 3},
                        "u": {"dice": 0.1, "hd95": 9.0, "n": 5}},
             "unseen": {"u": {"dice": 0.1, "hd95": 9.0, "n": 5}}}
     summary = {"judged_by": "global", "test": test, "mean": {"global": {"dice": 0.5, "dice_image": 0.3}}}
-    (tmp_path / "summary.json").write_text(json.dumps(summary))
-    (tmp_path / "metrics.jsonl").write_text("")
-    (tmp_path / "config.yaml").write_text("federation:\n  train_sites: [a, b]\n")
+    _write_run(tmp_path, summary, config="federation:\n  train_sites: [a, b]\n")
     rec = read_run(tmp_path, "d", "fedavg", 0)
     assert set(rec["sites"]) == {"a", "b"} and abs(rec["dice"] - 0.7) < 1e-12
     assert abs(rec["dice_image"] - (0.8 + 3 * 0.6) / 4) < 1e-12  # over the trained sites' images
